@@ -1,0 +1,36 @@
+# Fruits! — two commands: `make run` (set-up + pipeline on data_sample) and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+OUTPUT ?= outputs
+
+# Offline machines (this project's CI) use the local copy of the ImageNet weights when present;
+# elsewhere the notebooks' default, Keras' own weights="imagenet" download, applies.
+OFFLINE_WEIGHTS := $(abspath ../shared/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5)
+ifneq ($(wildcard $(OFFLINE_WEIGHTS)),)
+export FRUITS_WEIGHTS ?= $(OFFLINE_WEIGHTS)
+endif
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@command -v java >/dev/null || { echo "Java 17 is required (Spark): apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: setup
+	$(BIN)/python -m helpers.run --data-root data_sample --output-root $(OUTPUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(OUTPUT) spark-warehouse metastore_db derby.log .pytest_cache

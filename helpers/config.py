@@ -1,0 +1,125 @@
+"""Every pipeline parameter, with its default and meaning, in one place.
+
+The notebooks' ``parameters`` cells mirror :data:`PARAMETERS`; ``python -m helpers.run``
+and the tests read it too, so a default changes here and nowhere else. Environment
+variables are read here and only here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Environment variable that overrides the default of ``weights`` (e.g. an offline .h5 file).
+WEIGHTS_ENV = "FRUITS_WEIGHTS"
+
+#: The CNNs the pipeline knows: Keras application name, feature width, preprocessing module.
+MODELS: dict[str, dict[str, Any]] = {
+    "mobilenet_v2": {"keras": "MobileNetV2", "dim": 1280, "module": "mobilenet_v2"},
+    "resnet50": {"keras": "ResNet50", "dim": 2048, "module": "resnet50"},
+}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One pipeline parameter: its name, default, type and meaning."""
+
+    name: str
+    default: Any
+    type: type
+    help: str
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "data_root",
+        "data_sample",
+        str,
+        "images root: local path (relative to the repository or absolute), file:, s3://",
+    ),
+    Parameter(
+        "output_root",
+        "outputs",
+        str,
+        "where features/, pca/, pca_model/, figures/, manifest.json and notebooks/ go",
+    ),
+    Parameter(
+        "weights",
+        "imagenet",
+        str,
+        f"'imagenet' (Keras download) or a local .h5 path; ${WEIGHTS_ENV} overrides the "
+        "default; 'random' is for tests only",
+    ),
+    Parameter("model_name", "mobilenet_v2", str, "CNN without its top: mobilenet_v2 or resnet50"),
+    Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
+    Parameter("batch_size", 64, int, "images per model call inside the pandas UDF"),
+    Parameter("pca_variance", 0.95, float, "keep the fewest components reaching this variance"),
+    Parameter("pca_k", 0, int, "number of components; 0 chooses k from pca_variance"),
+    Parameter("tsne_sample", 2000, int, "points in the stratified t-SNE sample"),
+    Parameter("tsne_perplexity", 30.0, float, "t-SNE perplexity"),
+    Parameter("grid_per_class", 4, int, "images per class in the EDA sample grid"),
+    Parameter("grid_classes", 24, int, "classes shown in the EDA sample grid (0: all)"),
+    Parameter("seed", 42, int, "seed for every sample and for t-SNE"),
+)
+
+_BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def defaults() -> dict[str, Any]:
+    """Return every parameter's default, with ``weights`` taken from $FRUITS_WEIGHTS if set."""
+    values = {p.name: p.default for p in PARAMETERS}
+    if os.environ.get(WEIGHTS_ENV):
+        values["weights"] = os.environ[WEIGHTS_ENV]
+    return values
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` (often a command-line string) to the type of parameter ``name``."""
+    if name not in _BY_NAME:
+        known = ", ".join(sorted(_BY_NAME))
+        raise ValueError(f"unknown parameter '{name}'; known parameters: {known}")
+    kind = _BY_NAME[name].type
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"parameter '{name}' must be {kind.__name__}, got {value!r}") from exc
+
+
+def resolve_weights(weights: str) -> str:
+    """Return what Keras' ``weights=`` should get: ``'imagenet'``, ``'random'`` or a file path.
+
+    ``$FRUITS_WEIGHTS`` replaces the default ``'imagenet'``, so an offline machine or CI can
+    point every notebook at a local copy without editing them. A path that does not exist
+    raises at once, naming both ways to fix it.
+    """
+    if weights == "imagenet" and os.environ.get(WEIGHTS_ENV):
+        weights = os.environ[WEIGHTS_ENV]
+    if weights in ("imagenet", "random"):
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file '{weights}' not found: pass weights='imagenet' (Keras download, "
+            f"needs internet) or a local .h5 path, as the 'weights' parameter or ${WEIGHTS_ENV}"
+        )
+    return str(path.resolve())
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    """Check parameter values before any heavy work; return them coerced to their types."""
+    values = {name: coerce(name, value) for name, value in params.items()}
+    if values.get("model_name", "mobilenet_v2") not in MODELS:
+        raise ValueError(
+            f"model_name '{values['model_name']}' is unknown; use one of {sorted(MODELS)}"
+        )
+    variance = values.get("pca_variance", 0.95)
+    if not 0 < variance <= 1:
+        raise ValueError(f"pca_variance must be in (0, 1], got {variance}")
+    for name in ("image_size", "batch_size", "tsne_sample"):
+        if name in values and values[name] < 1:
+            raise ValueError(f"{name} must be a positive integer, got {values[name]}")
+    if values.get("pca_k", 0) < 0:
+        raise ValueError(f"pca_k must be 0 (choose by variance) or positive, got {values['pca_k']}")
+    return values

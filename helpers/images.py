@@ -1,0 +1,104 @@
+"""Finding images with Spark and decoding them into model-ready pixels.
+
+Layout: ``<root>/<Split>/<Class>/<file>``; the label is the parent folder name, kept
+exactly, and the split is the folder above it when it is named like one. A root may also
+be a single split or a single class folder.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image, ImageOps
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from helpers.paths import resolve, spark_uri
+
+log = logging.getLogger(__name__)
+
+#: Extensions read, as a Hadoop glob (case variants spelled out: the glob is case-sensitive).
+IMAGE_GLOB = "*.{jpg,jpeg,png,JPG,JPEG,PNG,Jpg,Jpeg,Png}"
+EXTENSIONS_TEXT = "*.jpg, *.jpeg, *.png recursively"
+
+#: Folder names recognised as a split (compared case-insensitively).
+SPLIT_NAMES = ("training", "test", "validation", "train", "val")
+
+
+def list_images(spark: SparkSession, data_root: str) -> DataFrame:
+    """Read every image file under ``data_root`` with Spark's ``binaryFile`` source.
+
+    Returns ``path, split, label, content, length, modificationTime``, one row per file.
+    Raises ``FileNotFoundError`` naming ``data_root`` when it is missing or holds no images.
+    """
+    uri = spark_uri(data_root)
+    try:
+        raw = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("pathGlobFilter", IMAGE_GLOB)
+            .load(uri)
+        )
+    except Exception as exc:  # Spark raises AnalysisException for a missing path
+        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
+            raise FileNotFoundError(
+                f"data_root '{data_root}' does not exist (resolved to {resolve(data_root)})"
+            ) from exc
+        raise
+    if raw.select("path").limit(1).count() == 0:
+        raise FileNotFoundError(
+            f"data_root '{data_root}' has no images (looked for {EXTENSIONS_TEXT})"
+        )
+    return with_split_and_label(raw)
+
+
+def with_split_and_label(df: DataFrame) -> DataFrame:
+    """Add ``label`` (parent folder) and ``split`` (folder above, if named like a split)."""
+    parts = F.split(F.col("path"), "/")
+    parent = F.element_at(parts, -2)
+    grandparent = F.element_at(parts, -3)
+    split = F.when(F.lower(grandparent).isin(*SPLIT_NAMES), grandparent)
+    return df.select(
+        "path",
+        split.alias("split"),
+        parent.alias("label"),
+        "content",
+        "length",
+        "modificationTime",
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return ``image`` upright, as 8-bit RGB; transparency is laid on white like the dataset."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        scale = 1 / 256 if np.asarray(image).max() > 255 else 1
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) * scale).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode image bytes into a ``size`` x ``size`` x 3 uint8 array.
+
+    Raises ``ValueError`` with a short reason for an empty, truncated or non-image file.
+    """
+    if not data:
+        raise ValueError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (size, size))  # JPEG: decode already downscaled when large
+            rgb = to_rgb(image)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image too large: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"cannot decode image: {exc}") from exc

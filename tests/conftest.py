@@ -1,0 +1,70 @@
+"""Shared fixtures: one local SparkSession per run, the offline weights, tiny image sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.paths import PROJECT_ROOT
+
+SHARED = PROJECT_ROOT.parent / "shared"
+WEIGHTS_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS_FILE = SHARED / "models" / WEIGHTS_NAME
+FRUITS360 = SHARED / "data" / "fruits360"
+DATA_SAMPLE = PROJECT_ROOT / "data_sample"
+
+# This machine cannot download Keras weights: point the default at the local copy.
+if WEIGHTS_FILE.is_file():
+    os.environ.setdefault("FRUITS_WEIGHTS", str(WEIGHTS_FILE))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session for the whole run."""
+    from helpers.spark import get_spark
+
+    session = get_spark("fruits-tests", master="local[2]", driver_memory="2g")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def weights() -> str:
+    """The offline ImageNet MobileNetV2 weights (skips when ../shared is absent)."""
+    if not WEIGHTS_FILE.is_file():
+        pytest.skip(f"offline weights not found at {WEIGHTS_FILE}")
+    return str(WEIGHTS_FILE)
+
+
+@pytest.fixture(scope="session")
+def fruits360() -> Path:
+    """The real Fruits-360 subset beside the repository (skips when absent)."""
+    if not FRUITS360.is_dir():
+        pytest.skip(f"real Fruits-360 images not found at {FRUITS360}")
+    return FRUITS360
+
+
+def write_jpeg(path: Path, color: tuple[int, int, int], size: int = 100, seed: int = 0) -> Path:
+    """A small noisy JPEG of one colour on white, so no two are identical."""
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size, size, 3), 255, dtype=np.uint8)
+    pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = color
+    pixels = np.clip(pixels + rng.integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    return path
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    """A Fruits-360-shaped tree: 2 classes (one with a space) x Training 3 + Test 2."""
+    colors = {"Apple Red": (200, 20, 30), "Banana": (230, 210, 40)}
+    for split, count in (("Training", 3), ("Test", 2)):
+        for c, (label, color) in enumerate(colors.items()):
+            for i in range(count):
+                write_jpeg(tmp_path / split / label / f"{i}_100.jpg", color, seed=100 * c + i)
+    return tmp_path

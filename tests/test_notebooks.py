@@ -1,0 +1,92 @@
+"""The three notebooks: committed clean, parameters that mirror helpers.config, and an
+end-to-end papermill run on data_sample with the real weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+from conftest import DATA_SAMPLE
+
+from helpers.config import PARAMETERS
+from helpers.paths import PROJECT_ROOT
+from helpers.run import NOTEBOOKS, main, run_notebooks
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_without_outputs_and_with_parameters_cell(name):
+    """No outputs, execution counts or papermill metadata; one cell tagged `parameters`."""
+    notebook = json.loads((NOTEBOOK_DIR / name).read_text())
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    assert "papermill" not in notebook["metadata"]
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_mirror_config(name):
+    """Each parameter a notebook declares exists in helpers.config with the same default."""
+    declared = pm.inspect_notebook(str(NOTEBOOK_DIR / name))
+    assert declared, f"{name} declares no parameters"
+    for param, info in declared.items():
+        assert param in DEFAULTS, f"{name}: '{param}' is not in helpers.config.PARAMETERS"
+        assert eval(info["default"]) == DEFAULTS[param], f"{name}: default of '{param}'"
+        assert info["help"], f"{name}: '{param}' has no comment"
+
+
+def test_bad_parameter_fails_before_any_notebook(tmp_path, capsys):
+    """A bad value stops the run with one message naming the parameter, nothing executed."""
+    assert main(["--output-root", str(tmp_path), "-p", "pca_variance", "1.5"]) == 2
+    assert not (tmp_path / "notebooks" / NOTEBOOKS[0]).exists()
+    with pytest.raises(ValueError, match="unknown parameter 'colour'"):
+        run_notebooks({"colour": "red"})
+
+
+@pytest.fixture(scope="module")
+def outputs(weights, tmp_path_factory) -> Path:
+    """Run the three notebooks on data_sample into a fresh output_root."""
+    root = tmp_path_factory.mktemp("outputs")
+    run_notebooks(
+        {
+            "data_root": str(DATA_SAMPLE),
+            "output_root": str(root),
+            "weights": weights,
+            "tsne_sample": 200,
+        }
+    )
+    return root
+
+
+def test_end_to_end_outputs(outputs):
+    """Features, PCA, model, figures, manifest and executed notebooks are all there."""
+    images = sorted(DATA_SAMPLE.rglob("*.jpg"))
+    features = pd.read_parquet(outputs / "features")
+    assert len(features) == len(images) == features["path"].nunique()
+    assert features["error"].isna().all()
+    matrix = np.stack(features["features"].to_numpy())
+    assert matrix.shape == (len(images), 1280) and np.isfinite(matrix).all()
+
+    manifest = json.loads((outputs / "manifest.json").read_text())
+    k = manifest["pca"]["k"]
+    assert 1 <= k <= 1280 and manifest["pca"]["variance_kept"] >= 0.95
+    assert manifest["features"]["rows"] == len(images) and manifest["eda"]["images"] == len(images)
+    assert manifest["pca"]["probe"]["full"]["accuracy"] >= 0.9
+
+    reduced = pd.read_parquet(outputs / "pca")
+    assert len(reduced) == len(images) and len(reduced["pca"].iloc[0]) == k
+    assert (outputs / "pca_model" / "metadata").is_dir()
+
+    for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
+        png = (outputs / "figures" / f"{figure}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, figure
+    for name in NOTEBOOKS:
+        executed = json.loads((outputs / "notebooks" / name).read_text())
+        assert executed["metadata"]["papermill"]["exception"] in (None, False)
