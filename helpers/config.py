@@ -81,6 +81,8 @@ def coerce(name: str, value: Any) -> Any:
         known = ", ".join(sorted(_BY_NAME))
         raise ValueError(f"unknown parameter '{name}'; known parameters: {known}")
     kind = _BY_NAME[name].type
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"parameter '{name}' must be int, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError) as exc:

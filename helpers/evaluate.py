@@ -39,7 +39,8 @@ def tsne_embedding(
 ) -> np.ndarray:
     """2-D t-SNE of the arrays in ``sample[column]`` (seeded; perplexity capped for few rows)."""
     matrix = _matrix(sample, column)
-    perplexity = min(perplexity, max(2.0, (len(matrix) - 1) / 3))
+    # scikit-learn needs perplexity < n_samples: cap it for small samples (2 rows: 1.0)
+    perplexity = min(perplexity, max(2.0, (len(matrix) - 1) / 3), len(matrix) - 1)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     return tsne.fit_transform(matrix)
 

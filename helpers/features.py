@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
-from pathlib import Path
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyspark.accumulators import Accumulator
 from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -93,17 +95,15 @@ def weights_checksum(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def file_checksum(path: str) -> str | None:
-    """SHA-256 of a weights file, or None for ``imagenet``/``random``."""
-    if not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _worker_model(
     model_name: str, image_size: int, weights: Broadcast, checksum: str, threads: int
-) -> Any:
-    """The model for this Python worker, built on first use from the broadcast weights."""
+) -> Callable[[np.ndarray], np.ndarray]:
+    """This Python worker's inference function, built on first use from the broadcast weights.
+
+    TensorFlow gets ``threads`` threads (the cores a Spark task owns), so several tasks on
+    one executor share its cores instead of each one claiming all of them. The function is
+    traced once for any batch length, so a short last batch costs no new trace.
+    """
     key = (model_name, image_size, checksum)
     if key not in _WORKER_MODELS:
         import tensorflow as tf
@@ -111,37 +111,66 @@ def _worker_model(
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # already initialised in this process: keep its settings
+        except RuntimeError:  # TensorFlow already started in this process: keep its settings
             pass
         model = build_model(model_name, None, image_size)
         model.set_weights(weights.value)
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+        infer = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         _WORKER_MODELS.clear()  # one model per worker: free the previous run's
-        _WORKER_MODELS[key] = model
+        _WORKER_MODELS[key] = lambda pixels: infer(pixels).numpy()
     return _WORKER_MODELS[key]
 
 
 def featurize_batch(
-    model: Any, preprocess: Any, contents: pd.Series, image_size: int, batch_size: int
+    infer: Callable[[np.ndarray], np.ndarray],
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    contents: pd.Series,
+    image_size: int,
+    batch_size: int,
 ) -> pd.DataFrame:
-    """Decode a batch of image bytes and run the model; undecodable images get an error."""
-    pixels = np.zeros((len(contents), image_size, image_size, 3), dtype=np.float32)
-    errors: list[str | None] = [None] * len(contents)
-    for i, data in enumerate(contents):
-        try:
-            pixels[i] = decode_image(data, image_size)
-        except ValueError as exc:
-            errors[i] = str(exc)[:500]
-    ok = np.array([e is None for e in errors])
-    vectors = np.zeros((len(contents), model.output_shape[-1]), dtype=np.float32)
-    if ok.any():
-        good = preprocess(pixels[ok])
-        out = [
-            model.predict_on_batch(good[s : s + batch_size])
-            for s in range(0, len(good), batch_size)
-        ]
-        vectors[ok] = np.concatenate(out)
-    features = [v if e is None else None for v, e in zip(vectors, errors)]
+    """Decode image bytes and run the model, ``batch_size`` images at a time.
+
+    Undecodable images get an error and null features; memory stays at one batch of pixels.
+    """
+    features: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    pixels = np.empty((batch_size, image_size, image_size, 3), dtype=np.float32)
+    for start in range(0, len(contents), batch_size):
+        chunk = contents.iloc[start : start + batch_size]
+        good = 0
+        chunk_errors: list[str | None] = []
+        for data in chunk:
+            try:
+                pixels[good] = decode_image(data, image_size)
+                good += 1
+                chunk_errors.append(None)
+            except ValueError as exc:
+                chunk_errors.append(str(exc)[:500])
+        vectors = iter(infer(preprocess(pixels[:good])) if good else [])
+        features.extend(None if e else next(vectors) for e in chunk_errors)
+        errors.extend(chunk_errors)
     return pd.DataFrame({"features": features, "error": errors})
+
+
+@dataclass
+class Featurization:
+    """A lazy featurization: the DataFrame to write, facts for the manifest, a decode count."""
+
+    features: DataFrame
+    info: dict[str, Any]
+    decoded: Accumulator
+
+    @property
+    def images_decoded(self) -> int:
+        """Images the UDF decoded so far (after the write: once per image, plus any retries)."""
+        return int(self.decoded.value)
+
+
+def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
+    """Tasks for ``images``: every core busy, about 8 model batches per task, no more."""
+    cores = spark.sparkContext.defaultParallelism
+    return max(cores, math.ceil(images / (batch_size * 8)))
 
 
 def featurize(
@@ -151,17 +180,18 @@ def featurize(
     weights: str = "imagenet",
     image_size: int = 224,
     batch_size: int = 64,
-) -> tuple[DataFrame, dict[str, Any]]:
+) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
 
-    Returns the lazy DataFrame ``path, split, label, features, error`` and facts for the
-    manifest (model, weights, checksum). Nothing is computed until the result is written.
+    The result is lazy: computing it (writing it) decodes and featurizes each image once.
+    Its rows are ``path, split, label, features, error``.
     """
     if model_name not in MODELS:
         raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
     arrays = load_weights(model_name, weights, image_size)
     broadcast = spark.sparkContext.broadcast(arrays)
     checksum = weights_checksum(arrays)
+    decoded = spark.sparkContext.accumulator(0)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     module = MODELS[model_name]["module"]
 
@@ -170,11 +200,14 @@ def featurize(
         import keras
 
         preprocess = getattr(keras.applications, module).preprocess_input
-        model = _worker_model(model_name, image_size, broadcast, checksum, threads)
+        infer = _worker_model(model_name, image_size, broadcast, checksum, threads)
         for contents in batches:
-            yield featurize_batch(model, preprocess, contents, image_size, batch_size)
+            decoded.add(len(contents))
+            yield featurize_batch(infer, preprocess, contents, image_size, batch_size)
 
-    result = images.withColumn("result", extract("content"))
+    count = len(images.inputFiles())
+    tasks = task_count(spark, count, batch_size)
+    result = images.coalesce(tasks).withColumn("result", extract("content"))
     out = result.select(
         "path",
         "split",
@@ -189,8 +222,11 @@ def featurize(
         "batch_size": batch_size,
         "weights": weights,
         "weights_sha256": checksum,
+        "files": count,
+        "tasks": tasks,
     }
-    return out, info
+    log.info("featurizing %d files in %d tasks with %s", count, tasks, model_name)
+    return Featurization(out, info, decoded)
 
 
 def write_features(features: DataFrame, output_root: str) -> str:

@@ -74,8 +74,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Return ``image`` upright, as 8-bit RGB; transparency is laid on white like the dataset."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scale = 1 / 256 if np.asarray(image).max() > 255 else 1
-        image = Image.fromarray((np.asarray(image, dtype=np.float64) * scale).astype(np.uint8))
+        # 16-bit samples (PNG loads them as I;16 or I): keep the high byte
+        values = np.asarray(image, dtype=np.float64)
+        scale = 1 / 256 if image.mode != "I" or values.max() > 255 else 1
+        image = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -21,9 +21,10 @@ def featurized(spark, weights, tmp_path_factory):
         write_jpeg(root / "Test" / "Banana" / f"{i}.jpg", (230, 210, 40), seed=10 + i)
     (root / "Test" / "Banana" / "broken.jpg").write_text("not an image")
     out = str(tmp_path_factory.mktemp("out"))
-    features, info = featurize(spark, list_images(spark, str(root)), weights=weights, batch_size=4)
-    write_features(features, out)
-    return root, info, read_features(spark, out).toPandas().set_index("path")
+    run = featurize(spark, list_images(spark, str(root)), weights=weights, batch_size=4)
+    write_features(run.features, out)
+    assert run.images_decoded == 7  # each file decoded once, the corrupt one included
+    return root, run.info, read_features(spark, out).toPandas().set_index("path")
 
 
 def test_one_row_per_file_with_1280_finite_floats(featurized):

@@ -1,0 +1,139 @@
+"""Feature-extraction throughput: bare Keras against the project's Spark pipeline.
+
+    python bench/featurize.py --images ../shared/data/fruits360 \\
+        [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N]
+
+Both sides featurize the same files on this machine in one run: (a) one Python process
+reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
+(b) the Spark pipeline end to end: binaryFile read, pandas UDF (decode, resize, model),
+Parquet write, including the driver's weight load and broadcast and the workers' model
+builds; only the JVM start is left out. The last line is
+``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from helpers.config import MODELS, resolve_weights
+from helpers.features import build_model, featurize, read_features, write_features
+from helpers.images import decode_image, list_images
+from helpers.spark import get_spark
+
+EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+
+def pick_files(root: Path, limit: int) -> list[Path]:
+    """Every image under ``root``, or ``limit`` of them spread evenly over the sorted list."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    if limit and limit < len(files):
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
+    return files
+
+
+def copy_tree(files: list[Path], root: Path, target: Path) -> None:
+    """Copy ``files`` under ``target`` keeping their paths relative to ``root``."""
+    for path in files:
+        destination = target / path.relative_to(root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+
+
+def bare_keras(files: list[Path], weights: str, model_name: str, size: int, batch: int) -> float:
+    """Images per second of read + decode + resize + predict in this process."""
+    import keras
+
+    preprocess = getattr(keras.applications, MODELS[model_name]["module"]).preprocess_input
+    model = build_model(model_name, weights, size)
+    model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))  # warm-up, not timed
+    started = time.perf_counter()
+    for start in range(0, len(files), batch):
+        pixels = np.stack(
+            [decode_image(p.read_bytes(), size) for p in files[start : start + batch]]
+        )
+        model.predict_on_batch(preprocess(pixels.astype(np.float32)))
+    return len(files) / (time.perf_counter() - started)
+
+
+class WorkerMemory(threading.Thread):
+    """Polls the resident memory of Spark's Python workers; keeps the peak of their sum."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stopped.wait(0.5):
+            total = 0
+            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                worker = "pyspark.daemon" in cmd or "pyspark.worker" in cmd
+                if proc.info["pid"] != me and worker and proc.info["memory_info"]:
+                    total += proc.info["memory_info"].rss
+            self.peak = max(self.peak, total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", required=True, type=Path)
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--model-name", default="mobilenet_v2", choices=sorted(MODELS))
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    weights = resolve_weights(args.weights)
+    files = pick_files(args.images.resolve(), args.limit)
+    size, batch = args.image_size, args.batch_size
+    print(
+        f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch},"
+        f" {os.cpu_count()} cores"
+    )
+
+    keras_img_s = bare_keras(files, weights, args.model_name, size, batch)
+    print(f"bare Keras:     {keras_img_s:7.1f} images/s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = Path(tmp, "images"), Path(tmp, "out")
+        copy_tree(files, args.images.resolve(), data)
+        spark = get_spark("bench-featurize")  # JVM start: not timed
+        memory = WorkerMemory()
+        memory.start()
+        started = time.perf_counter()
+        run = featurize(spark, list_images(spark, str(data)), args.model_name, weights, size, batch)
+        write_features(run.features, str(out))
+        elapsed = time.perf_counter() - started
+        memory.stopped.set()
+        rows = read_features(spark, str(out))
+        written, errors = rows.count(), rows.where("error IS NOT NULL").count()
+        decoded = run.images_decoded
+        spark.stop()
+    pipeline_img_s = len(files) / elapsed
+    print(
+        f"Spark pipeline: {pipeline_img_s:7.1f} images/s ({elapsed:.1f} s, {run.info['tasks']}"
+        f" tasks; rows {written}, errors {errors}, images decoded {decoded})"
+    )
+    print(f"peak RSS of the Python workers: {memory.peak / 2**20:.0f} MiB")
+    if written != len(files) or decoded != len(files):
+        raise SystemExit(f"expected {len(files)} rows decoded once, got {written} / {decoded}")
+    print(
+        f"pipeline_img_s={pipeline_img_s:.1f} keras_img_s={keras_img_s:.1f} "
+        f"ratio={pipeline_img_s / keras_img_s:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Tests for helpers.evaluate: stratified sampling, the linear probe and the t-SNE embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+
+from helpers.evaluate import linear_probe, stratified_sample, tsne_embedding
+
+CLASSES = ("Apple Red", "Banana", "Kiwi")
+PER_SPLIT = {"Training": 20, "Test": 8}
+DIM = 6
+
+SCHEMA = StructType(
+    [
+        StructField("path", StringType()),
+        StructField("split", StringType()),
+        StructField("label", StringType()),
+        StructField("pca", ArrayType(FloatType())),
+    ]
+)
+
+
+def _clusters(seed: int = 0) -> list[tuple]:
+    """Rows of three tight, far-apart Gaussian clusters, one per class, in both splits."""
+    rng = np.random.default_rng(seed)
+    centers = 10.0 * np.eye(len(CLASSES), DIM)
+    rows = []
+    for split, count in PER_SPLIT.items():
+        for c, label in enumerate(CLASSES):
+            points = centers[c] + 0.3 * rng.normal(size=(count, DIM))
+            rows += [
+                (f"{split}/{label}/{i}.jpg", split, label, p.tolist()) for i, p in enumerate(points)
+            ]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def clusters(spark):
+    return spark.createDataFrame(_clusters(), SCHEMA).cache()
+
+
+def test_stratified_sample_is_balanced(clusters) -> None:
+    """stratified_sample spreads about ``size`` rows evenly over the classes."""
+    sample = stratified_sample(clusters, "pca", size=30, seed=1)
+    assert list(sample.columns) == ["label", "pca"]
+    assert sample["label"].value_counts().to_dict() == dict.fromkeys(CLASSES, 10)
+    rounded_up = stratified_sample(clusters, "pca", size=10, seed=1)
+    assert rounded_up["label"].value_counts().to_dict() == dict.fromkeys(CLASSES, 4)
+
+
+def test_stratified_sample_seeded(clusters) -> None:
+    """The same seed gives the same sample."""
+    first, second = (stratified_sample(clusters, "pca", size=9, seed=3) for _ in range(2))
+    pd.testing.assert_frame_equal(
+        first.sort_values("label").reset_index(drop=True),
+        second.sort_values("label").reset_index(drop=True),
+    )
+
+
+def test_linear_probe_separable_clusters(clusters) -> None:
+    """Separable clusters are classified perfectly, with row counts and worst classes reported."""
+    result = linear_probe(clusters, "pca")
+    assert set(result) == {"accuracy", "train_rows", "test_rows", "worst_classes"}
+    assert result["accuracy"] == 1.0
+    assert result["train_rows"] == PER_SPLIT["Training"] * len(CLASSES)
+    assert result["test_rows"] == PER_SPLIT["Test"] * len(CLASSES)
+    assert result["worst_classes"] == dict.fromkeys(CLASSES, 1.0)
+
+
+def test_linear_probe_without_test_split(clusters) -> None:
+    """With no Test rows the probe is skipped and returns None."""
+    assert linear_probe(clusters.where("split = 'Training'"), "pca") is None
+
+
+def test_tsne_embedding_shape_and_seed(clusters) -> None:
+    """t-SNE gives finite (n, 2) coordinates, identical for the same seed."""
+    sample = stratified_sample(clusters, "pca", size=30)
+    first = tsne_embedding(sample, "pca", perplexity=5, seed=0)
+    second = tsne_embedding(sample, "pca", perplexity=5, seed=0)
+    assert first.shape == (30, 2)
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 5])
+def test_tsne_embedding_tiny_sample(rows: int) -> None:
+    """A sample smaller than the perplexity still embeds: the perplexity is capped."""
+    rng = np.random.default_rng(0)
+    sample = pd.DataFrame({"label": ["a"] * rows, "pca": list(rng.normal(size=(rows, DIM)))})
+    embedding = tsne_embedding(sample, "pca", perplexity=30.0)
+    assert embedding.shape == (rows, 2)
+    assert np.isfinite(embedding).all()

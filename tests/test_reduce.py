@@ -1,0 +1,179 @@
+"""Tests for helpers.reduce: StandardScaler + PCA with Spark ML, k chosen by explained variance."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+from sklearn.decomposition import PCA as SklearnPCA
+
+from helpers.paths import join, spark_uri
+from helpers.reduce import (
+    choose_k,
+    fit_reduction,
+    reduce_features,
+    save_reduction,
+    variance_table,
+)
+
+ROWS = 400
+#: Three latent factors drive blocks of 6, 4 and 2 of the 12 columns: after standardization
+#: the spectrum is about 6/12, 4/12, 2/12, then noise.
+BLOCKS = (6, 4, 2)
+WIDTH = sum(BLOCKS)
+FAILED = 5
+
+SCHEMA = StructType(
+    [
+        StructField("path", StringType()),
+        StructField("split", StringType()),
+        StructField("label", StringType()),
+        StructField("features", ArrayType(FloatType())),
+        StructField("error", StringType()),
+    ]
+)
+
+
+def _synthetic(seed: int = 0) -> np.ndarray:
+    """ROWS x WIDTH float32: block factors plus 5% noise, columns on wildly different scales."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(ROWS, len(BLOCKS)))
+    columns = np.repeat(factors, BLOCKS, axis=1) + 0.05 * rng.normal(size=(ROWS, WIDTH))
+    scales = 10.0 ** rng.uniform(-2, 3, size=WIDTH)  # the scaler must undo these
+    return (columns * scales + rng.normal(size=WIDTH) * 100).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def matrix() -> np.ndarray:
+    return _synthetic()
+
+
+@pytest.fixture(scope="module")
+def features(spark, matrix: np.ndarray):
+    """A features DataFrame: ROWS good rows, plus FAILED error rows that must be ignored."""
+    rows = [
+        (f"r{i:04d}", "Training" if i % 4 else "Test", f"c{i % 3}", row.tolist(), None)
+        for i, row in enumerate(matrix)
+    ]
+    garbage = [1e6] * WIDTH
+    rows += [
+        (f"bad{i}", "Training", "c0", None if i % 2 else garbage, "cannot decode image")
+        for i in range(FAILED)
+    ]
+    return spark.createDataFrame(rows, SCHEMA).cache()
+
+
+@pytest.fixture(scope="module")
+def reduction(features):
+    """The reduction fitted once for the module at 95% variance."""
+    return fit_reduction(features, variance=0.95)
+
+
+def _standardized(matrix: np.ndarray) -> np.ndarray:
+    """What Spark's StandardScaler computes: centred, divided by the unbiased std."""
+    x = matrix.astype(np.float64)
+    return (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
+
+
+SPECTRUM = np.array([0.5, 0.3, 0.15, 0.05])
+
+
+@pytest.mark.parametrize(("variance", "k"), [(0.4, 1), (0.8, 2), (0.95, 3), (1.0, 4)])
+def test_choose_k_known_spectrum(variance: float, k: int) -> None:
+    """choose_k returns the fewest components whose cumulative share reaches the threshold."""
+    assert choose_k(SPECTRUM, variance) == k
+
+
+@pytest.mark.parametrize("variance", [0, 1.5, -0.2])
+def test_choose_k_rejects_out_of_range(variance: float) -> None:
+    """A threshold outside (0, 1] raises ValueError naming pca_variance."""
+    with pytest.raises(ValueError, match="pca_variance"):
+        choose_k(SPECTRUM, variance)
+
+
+def test_fit_reduction_finds_the_latent_factors(reduction, matrix: np.ndarray) -> None:
+    """Three latent factors give k=3 at 95%, whatever the columns' scales; spectrum sums to 1."""
+    assert reduction.k == 3
+    assert reduction.rows == ROWS  # the error rows are left out
+    assert reduction.dim == WIDTH
+    explained = reduction.explained_variance
+    assert explained.shape == (WIDTH,)
+    assert explained.sum() == pytest.approx(1.0, abs=1e-9)
+    assert np.all(np.diff(explained) <= 1e-12)
+    expected = np.linalg.eigvalsh(np.corrcoef(matrix.astype(np.float64), rowvar=False))[::-1]
+    np.testing.assert_allclose(explained, expected / WIDTH, atol=1e-9)
+    assert reduction.variance_at(3) > 0.95 > reduction.variance_at(2)
+
+
+@pytest.mark.parametrize(("variance", "k"), [(0.4, 1), (0.8, 2)])
+def test_fit_reduction_threshold_sets_k(features, variance: float, k: int) -> None:
+    """A lower threshold keeps fewer components."""
+    assert fit_reduction(features, variance=variance).k == k
+
+
+def test_fit_reduction_explicit_k(features) -> None:
+    """A positive pca_k is used as given, ignoring the variance threshold."""
+    reduction = fit_reduction(features, variance=0.95, k=5)
+    assert reduction.k == 5
+    pca = reduce_features(reduction, features).first()["pca"]
+    assert len(pca) == 5
+
+
+def test_fit_reduction_rejects_k_above_width(features) -> None:
+    """pca_k larger than the feature width raises ValueError naming pca_k."""
+    with pytest.raises(ValueError, match=f"pca_k={WIDTH + 1}"):
+        fit_reduction(features, k=WIDTH + 1)
+
+
+def test_reduce_features_schema(reduction, features) -> None:
+    """reduce_features gives path, split, label and a float array of length k per good row."""
+    reduced = reduce_features(reduction, features)
+    assert reduced.columns == ["path", "split", "label", "pca"]
+    assert reduced.schema["pca"].dataType.elementType == FloatType()
+    rows = reduced.collect()
+    assert len(rows) == ROWS
+    assert not any(r["path"].startswith("bad") for r in rows)
+    assert {len(r["pca"]) for r in rows} == {reduction.k}
+
+
+def test_truncated_model_matches_sklearn(reduction, features, matrix: np.ndarray) -> None:
+    """The kept model equals the first k components of a full PCA on standardized data."""
+    reduced = reduce_features(reduction, features).toPandas().sort_values("path")
+    spark_pca = np.stack(reduced["pca"].to_numpy()).astype(np.float64)
+    reference = SklearnPCA(n_components=reduction.k, svd_solver="full")
+    expected = reference.fit_transform(_standardized(matrix))
+    signs = np.sign(np.sum(spark_pca * expected, axis=0))  # components are defined up to sign
+    np.testing.assert_allclose(spark_pca * signs, expected, atol=1e-3)
+
+
+def test_variance_table_marks_chosen_k(reduction) -> None:
+    """variance_table lists the chosen k, flagged, and only k that fit the feature width."""
+    table = variance_table(reduction)
+    assert table["k"].tolist() == [2, 3, 10]
+    assert table.loc[table["chosen"], "k"].tolist() == [3]
+    assert table["variance_kept"].is_monotonic_increasing
+    chosen = table.loc[table["chosen"], "variance_kept"].item()
+    assert chosen == pytest.approx(reduction.variance_at(3))
+
+
+def test_save_reduction_round_trip(spark, reduction, features, tmp_path: Path) -> None:
+    """save_reduction writes pca/ and pca_model/, and both load back to the same projection."""
+    output_root = str(tmp_path / "out")
+    reduced = reduce_features(reduction, features)
+    uri = save_reduction(reduction, reduced, output_root)
+    assert uri == spark_uri(join(output_root, "pca"))
+    assert (tmp_path / "out" / "pca").is_dir() and (tmp_path / "out" / "pca_model").is_dir()
+
+    saved = spark.read.parquet(uri).toPandas().sort_values("path")
+    loaded = PipelineModel.load(spark_uri(join(output_root, "pca_model")))
+    assert loaded.stages[-1].pc.numCols == reduction.k
+    again_pd = reduce_features(replace(reduction, model=loaded), features).toPandas()
+    again_pd = again_pd.sort_values("path")
+    expected = reduced.toPandas().sort_values("path")
+    assert saved["path"].tolist() == expected["path"].tolist()
+    np.testing.assert_allclose(np.stack(saved["pca"]), np.stack(expected["pca"]))
+    np.testing.assert_allclose(np.stack(again_pd["pca"]), np.stack(expected["pca"]), atol=1e-5)
