@@ -49,10 +49,15 @@ def copy_tree(files: list[Path], root: Path, target: Path) -> None:
         shutil.copyfile(path, destination)
 
 
-def bare_keras(files: list[Path], weights: str, model_name: str, size: int, batch: int) -> float:
+def bare_keras(
+    files: list[Path], weights: str, model_name: str, size: int, batch: int, cores: int
+) -> float:
     """Images per second of read + decode + resize + predict in this process."""
     import keras
+    import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
     preprocess = getattr(keras.applications, MODELS[model_name]["module"]).preprocess_input
     model = build_model(model_name, weights, size)
     model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))  # warm-up, not timed
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for both sides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     weights = resolve_weights(args.weights)
@@ -100,16 +106,16 @@ def main() -> None:
     size, batch = args.image_size, args.batch_size
     print(
         f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch},"
-        f" {os.cpu_count()} cores"
+        f" {args.cores} cores"
     )
 
-    keras_img_s = bare_keras(files, weights, args.model_name, size, batch)
+    keras_img_s = bare_keras(files, weights, args.model_name, size, batch, args.cores)
     print(f"bare Keras:     {keras_img_s:7.1f} images/s")
 
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp, "images"), Path(tmp, "out")
         copy_tree(files, args.images.resolve(), data)
-        spark = get_spark("bench-featurize")  # JVM start: not timed
+        spark = get_spark("bench-featurize", master=f"local[{args.cores}]")  # JVM start: not timed
         memory = WorkerMemory()
         memory.start()
         started = time.perf_counter()

@@ -168,7 +168,10 @@ class Featurization:
 
 
 def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
-    """Tasks for ``images``: every core busy, about 8 model batches per task, no more."""
+    """Tasks for ``images``: at least one per core, each of about 8 model batches.
+
+    Few large tasks keep per-task costs small; at least one per core keeps every core busy.
+    """
     cores = spark.sparkContext.defaultParallelism
     return max(cores, math.ceil(images / (batch_size * 8)))
 
@@ -207,6 +210,8 @@ def featurize(
 
     count = len(images.inputFiles())
     tasks = task_count(spark, count, batch_size)
+    # Arrow batches of a few model batches: bounded memory even for large photos
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))
     result = images.coalesce(tasks).withColumn("result", extract("content"))
     out = result.select(
         "path",

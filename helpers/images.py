@@ -47,7 +47,7 @@ def list_images(spark: SparkSession, data_root: str) -> DataFrame:
                 f"data_root '{data_root}' does not exist (resolved to {resolve(data_root)})"
             ) from exc
         raise
-    if raw.select("path").limit(1).count() == 0:
+    if not raw.inputFiles():  # the file listing Spark already made: no job runs
         raise FileNotFoundError(
             f"data_root '{data_root}' has no images (looked for {EXTENSIONS_TEXT})"
         )
@@ -102,5 +102,5 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8)
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot decode image: {exc}") from exc
+    except Exception as exc:  # corrupt files raise many types (struct.error, EOFError...)
+        raise ValueError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc

@@ -23,6 +23,8 @@ LOCAL_CONF = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1024",
     "spark.python.worker.reuse": "true",
+    # workers forked from a daemon that already imported TensorFlow start in milliseconds
+    "spark.python.daemon.module": "helpers.daemon",
 }
 
 

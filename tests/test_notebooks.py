@@ -78,6 +78,7 @@ def test_end_to_end_outputs(outputs):
     k = manifest["pca"]["k"]
     assert 1 <= k <= 1280 and manifest["pca"]["variance_kept"] >= 0.95
     assert manifest["features"]["rows"] == len(images) and manifest["eda"]["images"] == len(images)
+    assert manifest["features"]["images_decoded"] == len(images)  # each image decoded once
     assert manifest["pca"]["probe"]["full"]["accuracy"] >= 0.9
 
     reduced = pd.read_parquet(outputs / "pca")
