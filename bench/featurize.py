@@ -26,7 +26,8 @@ import numpy as np
 import psutil
 
 from helpers.config import MODELS, resolve_weights
-from helpers.features import build_model, featurize, read_features, write_features
+from helpers.dataset import read_features, write_features
+from helpers.features import build_model, featurize
 from helpers.images import decode_image, list_images
 from helpers.spark import get_spark
 
@@ -84,7 +85,9 @@ class WorkerMemory(threading.Thread):
             total = 0
             for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
-                worker = "pyspark.daemon" in cmd or "pyspark.worker" in cmd
+                worker = any(
+                    m in cmd for m in ("pyspark.daemon", "pyspark.worker", "helpers.daemon")
+                )
                 if proc.info["pid"] != me and worker and proc.info["memory_info"]:
                     total += proc.info["memory_info"].rss
             self.peak = max(self.peak, total)
@@ -120,7 +123,7 @@ def main() -> None:
         memory.start()
         started = time.perf_counter()
         run = featurize(spark, list_images(spark, str(data)), args.model_name, weights, size, batch)
-        write_features(run.features, str(out))
+        write_features(spark, run.features, str(out))
         elapsed = time.perf_counter() - started
         memory.stopped.set()
         rows = read_features(spark, str(out))

@@ -15,6 +15,15 @@ from typing import Any
 #: Environment variable that overrides the default of ``weights`` (e.g. an offline .h5 file).
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
 
+#: Environment variables naming an S3-compatible endpoint, in the order boto3 reads them.
+S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+#: Environment variables naming the AWS region, in the order boto3 reads them.
+REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+#: Environment variable with local hadoop-aws + AWS SDK jars (offline local Spark on S3).
+HADOOP_AWS_JARS_ENV = "FRUITS_HADOOP_AWS_JARS"
+
 #: The CNNs the pipeline knows: Keras application name, feature width, preprocessing module.
 MODELS: dict[str, dict[str, Any]] = {
     "mobilenet_v2": {"keras": "MobileNetV2", "dim": 1280, "module": "mobilenet_v2"},
@@ -46,6 +55,20 @@ PARAMETERS: tuple[Parameter, ...] = (
         "where features/, pca/, pca_model/, figures/, manifest.json and notebooks/ go",
     ),
     Parameter(
+        "s3_endpoint",
+        "",
+        str,
+        "S3-compatible store URL (MinIO, Ceph...) for s3:// roots; empty: "
+        f"${S3_ENDPOINT_ENVS[0]} or ${S3_ENDPOINT_ENVS[1]}, else AWS itself",
+    ),
+    Parameter(
+        "hadoop_aws_jars",
+        "",
+        str,
+        "local Spark on s3:// without Maven Central: comma-separated hadoop-aws and AWS SDK "
+        f"bundle jars; empty: ${HADOOP_AWS_JARS_ENV}, else spark.jars.packages downloads them",
+    ),
+    Parameter(
         "weights",
         "imagenet",
         str,
@@ -55,16 +78,43 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("model_name", "mobilenet_v2", str, "CNN without its top: mobilenet_v2 or resnet50"),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", 64, int, "images per model call inside the pandas UDF"),
+    Parameter(
+        "overwrite", False, bool, "featurize every image again instead of only new or changed ones"
+    ),
     Parameter("pca_variance", 0.95, float, "keep the fewest components reaching this variance"),
     Parameter("pca_k", 0, int, "number of components; 0 chooses k from pca_variance"),
     Parameter("tsne_sample", 2000, int, "points in the stratified t-SNE sample"),
     Parameter("tsne_perplexity", 30.0, float, "t-SNE perplexity"),
     Parameter("grid_per_class", 4, int, "images per class in the EDA sample grid"),
     Parameter("grid_classes", 24, int, "classes shown in the EDA sample grid (0: all)"),
+    Parameter(
+        "eda_sample_per_class",
+        30,
+        int,
+        "images per class behind the EDA class mean images and variability (0: all)",
+    ),
+    Parameter("eda_image_size", 50, int, "side in pixels of the EDA mean images"),
     Parameter("seed", 42, int, "seed for every sample and for t-SNE"),
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+#: Test hook: ``crash-worker:N`` kills the Python worker at its Nth batch on the first attempt
+#: of the first task (Spark must retry it); ``kill-driver:N`` kills the driver there (a run
+#: interrupted mid-write). Never set in production.
+FAULT_ENV = "FRUITS_FAULT"
+
+
+def fault_injection() -> tuple[str, int] | None:
+    """The fault ``$FRUITS_FAULT`` asks the feature UDF to inject, if any (tests only)."""
+    value = os.environ.get(FAULT_ENV, "")
+    if not value:
+        return None
+    kind, _, batch = value.partition(":")
+    if kind not in ("crash-worker", "kill-driver") or not batch.isdigit():
+        raise ValueError(f"{FAULT_ENV}={value!r}: expected crash-worker:N or kill-driver:N")
+    return kind, int(batch)
 
 
 def defaults() -> dict[str, Any]:
@@ -81,6 +131,10 @@ def coerce(name: str, value: Any) -> Any:
         known = ", ".join(sorted(_BY_NAME))
         raise ValueError(f"unknown parameter '{name}'; known parameters: {known}")
     kind = _BY_NAME[name].type
+    if kind is bool and isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"parameter '{name}' must be true or false, got {value!r}")
+        return value.strip().lower() in ("true", "1", "yes")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"parameter '{name}' must be int, got {value!r}")
     try:
@@ -125,3 +179,51 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     if values.get("pca_k", 0) < 0:
         raise ValueError(f"pca_k must be 0 (choose by variance) or positive, got {values['pca_k']}")
     return values
+
+
+def resolve_s3_endpoint(s3_endpoint: str = "") -> str:
+    """The S3-compatible endpoint URL to use, or ``''`` for AWS itself.
+
+    ``s3_endpoint`` wins, then ``$AWS_ENDPOINT_URL_S3`` and ``$AWS_ENDPOINT_URL``: the
+    variables boto3 and s3fs read themselves, so Spark, the manifest and papermill all talk
+    to the same store.
+    """
+    endpoint = s3_endpoint.strip() or next(
+        (os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), ""
+    )
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ValueError(
+            f"s3_endpoint '{endpoint}' is not a URL: give http(s)://host[:port] of the "
+            f"S3-compatible store (parameter s3_endpoint or ${S3_ENDPOINT_ENVS[1]}), or nothing "
+            "for AWS"
+        )
+    return endpoint.rstrip("/")
+
+
+def resolve_hadoop_aws_jars(hadoop_aws_jars: str = "") -> list[str]:
+    """The local jars giving Spark the S3A connector, or ``[]`` to download them instead.
+
+    ``hadoop_aws_jars`` (comma-separated) wins over ``$FRUITS_HADOOP_AWS_JARS``. A jar that
+    does not exist raises now rather than as a Java error when Spark starts.
+    """
+    value = hadoop_aws_jars.strip() or os.environ.get(HADOOP_AWS_JARS_ENV, "").strip()
+    jars = [part.strip() for part in value.split(",") if part.strip()]
+    resolved = []
+    for jar in jars:
+        if "://" in jar:  # a URL Spark fetches itself
+            resolved.append(jar)
+            continue
+        path = Path(jar).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"hadoop-aws jar '{jar}' not found: fix the 'hadoop_aws_jars' parameter or "
+                f"${HADOOP_AWS_JARS_ENV} (comma-separated local jars), or leave both empty to "
+                "download hadoop-aws from Maven Central"
+            )
+        resolved.append(str(path.resolve()))
+    return resolved
+
+
+def aws_region() -> str:
+    """The AWS region from ``$AWS_REGION`` or ``$AWS_DEFAULT_REGION``, ``''`` if unset."""
+    return next((os.environ[name] for name in REGION_ENVS if os.environ.get(name)), "")

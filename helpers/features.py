@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +26,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-from helpers.config import MODELS, WEIGHTS_ENV, resolve_weights
-from helpers.images import decode_image
-from helpers.paths import exists, join, spark_uri
+from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, resolve_weights
+from helpers.dataset import pending_images, write_features
+from helpers.images import decode_image, list_images
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,23 @@ class Featurization:
         return int(self.decoded.value)
 
 
+def _start_python_workers(spark: SparkSession) -> threading.Thread:
+    """Start the executors' Python workers in the background, one per core.
+
+    Their start (with :mod:`helpers.daemon`, importing TensorFlow) then overlaps the
+    driver's weight loading instead of delaying the first batch.
+    """
+    context = spark.sparkContext
+    cores = context.defaultParallelism
+    thread = threading.Thread(
+        target=lambda: context.parallelize(range(cores), cores).foreach(lambda _: None),
+        name="fruits-start-python-workers",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
 def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
     """Tasks for ``images``: at least one per core, each of about 8 model batches.
 
@@ -176,6 +196,20 @@ def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
     return max(cores, math.ceil(images / (batch_size * 8)))
 
 
+def _inject_fault(fault: tuple[str, int], batch: int, driver_pid: int) -> None:
+    """Test hook (``$FRUITS_FAULT``): crash this worker or kill the driver at a given batch."""
+    from pyspark import TaskContext
+
+    kind, at = fault
+    context = TaskContext.get()
+    if batch != at or context is None or context.partitionId() != 0:
+        return
+    if kind == "crash-worker" and context.attemptNumber() == 0:
+        os._exit(1)
+    if kind == "kill-driver":
+        os.kill(driver_pid, signal.SIGKILL)
+
+
 def featurize(
     spark: SparkSession,
     images: DataFrame,
@@ -183,20 +217,25 @@ def featurize(
     weights: str = "imagenet",
     image_size: int = 224,
     batch_size: int = 64,
+    count: int | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
 
     The result is lazy: computing it (writing it) decodes and featurizes each image once.
-    Its rows are ``path, split, label, features, error``.
+    Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
+    number of rows, when the caller knows it) sizes the tasks; by default every listed file.
     """
     if model_name not in MODELS:
         raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
+    warm_up = _start_python_workers(spark)
     arrays = load_weights(model_name, weights, image_size)
+    warm_up.join()
     broadcast = spark.sparkContext.broadcast(arrays)
     checksum = weights_checksum(arrays)
     decoded = spark.sparkContext.accumulator(0)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     module = MODELS[model_name]["module"]
+    fault, driver_pid = fault_injection(), os.getpid()
 
     @F.pandas_udf(RESULT_SCHEMA)
     def extract(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -204,11 +243,13 @@ def featurize(
 
         preprocess = getattr(keras.applications, module).preprocess_input
         infer = _worker_model(model_name, image_size, broadcast, checksum, threads)
-        for contents in batches:
+        for index, contents in enumerate(batches):
+            if fault:
+                _inject_fault(fault, index, driver_pid)
             decoded.add(len(contents))
             yield featurize_batch(infer, preprocess, contents, image_size, batch_size)
 
-    count = len(images.inputFiles())
+    count = len(images.inputFiles()) if count is None else count
     tasks = task_count(spark, count, batch_size)
     # Arrow batches of a few model batches: bounded memory even for large photos
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))
@@ -219,6 +260,8 @@ def featurize(
         "label",
         F.col("result.features").alias("features"),
         F.col("result.error").alias("error"),
+        F.col("length").alias("size"),
+        F.col("modificationTime").alias("modified"),
     )
     info = {
         "model_name": model_name,
@@ -227,44 +270,36 @@ def featurize(
         "batch_size": batch_size,
         "weights": weights,
         "weights_sha256": checksum,
-        "files": count,
         "tasks": tasks,
     }
     log.info("featurizing %d files in %d tasks with %s", count, tasks, model_name)
     return Featurization(out, info, decoded)
 
 
-def write_features(features: DataFrame, output_root: str) -> str:
-    """Compute and write the features as Parquet under ``output_root/features``; return it."""
-    uri = spark_uri(join(output_root, "features"))
-    features.write.mode("overwrite").parquet(uri)
-    return uri
+def extract_features(
+    spark: SparkSession,
+    data_root: str,
+    output_root: str,
+    model_name: str = "mobilenet_v2",
+    weights: str = "imagenet",
+    image_size: int = 224,
+    batch_size: int = 64,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The feature-extraction step: featurize the new or changed images under ``data_root``.
 
-
-def read_features(spark: SparkSession, output_root: str) -> DataFrame:
-    """The features written by :func:`write_features`, read back (never recomputed)."""
-    uri = spark_uri(join(output_root, "features"))
-    if not exists(join(output_root, "features")):
-        raise FileNotFoundError(
-            f"no features under output_root '{output_root}': run 02_feature_extraction first"
-        )
-    return spark.read.parquet(uri)
-
-
-def feature_counts(features: DataFrame) -> dict[str, Any]:
-    """Rows with features and rows with an error, in total and per split, plus sample errors."""
-    by_split = (
-        features.groupBy(F.coalesce("split", F.lit("(none)")).alias("split"))
-        .agg(F.count("*").alias("rows"), F.count("features").alias("ok"))
-        .collect()
-    )
-    errors = features.where(F.col("error").isNotNull()).select("path", "error").limit(100).collect()
-    rows = sum(r["rows"] for r in by_split)
-    ok = sum(r["ok"] for r in by_split)
-    return {
-        "rows": rows,
-        "ok": ok,
-        "errors": rows - ok,
-        "by_split": {r["split"]: {"rows": r["rows"], "ok": r["ok"]} for r in by_split},
-        "error_examples": {r["path"]: r["error"] for r in errors},
-    }
+    Images already featurized under ``output_root`` (same path, size and modification time)
+    are skipped unless ``overwrite``; the new rows are published atomically as one run.
+    Returns facts for the manifest: files found, images featurized, decode count, run id.
+    """
+    images = list_images(spark, data_root)
+    files = len(images.inputFiles())
+    todo = pending_images(spark, images, output_root, overwrite)
+    count = files if todo is images else todo.count()  # no listing twice on a first run
+    summary: dict[str, Any] = {"files": files, "featurized": count, "skipped": files - count}
+    if count == 0:
+        log.info("all %d images already featurized under %s", files, output_root)
+        return {**summary, "images_decoded": 0, "run_id": None}
+    run = featurize(spark, todo, model_name, weights, image_size, batch_size, count)
+    run_id = write_features(spark, run.features, output_root, overwrite)
+    return {**summary, **run.info, "images_decoded": run.images_decoded, "run_id": run_id}

@@ -1,13 +1,19 @@
 """Data locations: one place that turns a user's ``data_root``/``output_root`` into URIs.
 
 Local paths may be relative to the repository root (where ``make run`` lives) or absolute;
-``file:``, ``s3://``, ``s3a://``, ``dbfs:/`` and ``/Volumes/`` are kept as given.
-Files that are not Spark's (figures, manifest) go through fsspec, so the same code
-writes to disk or to object stores.
+``file:``, ``s3://``, ``s3a://``, ``dbfs:/`` and ``/Volumes/`` are kept as given for Spark
+(:func:`spark_uri`). Files that are not Spark's (figures, manifest, executed notebooks,
+Parquet read back with pandas) use :func:`io_uri`, the same location as fsspec, s3fs,
+pandas and papermill name it: ``s3a://`` becomes ``s3://`` (one bucket, one s3fs client)
+and ``dbfs:/x`` the driver's FUSE path ``/dbfs/x``. S3 credentials and an S3-compatible
+endpoint come from the environment (AWS default chain, ``AWS_ENDPOINT_URL``), never from
+here, and errors name the bucket and the fix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -17,10 +23,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 _REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "gs://", "abfss://", "dbfs:/", "hdfs://")
 
+#: Unity Catalog volumes: a FUSE path on Databricks, read by Spark without a scheme.
+VOLUMES_PREFIX = "/Volumes/"
+
+#: Where Databricks mounts ``dbfs:/`` on the driver for plain file access.
+DBFS_FUSE = "/dbfs"
+
 
 def is_remote(uri: str) -> bool:
     """Whether ``uri`` names an object store or cluster file system rather than local disk."""
     return uri.startswith(_REMOTE_SCHEMES)
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` is an ``s3://``, ``s3a://`` or ``s3n://`` URI."""
+    return uri.strip().lower().startswith(("s3://", "s3a://", "s3n://"))
+
+
+def bucket_of(uri: str) -> str:
+    """The bucket of an S3 URI: ``'b'`` for ``s3a://b/x/y``."""
+    return uri.strip().split("://", 1)[1].split("/", 1)[0]
 
 
 def resolve(uri: str) -> str:
@@ -28,11 +50,24 @@ def resolve(uri: str) -> str:
 
     A relative path is taken from the repository root when running from a checkout,
     so notebooks executed from ``notebooks/`` and ``make run`` agree on ``data_sample``.
+    ``/Volumes/...`` is kept as given: it is a Databricks location, not this machine's.
     """
     if not uri or not uri.strip():
-        raise ValueError("path is empty: give a local path, file:, s3://, dbfs:/ or /Volumes/")
+        raise ValueError(
+            "path is empty: give a local path, file:, s3://, s3a://, dbfs:/ or /Volumes/"
+        )
     uri = uri.strip()
     if is_remote(uri):
+        authority = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else ""
+        if is_s3(uri) and (":" in authority or "@" in authority):  # never in a bucket name
+            raise ValueError(
+                "credentials in a URI are refused (s3://KEY:SECRET@bucket/...): they would "
+                "end up in notebooks, the manifest and logs; give the plain s3://bucket/prefix "
+                "and provide credentials through the environment, AWS_PROFILE or an instance "
+                "role"
+            )
+        return uri.rstrip("/")
+    if uri.startswith(VOLUMES_PREFIX):
         return uri.rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
@@ -46,9 +81,30 @@ def resolve(uri: str) -> str:
 
 
 def spark_uri(uri: str) -> str:
-    """The form Spark reads and writes: ``file:`` for local paths, remote URIs as given."""
+    """The form Spark reads and writes: ``file:`` for local paths, remote URIs as given.
+
+    ``s3://`` stays ``s3://``: EMRFS serves it on EMR, and :func:`helpers.spark.get_spark`
+    maps it to S3A elsewhere. ``/Volumes/...`` stays as given for Databricks.
+    """
     resolved = resolve(uri)
-    return resolved if is_remote(resolved) else f"file://{resolved}"
+    if is_remote(resolved) or resolved.startswith(VOLUMES_PREFIX):
+        return resolved
+    return f"file://{resolved}"
+
+
+def io_uri(uri: str) -> str:
+    """The form fsspec, pandas and papermill use for ``uri``: local path or ``s3://`` URI.
+
+    ``s3a://`` and ``s3n://`` name the same objects as ``s3://`` (papermill only knows
+    ``s3://``); ``dbfs:/x`` is read and written through the driver's FUSE mount ``/dbfs/x``.
+    """
+    resolved = resolve(uri)
+    scheme, sep, rest = resolved.partition("://")
+    if sep and scheme.lower() in ("s3a", "s3n"):
+        return f"s3://{rest}"
+    if resolved.startswith("dbfs:/"):
+        return DBFS_FUSE + "/" + resolved[len("dbfs:/") :].lstrip("/")
+    return resolved
 
 
 def join(root: str, *parts: str) -> str:
@@ -56,20 +112,100 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+@contextmanager
+def storage_errors(uri: str) -> Iterator[None]:
+    """Turn S3 client errors about ``uri`` into one message naming the bucket and the fix.
+
+    Missing bucket, missing or refused credentials and an unreachable endpoint each get
+    their own message; the credentials themselves are never part of it.
+    """
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if is_s3(uri) and "bucket" in str(exc).lower():
+            raise FileNotFoundError(_no_bucket(uri)) from exc
+        raise
+    except PermissionError as exc:
+        if not is_s3(uri):
+            raise
+        raise PermissionError(
+            f"S3 refused access to bucket '{bucket_of(uri)}' ({uri}): the AWS credentials "
+            "found (environment, AWS_PROFILE or instance role) are invalid or lack read/write "
+            "rights on it; check them with `aws s3 ls s3://" + bucket_of(uri) + "`"
+        ) from exc
+    except Exception as exc:
+        if not is_s3(uri):
+            raise
+        from botocore.exceptions import (
+            CredentialRetrievalError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
+            raise PermissionError(
+                f"no AWS credentials for bucket '{bucket_of(uri)}' ({uri}): set AWS_PROFILE "
+                "(after `aws configure` or `aws sso login`) or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY in the environment, or run where an instance role "
+                "provides them; never put keys in notebooks or parameters"
+            ) from exc
+        if isinstance(exc, EndpointConnectionError):
+            raise ConnectionError(
+                f"cannot reach the S3 endpoint {exc.kwargs.get('endpoint_url', '')} for bucket "
+                f"'{bucket_of(uri)}': check the s3_endpoint parameter or $AWS_ENDPOINT_URL "
+                "(unset both for AWS itself)"
+            ) from exc
+        raise
+
+
+def _no_bucket(uri: str) -> str:
+    return (
+        f"S3 bucket '{bucket_of(uri)}' does not exist ({uri}): check the bucket name in "
+        "data_root/output_root and the endpoint ($AWS_ENDPOINT_URL) it lives on"
+    )
+
+
+def check_access(uri: str) -> None:
+    """Fail now, naming the bucket or the credentials, if an ``s3://`` root cannot be used.
+
+    Called before a run so that a typo in a bucket name or an expired login costs a second,
+    not a failed notebook. Local paths and other stores pass unchecked.
+    """
+    if not is_s3(uri):
+        return
+    fs, path = fsspec.core.url_to_fs(io_uri(uri))
+    bucket = path.split("/", 1)[0]
+    with storage_errors(uri):
+        try:
+            fs.ls(bucket, refresh=True)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(_no_bucket(uri)) from exc
+
+
 def exists(uri: str) -> bool:
     """Whether a file or folder exists at ``uri`` (local or remote)."""
-    fs, path = fsspec.core.url_to_fs(resolve(uri))
-    return fs.exists(path)
+    with storage_errors(uri):
+        fs, path = fsspec.core.url_to_fs(io_uri(uri))
+        return fs.exists(path)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri`` whole: a local file is replaced atomically (temp + rename)."""
-    resolved = resolve(uri)
-    if is_remote(resolved):
-        with fsspec.open(resolved, "wb") as handle:
-            handle.write(data)
+    """Write ``data`` to ``uri`` whole: a local file is replaced atomically (temp + rename).
+
+    An object store gets one PUT, which is atomic there; a missing bucket raises instead of
+    being created.
+    """
+    target_uri = io_uri(uri)
+    if is_remote(target_uri):
+        with storage_errors(uri):
+            fs, path = fsspec.core.url_to_fs(target_uri)
+            try:
+                fs.pipe_file(path, data)
+            except FileNotFoundError as exc:  # a PUT only misses when the bucket does
+                raise FileNotFoundError(_no_bucket(uri)) from exc
         return
-    target = Path(resolved)
+    target = Path(target_uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(data)
@@ -78,5 +214,6 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def read_bytes(uri: str) -> bytes:
     """Read the whole file at ``uri`` (local or remote)."""
-    with fsspec.open(resolve(uri), "rb") as handle:
-        return handle.read()
+    with storage_errors(uri):
+        fs, path = fsspec.core.url_to_fs(io_uri(uri))
+        return fs.cat_file(path)

@@ -2,28 +2,58 @@
 
     python -m helpers.run --data-root data_sample --output-root outputs [--weights PATH] \\
         [-p name value]...
+    python -m helpers.run --data-root s3://bucket/fruits --output-root s3://bucket/out
 
 Each notebook gets the parameters its ``parameters`` cell declares; executed copies go to
-``<output_root>/notebooks/``.
+``<output_root>/notebooks/`` (papermill writes ``s3://`` itself). ``s3_endpoint`` and
+``hadoop_aws_jars`` reach the notebooks' kernels through the environment, where
+:func:`helpers.spark.get_spark` and every S3 client read them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import papermill as pm
 
-from helpers.config import PARAMETERS, coerce, defaults, resolve_weights, validate
+from helpers.config import (
+    PARAMETERS,
+    coerce,
+    defaults,
+    resolve_hadoop_aws_jars,
+    resolve_s3_endpoint,
+    resolve_weights,
+    validate,
+)
 from helpers.manifest import read_manifest
-from helpers.paths import PROJECT_ROOT, is_remote, join, resolve
+from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
+from helpers.spark import storage_env
 
 log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_eda.ipynb", "02_feature_extraction.ipynb", "03_pca_tsne.ipynb")
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in this process's environment (kernels inherit it), then restore it."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_notebooks(
@@ -33,20 +63,32 @@ def run_notebooks(
 ) -> list[str]:
     """Execute ``notebooks`` in order; return the URIs of the executed copies.
 
-    Parameters are checked first, so a typo fails in a second rather than mid-run.
+    Parameters are checked first, so a typo fails in a second rather than mid-run; so are
+    the buckets of ``s3://`` roots and the credentials that reach them.
     """
     values = validate({**defaults(), **params})
     resolve_weights(values["weights"])  # a missing weights file fails before any notebook
+    resolve_s3_endpoint(values["s3_endpoint"])  # a malformed endpoint too
+    resolve_hadoop_aws_jars(values["hadoop_aws_jars"])  # and a missing jar
     values["data_root"] = resolve(values["data_root"])
     values["output_root"] = resolve(values["output_root"])
-    if not is_remote(values["output_root"]):
-        Path(values["output_root"], "notebooks").mkdir(parents=True, exist_ok=True)
+    with _environment(storage_env(values["s3_endpoint"], values["hadoop_aws_jars"])):
+        for root in (values["data_root"], values["output_root"]):
+            check_access(root)
+        return _execute(values, notebooks, notebook_dir)
+
+
+def _execute(values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: Path) -> list[str]:
+    """Run ``notebooks`` with checked ``values``; executed copies under ``output_root``."""
+    output_dir = io_uri(join(values["output_root"], "notebooks"))
+    if not is_remote(output_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
     executed = []
     for name in notebooks:
         source = notebook_dir / name
         declared = pm.inspect_notebook(str(source))
         given = {k: v for k, v in values.items() if k in declared}
-        target = join(values["output_root"], "notebooks", name)
+        target = join(output_dir, name)
         started = time.perf_counter()
         log.info("running %s", name)
         pm.execute_notebook(
@@ -73,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-root", help="outputs root (default: outputs)")
     parser.add_argument("--weights", help="'imagenet' or a local .h5 file")
     parser.add_argument(
+        "--s3-endpoint", help="S3-compatible store URL (default: $AWS_ENDPOINT_URL, else AWS)"
+    )
+    parser.add_argument(
+        "--hadoop-aws-jars",
+        help="local Spark on S3 offline: comma-separated hadoop-aws + AWS SDK bundle jars",
+    )
+    parser.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -90,16 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     params = {name: coerce(name, value) for name, value in args.parameter}
-    for name in ("data_root", "output_root", "weights"):
+    for name in ("data_root", "output_root", "weights", "s3_endpoint", "hadoop_aws_jars"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     try:
         executed = run_notebooks(params, tuple(args.only or NOTEBOOKS))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
         log.error("%s", exc)
         return 2
     output_root = resolve(params.get("output_root", defaults()["output_root"]))
-    manifest = read_manifest(output_root)
+    env = storage_env(params.get("s3_endpoint", ""), params.get("hadoop_aws_jars", ""))
+    with _environment(env):
+        manifest = read_manifest(output_root)
     print(f"\nOutputs in {output_root}:")
     for sub, what in [
         ("features", "features Parquet"),

@@ -1,12 +1,30 @@
-"""The SparkSession: local mode on a laptop or CI, the existing one on EMR and Databricks."""
+"""The SparkSession: local mode on a laptop or CI, the existing one on EMR and Databricks.
+
+Where the data lives decides part of the session: a local session that reads or writes
+``s3://`` or ``s3a://`` needs the S3A connector (hadoop-aws) on its classpath, and jars can
+only be added when the JVM starts. So the notebook hands its roots to :func:`get_spark`,
+which adds what :func:`storage_conf` says before the session exists. On EMR (EMRFS serves
+``s3://``) and Databricks the cluster's own session is used as it is.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from pyspark.sql import SparkSession
+
+from helpers.config import (
+    HADOOP_AWS_JARS_ENV,
+    S3_ENDPOINT_ENVS,
+    aws_region,
+    resolve_hadoop_aws_jars,
+    resolve_s3_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +49,197 @@ LOCAL_CONF = {
 #: A file every EMR node has; there the cluster's spark-defaults choose the master (YARN).
 EMR_MARKER = "/mnt/var/lib/info/instance.json"
 
+#: URI schemes that a session outside EMR and Databricks serves with the S3A connector.
+S3_SCHEMES = ("s3", "s3a")
+
+#: The Hadoop class behind S3A, mapped to ``s3://`` too in local sessions.
+S3A_FILESYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
 
 def on_cluster() -> bool:
     """Whether this process runs on an EMR node or a Databricks cluster."""
     return os.path.exists(EMR_MARKER) or "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
+def s3_roots(roots: Iterable[str | None]) -> list[str]:
+    """The roots among ``roots`` that are ``s3://`` or ``s3a://`` URIs (blanks ignored)."""
+    return [
+        r.strip()
+        for r in roots
+        if r and r.strip().split("://", 1)[0].lower() in S3_SCHEMES and "://" in r
+    ]
+
+
+#: Jars whose name carries Spark's Hadoop version (client API first, then older layouts).
+_HADOOP_JARS = (r"hadoop-client-api-(\d+\.\d+\.\d+)\.jar", r"hadoop-common-(\d+\.\d+\.\d+)\.jar")
+
+
+def hadoop_version(spark_home: str | None = None) -> str:
+    """The Hadoop version of the Spark that a new session will launch, e.g. ``'3.3.4'``.
+
+    Read from the jar names in ``<spark_home>/jars`` (pyspark's own installation unless
+    ``SPARK_HOME`` points elsewhere), because hadoop-aws must match it exactly and the JVM
+    that could tell does not exist yet.
+    """
+    if spark_home is None:
+        from pyspark.find_spark_home import _find_spark_home
+
+        spark_home = _find_spark_home()
+    jars = Path(spark_home, "jars")
+    for pattern in _HADOOP_JARS:
+        for jar in sorted(jars.glob("hadoop-*.jar")):
+            match = re.fullmatch(pattern, jar.name)
+            if match:
+                return match.group(1)
+    raise RuntimeError(
+        f"cannot tell Spark's Hadoop version: no hadoop-client-api-*.jar or hadoop-common-*.jar "
+        f"in {jars}; pass hadoop_aws_jars= with the hadoop-aws jar matching your Spark"
+    )
+
+
+def s3a_credentials_provider(version: str) -> str:
+    """The AWS default credential chain class for S3A of Hadoop ``version``.
+
+    Environment variables, ``~/.aws`` profiles (``AWS_PROFILE``, SSO) and instance roles,
+    in that order: the same chain boto3 and s3fs use, so one login serves every client.
+    Hadoop 3.4 moved to the AWS SDK v2, whose class has another name.
+    """
+    major, minor = (int(x) for x in version.split(".")[:2])
+    if (major, minor) >= (3, 4):
+        return "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+    return "com.amazonaws.auth.DefaultAWSCredentialsProviderChain"
+
+
+def storage_conf(
+    roots: Iterable[str | None],
+    hadoop_version: str,
+    hadoop_aws_jars: Sequence[str] = (),
+    s3_endpoint: str = "",
+    region: str = "",
+) -> dict[str, str]:
+    """Spark settings a session outside EMR and Databricks needs to use ``roots``.
+
+    Empty unless a root is ``s3://`` or ``s3a://``. Then: the S3A connector matching
+    ``hadoop_version`` (``spark.jars.packages``, downloaded from Maven Central on first use
+    and cached in ``~/.ivy2``; or the local ``hadoop_aws_jars`` instead), ``s3://`` served by
+    S3A like ``s3a://``, the default AWS credential chain, and for an S3-compatible store
+    (``s3_endpoint``) its URL with path-style access. Credentials never enter the settings:
+    the JVM reads them from the environment, profiles or instance role itself.
+    """
+    if not s3_roots(roots):
+        return {}
+    conf = {
+        "spark.hadoop.fs.s3.impl": S3A_FILESYSTEM,
+        "spark.hadoop.fs.s3a.impl": S3A_FILESYSTEM,
+        "spark.hadoop.fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": s3a_credentials_provider(hadoop_version),
+    }
+    if hadoop_aws_jars:
+        conf["spark.jars"] = ",".join(hadoop_aws_jars)
+    else:
+        conf["spark.jars.packages"] = f"org.apache.hadoop:hadoop-aws:{hadoop_version}"
+    if s3_endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = s3_endpoint
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        secure = not s3_endpoint.lower().startswith("http://")
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(secure).lower()
+        if region:
+            conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    elif region:
+        # the regional endpoint: the SDK v1 behind Hadoop 3.3 does not follow region redirects
+        conf["spark.hadoop.fs.s3a.endpoint"] = f"s3.{region}.amazonaws.com"
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return conf
+
+
+def storage_env(s3_endpoint: str = "", hadoop_aws_jars: str = "") -> dict[str, str]:
+    """Environment variables that carry explicitly given storage settings to other clients.
+
+    An endpoint given as a parameter must reach s3fs, boto3 (papermill) and the notebook
+    kernels too; they all read ``AWS_ENDPOINT_URL_S3``, so that is where it goes.
+    """
+    env = {}
+    if s3_endpoint:
+        env[S3_ENDPOINT_ENVS[0]] = s3_endpoint
+    if hadoop_aws_jars:
+        env[HADOOP_AWS_JARS_ENV] = hadoop_aws_jars
+    return env
+
+
+def _missing_s3a_message(roots: Sequence[str], version: str) -> str:
+    return (
+        f"Spark cannot open {roots[0]}: the S3A connector (org.apache.hadoop:hadoop-aws:"
+        f"{version}) is not on this session's classpath. Start the session with "
+        f"get_spark(data_root=..., output_root=...) before any other Spark call: it adds "
+        f"spark.jars.packages=org.apache.hadoop:hadoop-aws:{version}, downloaded from Maven "
+        f"Central on first use. Offline, pass hadoop_aws_jars='/path/hadoop-aws-{version}.jar,"
+        f"/path/aws-java-sdk-bundle-<version>.jar' (or set ${HADOOP_AWS_JARS_ENV}). A session "
+        f"that is already running cannot load jars: stop it (restart the kernel) first."
+    )
+
+
+def require_s3a(spark: SparkSession, roots: Sequence[str]) -> None:
+    """Fail at once, naming the fix, if ``spark`` cannot open ``roots`` (s3:// or s3a://).
+
+    Without this check the first read would fail minutes later with a bare
+    ``ClassNotFoundException`` deep in a Java stack trace.
+    """
+    jvm = spark.sparkContext._jvm
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    version = jvm.org.apache.hadoop.util.VersionInfo.getVersion()
+    for root in roots:
+        scheme = root.split("://", 1)[0].lower()
+        try:
+            jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, hadoop_conf)
+        except Exception as exc:  # Py4JJavaError: ClassNotFound or UnsupportedFileSystem
+            raise RuntimeError(_missing_s3a_message([root], version)) from exc
+
+
+def _configure_active(spark: SparkSession, roots: list[str], conf: dict[str, str]) -> None:
+    """Apply the Hadoop part of ``conf`` to a running local session, then check S3A is there."""
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in conf.items():
+        if key.startswith("spark.hadoop."):
+            hadoop_conf.set(key[len("spark.hadoop.") :], value)
+    require_s3a(spark, roots)
+
+
 def get_spark(
     app_name: str = "fruits",
     master: str | None = None,
     driver_memory: str = "4g",
+    *,
+    data_root: str | None = None,
+    output_root: str | None = None,
+    hadoop_aws_jars: str | None = None,
+    s3_endpoint: str | None = None,
 ) -> SparkSession:
     """Return the active SparkSession if there is one (EMR, Databricks, Livy), else a new one.
 
     ``master`` defaults to ``local[*]`` off-cluster and to the cluster's own settings on EMR
     or Databricks. A local session runs its Python workers with the interpreter running this
     code, so the notebook kernel, the driver and the pandas UDFs see the same packages.
+
+    ``data_root`` and ``output_root`` are the notebook's parameters: when one is ``s3://`` or
+    ``s3a://`` and this is not EMR or Databricks, the session is configured for S3A
+    (:func:`storage_conf`) and checked, so a missing connector fails here with the fix.
+    ``hadoop_aws_jars`` (comma-separated local jars) and ``s3_endpoint`` default to
+    ``$FRUITS_HADOOP_AWS_JARS`` and ``$AWS_ENDPOINT_URL_S3``/``$AWS_ENDPOINT_URL``; given
+    explicitly, they are exported to those variables so s3fs and boto3 agree with Spark.
     """
+    roots = s3_roots([data_root, output_root])
+    local_storage = bool(roots) and not on_cluster()
+    conf: dict[str, str] = {}
+    if local_storage:  # checked before anything changes: a bad jar path or URL fails here
+        jars = resolve_hadoop_aws_jars(hadoop_aws_jars or "")
+        endpoint = resolve_s3_endpoint(s3_endpoint or "")
+        conf = storage_conf(roots, hadoop_version(), jars, endpoint, aws_region())
+    os.environ.update(storage_env(s3_endpoint or "", hadoop_aws_jars or ""))
     active = SparkSession.getActiveSession()
     if active is not None:
         log.info("reusing the active Spark session (master %s)", active.sparkContext.master)
+        if local_storage:
+            _configure_active(active, roots, conf)
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -62,9 +251,28 @@ def get_spark(
         builder = builder.master(master).config("spark.driver.memory", driver_memory)
         for key, value in LOCAL_CONF.items():
             builder = builder.config(key, value)
-    for key, value in SESSION_CONF.items():
+    for key, value in {**SESSION_CONF, **conf}.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    if conf:
+        log.info(
+            "S3A for %s: %s",
+            ", ".join(roots),
+            conf.get("spark.jars.packages") or conf.get("spark.jars"),
+        )
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        if "spark.jars.packages" in conf:
+            raise RuntimeError(
+                f"Spark could not start with {conf['spark.jars.packages']} (needed for "
+                f"{roots[0]} in local mode): the first run downloads it from Maven Central "
+                f"into ~/.ivy2. Without internet, download hadoop-aws and its AWS SDK bundle "
+                f"and pass hadoop_aws_jars='/path/hadoop-aws.jar,/path/aws-sdk-bundle.jar' "
+                f"(or set ${HADOOP_AWS_JARS_ENV}). Spark's stderr names the download that failed."
+            ) from exc
+        raise
     spark.sparkContext.setLogLevel("WARN")
     log.info("Spark %s session, master %s", spark.version, spark.sparkContext.master)
+    if conf:
+        require_s3a(spark, roots)
     return spark

@@ -27,7 +27,8 @@ def spark():
     """One real local Spark session for the whole run."""
     from helpers.spark import get_spark
 
-    session = get_spark("fruits-tests", master="local[2]", driver_memory="2g")
+    # local[2,3]: two cores, and a failed task is tried up to 3 times, as on a cluster
+    session = get_spark("fruits-tests", master="local[2,3]", driver_memory="2g")
     yield session
     session.stop()
 

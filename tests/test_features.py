@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import write_jpeg
 
-from helpers.features import build_model, featurize, load_weights, read_features, write_features
+from helpers.dataset import read_features, write_features
+from helpers.features import build_model, featurize, load_weights
 from helpers.images import decode_image, list_images
 
 
@@ -22,7 +23,7 @@ def featurized(spark, weights, tmp_path_factory):
     (root / "Test" / "Banana" / "broken.jpg").write_text("not an image")
     out = str(tmp_path_factory.mktemp("out"))
     run = featurize(spark, list_images(spark, str(root)), weights=weights, batch_size=4)
-    write_features(run.features, out)
+    write_features(spark, run.features, out)
     assert run.images_decoded == 7  # each file decoded once, the corrupt one included
     return root, run.info, read_features(spark, out).toPandas().set_index("path")
 

@@ -94,3 +94,13 @@ def test_write_bytes_replaces_atomically(tmp_path: Path) -> None:
     write_bytes(uri, b"short")
     assert read_bytes(uri) == b"short"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["/Volumes/main/fruits/images", "dbfs:/mnt/fruits", "s3://bucket/x", "s3a://bucket/x"],
+)
+def test_cluster_locations_reach_spark_as_given(uri: str) -> None:
+    """Databricks volumes, dbfs:/ and S3 URIs reach Spark unchanged (no file: prefix)."""
+    assert resolve(f"{uri}/") == uri
+    assert spark_uri(uri) == uri

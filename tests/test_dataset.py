@@ -1,0 +1,123 @@
+"""The features dataset: incremental re-runs, atomic publication, worker crashes retried."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import write_jpeg
+
+from helpers.dataset import STAGING, read_features
+from helpers.features import extract_features
+
+
+def _add_images(root: Path, label: str, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        write_jpeg(root / "Training" / label / f"{i}_100.jpg", (30, 160, 40), seed=1000 + i)
+
+
+def _extract(spark, root: Path, out: Path, weights: str, **kwargs) -> dict:
+    return extract_features(spark, str(root), str(out), weights=weights, batch_size=8, **kwargs)
+
+
+def _rows(spark, out: Path):
+    return read_features(spark, str(out)).toPandas().set_index("path").sort_index()
+
+
+def test_rerun_featurizes_only_new_and_changed_images(spark, weights, tiny_root, tmp_path):
+    """Run, add 5 images, run again: exactly 5 featurized, no duplicates; then a changed file."""
+    out = tmp_path / "out"
+    first = _extract(spark, tiny_root, out, weights)
+    assert first["featurized"] == first["images_decoded"] == 10
+
+    _add_images(tiny_root, "Kiwi", 5)
+    second = _extract(spark, tiny_root, out, weights)
+    assert (second["featurized"], second["images_decoded"], second["skipped"]) == (5, 5, 10)
+    rows = _rows(spark, out)
+    assert len(rows) == rows.index.nunique() == 15
+
+    changed = tiny_root / "Training" / "Kiwi" / "0_100.jpg"
+    write_jpeg(changed, (90, 60, 20), size=120, seed=7)  # new content and size
+    third = _extract(spark, tiny_root, out, weights)
+    assert third["featurized"] == 1
+    rows_after = _rows(spark, out)
+    assert len(rows_after) == 15
+    assert rows_after.loc[f"file:{changed}", "size"] == changed.stat().st_size
+
+    nothing = _extract(spark, tiny_root, out, weights)
+    assert nothing["featurized"] == 0 and nothing["run_id"] is None
+
+
+def test_overwrite_recomputes_everything_and_keeps_one_run(spark, weights, tiny_root, tmp_path):
+    """overwrite featurizes every image again and leaves a single published run."""
+    out = tmp_path / "out"
+    _extract(spark, tiny_root, out, weights)
+    again = _extract(spark, tiny_root, out, weights, overwrite=True)
+    assert again["featurized"] == 10
+    assert [p.name for p in (out / "features").iterdir() if p.is_dir()] == [
+        f"run={again['run_id']}"
+    ]
+    assert len(_rows(spark, out)) == 10
+
+
+def test_crashed_worker_is_retried_and_result_identical(
+    spark, weights, tiny_root, tmp_path, monkeypatch
+):
+    """A Python worker killed mid-task on its first attempt: Spark retries, same features."""
+    _extract(spark, tiny_root, tmp_path / "clean", weights)
+    monkeypatch.setenv("FRUITS_FAULT", "crash-worker:0")
+    spark.sparkContext.setJobGroup("crash-test", "worker crash injected")
+    crashed = _extract(spark, tiny_root, tmp_path / "crashed", weights)
+    spark.sparkContext.setJobGroup("", "")
+    tracker = spark.sparkContext.statusTracker()
+    stages = [
+        tracker.getStageInfo(stage)
+        for job in tracker.getJobIdsForGroup("crash-test")
+        for stage in tracker.getJobInfo(job).stageIds
+    ]
+    assert sum(s.numFailedTasks for s in stages if s) >= 1  # the worker did crash
+    # accumulators count successful attempts only: still one decode per image
+    assert crashed["featurized"] == crashed["images_decoded"] == 10
+    expected, got = _rows(spark, tmp_path / "clean"), _rows(spark, tmp_path / "crashed")
+    assert list(got.index) == list(expected.index)
+    np.testing.assert_array_equal(np.stack(got["features"]), np.stack(expected["features"]))
+
+
+KILLED_RUN = """
+import sys
+from helpers.features import extract_features
+from helpers.spark import get_spark
+spark = get_spark("killed-run", master="local[2]", driver_memory="1g")
+extract_features(spark, sys.argv[1], sys.argv[2], weights=sys.argv[3], batch_size=8)
+"""
+
+
+def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root, tmp_path):
+    """The driver killed while writing: previous features intact; the next run completes."""
+    out = tmp_path / "out"
+    _extract(spark, tiny_root, out, weights)
+    before = _rows(spark, out)
+    _add_images(tiny_root, "Kiwi", 3)
+
+    env = {**os.environ, "FRUITS_FAULT": "kill-driver:0"}
+    log = tmp_path / "killed.log"
+    with log.open("wb") as sink:  # a file, not a pipe: no wait for the orphaned JVM
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_RUN, str(tiny_root), str(out), weights],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+    assert killed.returncode == -9, log.read_text()[-2000:]
+    assert (out / STAGING).exists()  # it was writing when it died
+
+    after = _rows(spark, out)
+    assert list(after.index) == list(before.index)
+    resumed = _extract(spark, tiny_root, out, weights)
+    assert resumed["featurized"] == 3
+    assert len(_rows(spark, out)) == 13
+    assert not any((out / STAGING).rglob("*.parquet"))

@@ -1,0 +1,479 @@
+"""S3 for every part of the pipeline, against a real S3 API (moto's server on 127.0.0.1).
+
+The manifest, figures, executed notebooks and Parquet read back for plots go through the
+bucket for real. Local Spark cannot load hadoop-aws here (no Maven Central), so for Spark
+the tests check the settings a session gets and that a session without the connector fails
+at once with the fix. Fake but distinctive credentials must never show up in anything
+written or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import matplotlib.pyplot as plt
+import nbformat
+import pandas as pd
+import pytest
+from conftest import DATA_SAMPLE
+
+from helpers.config import (
+    HADOOP_AWS_JARS_ENV,
+    S3_ENDPOINT_ENVS,
+    resolve_hadoop_aws_jars,
+    resolve_s3_endpoint,
+)
+from helpers.manifest import read_manifest, update_manifest
+from helpers.paths import (
+    PROJECT_ROOT,
+    check_access,
+    exists,
+    io_uri,
+    read_bytes,
+    resolve,
+    write_bytes,
+)
+from helpers.plots import save_figure
+from helpers.run import main, run_notebooks
+from helpers.spark import get_spark, hadoop_version, s3_roots, storage_conf
+
+BUCKET = "fruits-test"
+REGION = "eu-west-3"
+ACCESS_KEY = "AKIAFRUITSTEST7Q4X2Z"
+SECRET_KEY = "fruitsTestSecret/NeverLog+8vQ2mZ"
+SECRETS = (ACCESS_KEY, SECRET_KEY)
+
+
+@dataclass(frozen=True)
+class S3:
+    """The running S3 emulator: its endpoint URL and a boto3 client on it."""
+
+    endpoint: str
+    client: object
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the test bucket under ``prefix``."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def body(self, key: str) -> bytes:
+        """The bytes of one object in the test bucket."""
+        return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _forget_clients() -> None:
+    """Drop cached S3 clients: s3fs and papermill keep one per process, made with old env."""
+    import papermill.s3
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    papermill.s3.S3.s3_session = (None, None, None)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """A moto S3 server with bucket ``fruits-test`` holding ``data_sample/``; fake keys in env."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    nowhere = str(tmp_path_factory.mktemp("aws") / "none")
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", HADOOP_AWS_JARS_ENV, *S3_ENDPOINT_ENVS):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        env.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        env.setenv("AWS_DEFAULT_REGION", REGION)
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", nowhere)  # the developer's ~/.aws stays out
+        env.setenv("AWS_CONFIG_FILE", nowhere)
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe
+        _forget_clients()
+        client = boto3.client("s3")
+        client.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
+        for path in sorted(DATA_SAMPLE.rglob("*")):
+            if path.is_file():
+                key = f"data_sample/{path.relative_to(DATA_SAMPLE).as_posix()}"
+                client.upload_file(str(path), BUCKET, key)
+        yield S3(endpoint, client)
+        _forget_clients()
+    server.stop()
+
+
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No AWS credentials anywhere (env, files, instance role), with fresh S3 clients."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    _forget_clients()
+    yield
+    _forget_clients()
+
+
+# --- where things are: URIs for Spark and for everything else --------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3a://bucket/out/", "s3://bucket/out"),
+        ("s3://bucket/out", "s3://bucket/out"),
+        ("dbfs:/runs/fruits", "/dbfs/runs/fruits"),
+        ("/Volumes/main/fruits/images/", "/Volumes/main/fruits/images"),
+    ],
+)
+def test_io_uri_names_one_location_for_fsspec_and_papermill(uri: str, expected: str) -> None:
+    """s3a:// is s3:// for s3fs and papermill; dbfs:/ goes through the /dbfs mount."""
+    assert io_uri(uri) == expected
+
+
+def test_credentials_in_uri_are_refused() -> None:
+    """s3://KEY:SECRET@bucket is refused, and the message repeats neither key."""
+    with pytest.raises(ValueError, match="credentials in a URI") as info:
+        resolve(f"s3://{ACCESS_KEY}:{SECRET_KEY}@fruits/images")
+    assert not any(secret in str(info.value) for secret in SECRETS)
+    with pytest.raises(ValueError, match="credentials in a URI"):
+        resolve(f"s3a://{ACCESS_KEY}@fruits/images")
+
+
+# --- local Spark on S3: the session's settings ------------------------------------------
+
+
+def test_s3_roots_picks_s3_and_s3a_only() -> None:
+    """Only s3:// and s3a:// roots need the S3A connector; blanks are ignored."""
+    roots = ["s3://a/x", None, "", "s3a://b/y", "dbfs:/z", "/Volumes/c/d", "data_sample"]
+    assert s3_roots(roots) == ["s3://a/x", "s3a://b/y"]
+
+
+def test_storage_conf_for_aws() -> None:
+    """An s3:// root gets hadoop-aws matching Hadoop, s3:// on S3A, the default AWS chain."""
+    conf = storage_conf(["data_sample", "s3://fruits/out"], "3.3.4")
+    assert conf == {
+        "spark.jars.packages": "org.apache.hadoop:hadoop-aws:3.3.4",
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "com.amazonaws.auth.DefaultAWSCredentialsProviderChain"
+        ),
+    }
+    regional = storage_conf(["s3a://fruits/images"], "3.3.4", region=REGION)
+    assert regional["spark.hadoop.fs.s3a.endpoint"] == f"s3.{REGION}.amazonaws.com"
+    assert regional["spark.hadoop.fs.s3a.endpoint.region"] == REGION
+
+
+def test_storage_conf_for_s3_compatible_store_and_offline_jars() -> None:
+    """An endpoint gets path-style access (TLS off for http://); local jars replace the download."""
+    conf = storage_conf(
+        ["s3://fruits/images"],
+        "3.3.4",
+        hadoop_aws_jars=["/jars/hadoop-aws-3.3.4.jar", "/jars/aws-java-sdk-bundle-1.12.262.jar"],
+        s3_endpoint="http://127.0.0.1:9000",
+    )
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.jars"] == (
+        "/jars/hadoop-aws-3.3.4.jar,/jars/aws-java-sdk-bundle-1.12.262.jar"
+    )
+    assert "spark.jars.packages" not in conf
+    tls = storage_conf(["s3://f/i"], "3.3.4", s3_endpoint="https://minio.example:9000")
+    assert tls["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
+
+
+def test_storage_conf_hadoop_34_uses_sdk_v2_chain() -> None:
+    """Spark 4 (Hadoop 3.4, AWS SDK v2) gets the SDK v2 default credential chain."""
+    conf = storage_conf(["s3://fruits/out"], "3.4.1")
+    assert conf["spark.jars.packages"] == "org.apache.hadoop:hadoop-aws:3.4.1"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == (
+        "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+    )
+
+
+@pytest.mark.parametrize("roots", [["data_sample", "outputs"], ["dbfs:/x", "/Volumes/a/b/c"]])
+def test_storage_conf_empty_off_s3(roots: list[str]) -> None:
+    """Local, dbfs:/ and /Volumes/ roots change nothing in the session."""
+    assert storage_conf(roots, "3.3.4") == {}
+
+
+def test_hadoop_version_from_jars(tmp_path: Path) -> None:
+    """The version comes from the jar names; no such jar names the fix."""
+    (tmp_path / "jars").mkdir()
+    (tmp_path / "jars" / "hadoop-client-api-3.4.1.jar").touch()
+    assert hadoop_version(str(tmp_path)) == "3.4.1"
+    (tmp_path / "jars" / "hadoop-client-api-3.4.1.jar").unlink()
+    with pytest.raises(RuntimeError, match="hadoop_aws_jars"):
+        hadoop_version(str(tmp_path))
+
+
+def test_endpoint_and_jars_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3_endpoint beats $AWS_ENDPOINT_URL_S3 beats $AWS_ENDPOINT_URL; jars must exist."""
+    for name in (*S3_ENDPOINT_ENVS, HADOOP_AWS_JARS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert resolve_s3_endpoint("") == ""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:9000/")
+    assert resolve_s3_endpoint("") == "http://generic:9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:9000")
+    assert resolve_s3_endpoint("") == "http://s3-only:9000"
+    assert resolve_s3_endpoint("https://given") == "https://given"
+    with pytest.raises(ValueError, match="s3_endpoint 'minio:9000' is not a URL"):
+        resolve_s3_endpoint("minio:9000")
+
+    jar = tmp_path / "hadoop-aws-3.3.4.jar"
+    jar.touch()
+    assert resolve_hadoop_aws_jars("") == []
+    monkeypatch.setenv(HADOOP_AWS_JARS_ENV, str(jar))
+    assert resolve_hadoop_aws_jars("") == [str(jar.resolve())]
+    with pytest.raises(
+        FileNotFoundError, match=rf"nope\.jar.*hadoop_aws_jars.*{HADOOP_AWS_JARS_ENV}"
+    ):
+        resolve_hadoop_aws_jars(f"{jar}, {tmp_path / 'nope.jar'}")
+
+
+def test_hadoop_version_matches_the_jvm(spark) -> None:
+    """The version read from jar names before the JVM starts is the JVM's own."""
+    jvm_version = spark.sparkContext._jvm.org.apache.hadoop.util.VersionInfo.getVersion()
+    assert hadoop_version() == jvm_version
+
+
+def test_session_without_hadoop_aws_fails_fast_with_the_fix(spark, s3: S3) -> None:
+    """A running local session without the connector: one error naming both fixes."""
+    with pytest.raises(RuntimeError) as info:
+        get_spark(data_root=f"s3://{BUCKET}/data_sample", output_root=f"s3a://{BUCKET}/out")
+    message = str(info.value)
+    version = hadoop_version()
+    assert f"s3://{BUCKET}/data_sample" in message
+    assert f"spark.jars.packages=org.apache.hadoop:hadoop-aws:{version}" in message
+    assert "hadoop_aws_jars" in message and HADOOP_AWS_JARS_ENV in message
+    assert not any(secret in message for secret in SECRETS)
+    # the Hadoop settings did reach the running session: only the jar is missing
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    assert hadoop_conf.get("fs.s3.impl") == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert hadoop_conf.get("fs.s3a.endpoint") == s3.endpoint
+    assert hadoop_conf.get("fs.s3a.path.style.access") == "true"
+    assert hadoop_conf.get("fs.s3a.access.key") is None  # keys stay in the environment
+
+
+def test_missing_jar_fails_before_spark(s3: S3, tmp_path: Path) -> None:
+    """A hadoop_aws_jars path that does not exist is named before any session is touched."""
+    missing = str(tmp_path / "hadoop-aws-3.3.4.jar")
+    with pytest.raises(FileNotFoundError, match="hadoop_aws_jars"):
+        get_spark(data_root=f"s3://{BUCKET}/data_sample", hadoop_aws_jars=missing)
+    assert HADOOP_AWS_JARS_ENV not in os.environ
+
+
+def test_new_session_without_maven_fails_fast_with_the_fix(s3: S3, tmp_path: Path) -> None:
+    """A new local session whose hadoop-aws download fails: one error naming the fix.
+
+    Ivy gets a repository with nothing in it, standing for a machine without Maven Central.
+    """
+    settings = tmp_path / "ivysettings.xml"
+    settings.write_text(
+        '<ivysettings><settings defaultResolver="empty"/><resolvers>'
+        f'<filesystem name="empty"><artifact pattern="{tmp_path}/repo/[module]-[revision].jar"/>'
+        "</filesystem></resolvers></ivysettings>"
+    )
+    script = (
+        "from helpers.spark import get_spark\n"
+        f"get_spark('fruits-s3-offline', 'local[1]', '512m', data_root='s3://{BUCKET}/data')\n"
+    )
+    env = {
+        **os.environ,
+        "PYSPARK_SUBMIT_ARGS": f"--conf spark.jars.ivySettings={settings} "
+        f"--conf spark.jars.ivy={tmp_path / 'ivy'} pyspark-shell",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode != 0
+    version = hadoop_version()
+    assert f"RuntimeError: Spark could not start with org.apache.hadoop:hadoop-aws:{version}" in (
+        result.stderr
+    )
+    assert "hadoop_aws_jars" in result.stderr and "Maven Central" in result.stderr
+    assert not any(secret in result.stdout + result.stderr for secret in SECRETS)
+
+
+# --- everything that is not Spark: through the bucket for real --------------------------
+
+
+def test_images_in_the_bucket_read_as_on_disk(s3: S3) -> None:
+    """data_sample/ uploaded to the bucket reads back byte for byte, via s3:// and s3a://."""
+    image = sorted(DATA_SAMPLE.rglob("*.jpg"))[0]
+    key = f"data_sample/{image.relative_to(DATA_SAMPLE).as_posix()}"
+    assert key in s3.keys("data_sample/")
+    assert read_bytes(f"s3://{BUCKET}/{key}") == image.read_bytes()
+    assert read_bytes(f"s3a://{BUCKET}/{key}") == image.read_bytes()
+    assert exists(f"s3a://{BUCKET}/data_sample") and not exists(f"s3://{BUCKET}/nothing-here")
+
+
+def test_manifest_on_s3(s3: S3) -> None:
+    """update_manifest/read_manifest with an s3:// root: one object, sections merged."""
+    root = f"s3://{BUCKET}/runs/manifest"
+    assert read_manifest(root) == {}
+    update_manifest(root, "eda", {"images": 3})
+    update_manifest(f"s3a://{BUCKET}/runs/manifest/", "features", {"rows": 3})
+    stored = json.loads(s3.body("runs/manifest/manifest.json"))
+    assert stored["eda"]["images"] == 3 and stored["features"]["rows"] == 3
+    assert read_manifest(root) == stored
+
+
+def test_save_figure_on_s3(s3: S3) -> None:
+    """save_figure writes a PNG under <output_root>/figures/ in the bucket."""
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    uri = save_figure(fig, f"s3a://{BUCKET}/runs/figs", "line")
+    plt.close(fig)
+    assert uri.endswith("runs/figs/figures/line.png")
+    assert s3.body("runs/figs/figures/line.png").startswith(b"\x89PNG")
+
+
+def test_spark_parquet_read_back_from_s3_for_plots(spark, s3: S3, tmp_path: Path) -> None:
+    """A Parquet folder as Spark writes it, in the bucket, reads back with pandas via s3fs."""
+    import fsspec
+
+    local = tmp_path / "features"
+    spark.range(5).selectExpr(
+        "concat('s3://fruits/Training/Apple/', id, '.jpg') AS path",
+        "'Training' AS split",
+        "'Apple' AS label",
+        "array(CAST(id AS FLOAT), 0.5f) AS features",
+        "CAST(NULL AS STRING) AS error",
+    ).coalesce(2).write.parquet(f"file://{local}")
+    fs = fsspec.filesystem("s3")
+    fs.put(str(local), f"{BUCKET}/runs/parquet/features", recursive=True)
+    assert any(key.endswith("_SUCCESS") for key in s3.keys("runs/parquet/features/"))
+
+    frame = pd.read_parquet(io_uri(f"s3a://{BUCKET}/runs/parquet/features"))
+    assert sorted(frame["path"]) == [f"s3://fruits/Training/Apple/{i}.jpg" for i in range(5)]
+    assert frame["error"].isna().all() and len(frame["features"].iloc[0]) == 2
+
+
+# --- one clear error for a wrong bucket or missing credentials --------------------------
+
+
+def test_wrong_bucket_is_named_and_never_created(s3: S3, caplog: pytest.LogCaptureFixture) -> None:
+    """Writing, checking or running against a missing bucket names it; nothing is created."""
+    wrong = "fruits-typo"
+    for action in (
+        lambda: write_bytes(f"s3://{wrong}/out/manifest.json", b"{}"),
+        lambda: update_manifest(f"s3a://{wrong}/out", "eda", {"images": 1}),
+        lambda: check_access(f"s3://{wrong}/images"),
+    ):
+        with pytest.raises(FileNotFoundError, match=f"S3 bucket '{wrong}' does not exist"):
+            action()
+    assert wrong not in [b["Name"] for b in s3.client.list_buckets()["Buckets"]]
+
+    caplog.set_level(logging.INFO)
+    code = main(["--data-root", f"s3://{BUCKET}/data_sample", "--output-root", f"s3://{wrong}/o"])
+    assert code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"'{wrong}' does not exist" in errors[0]
+
+
+def test_missing_credentials_are_named(s3: S3, no_credentials: None) -> None:
+    """Without credentials every S3 access says so, naming the bucket and where keys go."""
+    for action in (
+        lambda: write_bytes(f"s3://{BUCKET}/runs/nocreds.json", b"{}"),
+        lambda: read_manifest(f"s3://{BUCKET}/runs/manifest"),
+        lambda: check_access(f"s3a://{BUCKET}/data_sample"),
+    ):
+        with pytest.raises(PermissionError, match=f"no AWS credentials for bucket '{BUCKET}'"):
+            action()
+    with pytest.raises(PermissionError, match="AWS_PROFILE"):
+        run_notebooks({"data_root": f"s3://{BUCKET}/data_sample", "weights": "random"})
+
+
+# --- papermill to s3://, and no credentials anywhere -----------------------------------
+
+
+def _probe_notebook(folder: Path) -> str:
+    """A two-cell notebook: a parameters cell and one cell writing the manifest on S3."""
+    notebook = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'data_root: str = "data_sample"  # images\noutput_root: str = "outputs"  # results'
+    )
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "from helpers.manifest import update_manifest\n"
+        "from helpers.paths import exists\n"
+        "images = exists(data_root + '/Training')\n"
+        "update_manifest(output_root, 'probe', {'data_root': data_root, 'images': images})\n"
+        "print('probe done', images)"
+    )
+    notebook.cells = [params, body]
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebook.metadata["language_info"] = {"name": "python"}
+    nbformat.write(notebook, folder / "probe.ipynb")
+    return "probe.ipynb"
+
+
+def test_papermill_writes_to_s3_and_no_credentials_leak(
+    s3: S3,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """run_notebooks with s3a:// roots and s3_endpoint as a parameter (not in the env).
+
+    The executed notebook lands in the bucket, the kernel reaches the same store with the
+    same login, and no object in the bucket, log record or console line holds a key.
+    """
+    caplog.set_level(logging.INFO)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    _forget_clients()
+    name = _probe_notebook(tmp_path)
+    executed = run_notebooks(
+        {
+            "data_root": f"s3a://{BUCKET}/data_sample",
+            "output_root": f"s3a://{BUCKET}/runs/papermill",
+            "s3_endpoint": s3.endpoint,
+            "weights": "random",
+        },
+        notebooks=(name,),
+        notebook_dir=tmp_path,
+    )
+    assert executed == [f"s3://{BUCKET}/runs/papermill/notebooks/{name}"]
+    assert "AWS_ENDPOINT_URL_S3" not in os.environ  # the run's setting did not leak out
+
+    notebook = nbformat.reads(s3.body(f"runs/papermill/notebooks/{name}").decode(), 4)
+    assert notebook.metadata["papermill"]["exception"] in (None, False)
+    assert "probe done True" in "".join(
+        out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", [])
+    )
+    manifest = json.loads(s3.body("runs/papermill/manifest.json"))
+    assert manifest["probe"] == {
+        "data_root": f"s3a://{BUCKET}/data_sample",
+        "images": True,
+        "finished": manifest["probe"]["finished"],
+    }
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    _forget_clients()
+    written = {key: s3.body(key) for key in s3.keys() if not key.startswith("data_sample/")}
+    assert {"runs/papermill/manifest.json", f"runs/papermill/notebooks/{name}"} <= set(written)
+    console = capsys.readouterr()
+    for secret in SECRETS:
+        for key, body in written.items():
+            assert secret.encode() not in body, key
+        assert secret not in caplog.text
+        assert secret not in console.out + console.err
+    assert not any(secret in (PROJECT_ROOT / "docs" / "s3.md").read_text() for secret in SECRETS)
