@@ -1,45 +1,201 @@
 #!/usr/bin/env bash
-# EMR bootstrap action (first version): runs on every node before applications start and
-# installs the Python packages the notebooks' pandas UDFs need, then the project's wheel.
+# EMR bootstrap action: runs on every node before the applications start (as the hadoop
+# user, with passwordless sudo). Installs the pinned Python packages into a virtual
+# environment, then the project's wheel and, optionally, the CNN weights, so that the driver
+# (Livy, papermill) and every executor import the same code. Idempotent: running it again
+# leaves the node as the first run did.
 #
-#   bootstrap-emr.sh [s3://bucket/prefix/fruits_pipeline-X-py3-none-any.whl]
+#   bootstrap-emr.sh --wheel s3://BUCKET/PREFIX/code/fruits_pipeline-VERSION-py3-none-any.whl \
+#       --requirements s3://BUCKET/PREFIX/code/requirements-py39.txt \
+#       [--python 3.9|3.11] [--weights s3://BUCKET/PREFIX/models/FILE.h5] \
+#       [--venv /opt/fruits/venv] [--weights-dir /opt/fruits/weights]
+#       [--profile /etc/profile.d/fruits.sh] [--index-url URL] [--dry-run]
 #
-# pyspark itself is EMR's. The pins mirror pyproject.toml (tests/test_bootstrap.py checks
-# it); they need Python >= 3.11 on the nodes (EMR 7: python3.11 package).
+# --python 3.9 (default): the node's python3.9 (Amazon Linux 2023's python3, EMR 7's own)
+#   with emr/requirements-py39.txt. --python 3.11: the python3.11 package (installed with dnf
+#   if missing) with emr/requirements-py311.txt, the project's tested set.
+# --requirements: the complete pinned set for that Python (a file from emr/, s3:// or local);
+#   installed with --no-deps --only-binary=:all:, then checked with `pip check`.
+# --weights: copied to /opt/fruits/weights/FILE; FRUITS_WEIGHTS points there for login shells
+#   (--profile, /etc/profile.d/fruits.sh, which the pipeline step sources too). Spark and Livy get it from
+#   the cluster configurations that `python -m helpers.emr` writes.
+# --index-url: a PyPI mirror for clusters without internet access.
+# --dry-run: checks the arguments and prints every command instead of running it (no sudo,
+#   no network, no change to the machine).
+# pyspark is EMR's own and is never installed; the system Python and its pip are not touched.
+# `python -m helpers.emr deploy` uploads these files and passes the arguments (docs/emr.md).
 set -euo pipefail
+set -o errtrace # the ERR trap below fires inside functions too
 
-PYTHON="${FRUITS_PYTHON:-python3.11}"
-PINS=(
-  "tensorflow-cpu==2.21.0"
-  "keras==3.15.1"
-  "numpy==1.26.4"
-  "pandas==2.2.3"
-  "pyarrow==21.0.0"
-  "pillow==12.0.0"
-  "fsspec==2026.9.0"
-  "matplotlib==3.11.2"
-  "seaborn==0.13.2"
-  "scikit-learn==1.9.1"
-  "papermill==2.7.0"
-  "ipykernel==7.4.0"
-)
+readonly PIP_VERSION="25.3"
+VENV="/opt/fruits/venv"
+WEIGHTS_DIR="/opt/fruits/weights"
+PROFILE="/etc/profile.d/fruits.sh"
+PYTHON_VERSION="3.9"
+WHEEL=""
+REQUIREMENTS=""
+WEIGHTS=""
+INDEX_URL=""
+DRY_RUN=0
 
-fail() { echo "bootstrap-emr.sh: $*" >&2; exit 1; }
+log() { echo "bootstrap-emr.sh: $*"; }
+fail() {
+  echo "bootstrap-emr.sh: ERROR: $*" >&2
+  exit 1
+}
+usage_error() {
+  echo "bootstrap-emr.sh: $* (see the usage at the top of bootstrap-emr.sh)" >&2
+  exit 2
+}
+on_error() {
+  echo "bootstrap-emr.sh: ERROR: '$2' failed with exit code $1; the lines above say why" >&2
+}
+trap 'on_error $? "$BASH_COMMAND"' ERR
 
-command -v "$PYTHON" >/dev/null 2>&1 || sudo dnf install -y -q python3.11 python3.11-pip \
-  || fail "cannot install $PYTHON on this node"
-"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' \
-  || fail "$PYTHON is older than 3.11; the pinned set needs 3.11"
+# --- arguments -----------------------------------------------------------------------------
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --wheel | --requirements | --python | --weights | --venv | --weights-dir | --profile | --index-url)
+      [[ $# -ge 2 && -n "$2" ]] || usage_error "$1 needs a value"
+      case "$1" in
+        --wheel) WHEEL="$2" ;;
+        --requirements) REQUIREMENTS="$2" ;;
+        --python) PYTHON_VERSION="$2" ;;
+        --weights) WEIGHTS="$2" ;;
+        --venv) VENV="$2" ;;
+        --weights-dir) WEIGHTS_DIR="$2" ;;
+        --profile) PROFILE="$2" ;;
+        --index-url) INDEX_URL="$2" ;;
+      esac
+      shift 2
+      ;;
+    --dry-run)
+      DRY_RUN=1
+      shift
+      ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d'
+      exit 0
+      ;;
+    *) usage_error "unknown argument '$1'" ;;
+  esac
+done
 
-echo "bootstrap-emr.sh: installing ${PINS[*]}"
-sudo "$PYTHON" -m pip install --quiet "${PINS[@]}" || fail "pip could not install the pinned set"
-
-if [[ $# -ge 1 && -n "$1" ]]; then
-  wheel_dir=$(mktemp -d)
-  aws s3 cp "$1" "$wheel_dir/" || fail "cannot copy the project wheel from $1"
-  sudo "$PYTHON" -m pip install --quiet --no-deps "$wheel_dir"/*.whl \
-    || fail "cannot install the project wheel from $1"
+case "$PYTHON_VERSION" in
+  3.9) PYTHON="python3.9" PYTHON_PACKAGES=(python3 python3-pip) ;;
+  3.11) PYTHON="python3.11" PYTHON_PACKAGES=(python3.11 python3.11-pip) ;;
+  *) usage_error "--python '$PYTHON_VERSION' is not supported: use 3.9 (EMR 7's python3) or 3.11" ;;
+esac
+[[ -n "$WHEEL" ]] || usage_error "--wheel is required: the project's wheel, s3://.../fruits_pipeline-*.whl"
+[[ "$WHEEL" == *.whl ]] || usage_error "--wheel '$WHEEL' is not a wheel (*.whl): build it with 'python -m helpers.emr deploy' or 'pip wheel --no-deps .'"
+[[ -n "$REQUIREMENTS" ]] || usage_error "--requirements is required: emr/requirements-py${PYTHON_VERSION/./}.txt, uploaded to s3://"
+[[ "${REQUIREMENTS##*/}" == *"py${PYTHON_VERSION/./}"* ]] \
+  || usage_error "--requirements '$REQUIREMENTS' is not the set for Python $PYTHON_VERSION: pass requirements-py${PYTHON_VERSION/./}.txt (or --python to match the file)"
+if [[ -n "$WEIGHTS" && "$WEIGHTS" != *.h5 && "$WEIGHTS" != *.keras ]]; then
+  usage_error "--weights '$WEIGHTS' is not a Keras weights file (*.h5 or *.keras)"
 fi
-"$PYTHON" -c 'import numpy, pandas, pyarrow, PIL, tensorflow' \
-  || fail "installed packages do not import"
-echo "bootstrap-emr.sh: done"
+for path in "$VENV" "$WEIGHTS_DIR" "$PROFILE"; do
+  [[ "$path" == /* ]] || usage_error "'$path' must be an absolute path (--venv, --weights-dir, --profile)"
+done
+
+# --- helpers -------------------------------------------------------------------------------
+# run CMD...: run it, or with --dry-run print it (quoted) and do nothing.
+run() {
+  if [[ $DRY_RUN -eq 1 ]]; then
+    local quoted
+    printf -v quoted ' %q' "$@"
+    echo "DRY-RUN:${quoted}"
+  else
+    "$@"
+  fi
+}
+# as_root CMD...: run as root (EMR runs bootstrap actions as hadoop, with sudo).
+as_root() {
+  if [[ $EUID -eq 0 ]]; then run "$@"; else run sudo "$@"; fi
+}
+# fetch SOURCE DEST: copy an s3:// object or a local file to DEST.
+fetch() {
+  if [[ "$1" == s3://* ]]; then
+    [[ $DRY_RUN -eq 1 ]] || command -v aws >/dev/null 2>&1 \
+      || fail "the aws CLI is missing: it copies $1 (EMR nodes have it)"
+    run aws s3 cp --only-show-errors "$1" "$2" || fail "cannot copy $1: check the URI and that the cluster's instance role may read it"
+  else
+    [[ $DRY_RUN -eq 1 || -f "$1" ]] || fail "$1 does not exist"
+    run cp "$1" "$2" || fail "cannot copy $1 to $2"
+  fi
+}
+
+if [[ $DRY_RUN -eq 1 ]]; then
+  work="/tmp/fruits-bootstrap.DRY-RUN"
+  log "dry run: nothing is changed; the commands are printed instead"
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
+pip_index=()
+[[ -z "$INDEX_URL" ]] || pip_index=(--index-url "$INDEX_URL")
+
+# --- Python and the virtual environment ------------------------------------------------------
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  log "$PYTHON not found: installing ${PYTHON_PACKAGES[*]} with dnf"
+  as_root dnf install -y -q "${PYTHON_PACKAGES[@]}" \
+    || fail "cannot install ${PYTHON_PACKAGES[*]} with dnf: check the node's access to the Amazon Linux repositories"
+fi
+wanted="import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYTHON_VERSION'.split('.'))))"
+if [[ $DRY_RUN -eq 0 ]] && [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "$wanted"; then
+  log "reusing the Python $PYTHON_VERSION environment $VENV"
+else
+  log "creating the Python $PYTHON_VERSION environment $VENV"
+  as_root rm -rf "$VENV" || fail "cannot remove the outdated environment $VENV"
+  as_root "$PYTHON" -m venv "$VENV" || fail "$PYTHON cannot create the virtual environment $VENV"
+fi
+# the environment's own pip, pinned; the system pip is never upgraded
+as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_index[@]}" \
+  "pip==$PIP_VERSION" || fail "cannot install pip==$PIP_VERSION into $VENV: check access to PyPI or pass --index-url"
+
+# --- the pinned set --------------------------------------------------------------------------
+requirements="$work/${REQUIREMENTS##*/}"
+fetch "$REQUIREMENTS" "$requirements"
+if [[ $DRY_RUN -eq 1 && -f "$REQUIREMENTS" ]]; then
+  pins=0
+  while IFS= read -r line; do [[ "$line" == *==* && "$line" != \#* ]] && pins=$((pins + 1)); done <"$REQUIREMENTS"
+  log "would install $pins pinned packages from $REQUIREMENTS"
+fi
+# the project's own metadata pins the tested set (and pyspark): out of `pip check`'s way
+as_root "$VENV/bin/python" -m pip uninstall --quiet --yes fruits-pipeline
+log "installing the pinned set for Python $PYTHON_VERSION from $REQUIREMENTS"
+as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+  "${pip_index[@]}" --no-deps --only-binary=:all: -r "$requirements" \
+  || fail "pip could not install the pinned set $REQUIREMENTS into $VENV (is it the set for Python $PYTHON_VERSION? does the node reach PyPI or --index-url?)"
+run "$VENV/bin/python" -m pip check \
+  || fail "the pinned set $REQUIREMENTS is incomplete or inconsistent: regenerate it (python -m helpers.pins lock)"
+
+# --- the project -----------------------------------------------------------------------------
+wheel="$work/${WHEEL##*/}"
+fetch "$WHEEL" "$wheel"
+as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+  --force-reinstall "$wheel" || fail "cannot install the project wheel $WHEEL into $VENV"
+
+# --- weights and the login environment ------------------------------------------------------
+profile="export FRUITS_VENV=$VENV"
+if [[ -n "$WEIGHTS" ]]; then
+  weights="$WEIGHTS_DIR/${WEIGHTS##*/}"
+  as_root mkdir -p "$WEIGHTS_DIR"
+  fetch "$WEIGHTS" "$work/${WEIGHTS##*/}"
+  as_root install -m 0644 "$work/${WEIGHTS##*/}" "$weights" || fail "cannot write $weights"
+  profile+=$'\n'"export FRUITS_WEIGHTS=$weights"
+  log "weights $WEIGHTS -> $weights (FRUITS_WEIGHTS)"
+fi
+log "writing $PROFILE: ${profile//$'\n'/; }"
+if [[ $DRY_RUN -eq 1 ]]; then
+  as_root tee "$PROFILE"
+else
+  printf '# written by bootstrap-emr.sh\n%s\n' "$profile" | as_root tee "$PROFILE" >/dev/null
+fi
+
+# --- check and report ------------------------------------------------------------------------
+TF_CPP_MIN_LOG_LEVEL=2 run "$VENV/bin/python" -c "import numpy, pandas, pyarrow, PIL, sklearn, matplotlib, seaborn, s3fs, papermill, tensorflow, keras, helpers.config" \
+  || fail "the installed packages do not import in $VENV: the output above names the module"
+log "installed in $VENV:"
+run "$VENV/bin/python" -m pip freeze --all
+log "done: Python $PYTHON_VERSION, pinned set ${REQUIREMENTS##*/}, project ${WHEEL##*/}${WEIGHTS:+, weights ${WEIGHTS##*/}}"

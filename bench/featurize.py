@@ -5,8 +5,9 @@
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
-(b) the Spark pipeline end to end: binaryFile read, pandas UDF (decode, resize, model),
-Parquet write, including the driver's weight load and broadcast and the workers' model
+(b) the notebooks' feature step, ``helpers.features.extract_features``, end to end:
+binaryFile read, pandas UDF (decode, resize, model), Parquet write and publication,
+including the driver's weight load and broadcast and the workers' start-up and model
 builds; only the JVM start is left out. The last line is
 ``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``.
 """
@@ -26,9 +27,9 @@ import numpy as np
 import psutil
 
 from helpers.config import MODELS, resolve_weights
-from helpers.dataset import read_features, write_features
-from helpers.features import build_model, featurize
-from helpers.images import decode_image, list_images
+from helpers.dataset import read_features
+from helpers.features import build_model, extract_features
+from helpers.images import decode_image
 from helpers.spark import get_spark
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
@@ -72,7 +73,10 @@ def bare_keras(
 
 
 class WorkerMemory(threading.Thread):
-    """Polls the resident memory of Spark's Python workers; keeps the peak of their sum."""
+    """Polls the resident memory of this run's Spark Python workers; keeps the peak of their sum.
+
+    They are the Python processes among this process's descendants (under the JVM).
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -80,16 +84,15 @@ class WorkerMemory(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        me = os.getpid()
+        me = psutil.Process()
         while not self.stopped.wait(0.5):
             total = 0
-            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                worker = any(
-                    m in cmd for m in ("pyspark.daemon", "pyspark.worker", "helpers.daemon")
-                )
-                if proc.info["pid"] != me and worker and proc.info["memory_info"]:
-                    total += proc.info["memory_info"].rss
+            for proc in me.children(recursive=True):
+                try:
+                    if "python" in proc.name():
+                        total += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
             self.peak = max(self.peak, total)
 
 
@@ -122,17 +125,18 @@ def main() -> None:
         memory = WorkerMemory()
         memory.start()
         started = time.perf_counter()
-        run = featurize(spark, list_images(spark, str(data)), args.model_name, weights, size, batch)
-        write_features(spark, run.features, str(out))
+        summary = extract_features(
+            spark, str(data), str(out), args.model_name, weights, size, batch
+        )
         elapsed = time.perf_counter() - started
         memory.stopped.set()
         rows = read_features(spark, str(out))
         written, errors = rows.count(), rows.where("error IS NOT NULL").count()
-        decoded = run.images_decoded
         spark.stop()
+    decoded = summary["images_decoded"]
     pipeline_img_s = len(files) / elapsed
     print(
-        f"Spark pipeline: {pipeline_img_s:7.1f} images/s ({elapsed:.1f} s, {run.info['tasks']}"
+        f"Spark pipeline: {pipeline_img_s:7.1f} images/s ({elapsed:.1f} s, {summary['tasks']}"
         f" tasks; rows {written}, errors {errors}, images decoded {decoded})"
     )
     print(f"peak RSS of the Python workers: {memory.peak / 2**20:.0f} MiB")

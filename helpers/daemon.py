@@ -7,9 +7,12 @@ model exists before the fork. Enabled by ``spark.python.daemon.module=helpers.da
 (local sessions from :func:`helpers.spark.get_spark` set it).
 """
 
+import gc
+
 import keras  # noqa: F401
 import tensorflow  # noqa: F401
 from pyspark import daemon
 
 if __name__ == "__main__":
+    gc.freeze()  # TensorFlow's many objects: out of every worker's garbage collections
     daemon.manager()

@@ -24,7 +24,7 @@ from pyspark.accumulators import Accumulator
 from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
 
 from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, resolve_weights
 from helpers.dataset import pending_images, write_features
@@ -170,16 +170,22 @@ class Featurization:
         return int(self.decoded.value)
 
 
+@F.pandas_udf(LongType())
+def _noop(ids: pd.Series) -> pd.Series:
+    return ids
+
+
 def _start_python_workers(spark: SparkSession) -> threading.Thread:
     """Start the executors' Python workers in the background, one per core.
 
     Their start (with :mod:`helpers.daemon`, importing TensorFlow) then overlaps the
-    driver's weight loading instead of delaying the first batch.
+    driver's weight loading instead of delaying the first batch. It runs a pandas UDF, like
+    the features job: Spark keeps separate workers for SQL UDFs and for RDD functions.
     """
-    context = spark.sparkContext
-    cores = context.defaultParallelism
+    cores = spark.sparkContext.defaultParallelism
+    job = spark.range(cores, numPartitions=cores).select(_noop("id"))
     thread = threading.Thread(
-        target=lambda: context.parallelize(range(cores), cores).foreach(lambda _: None),
+        target=lambda: job.write.format("noop").mode("overwrite").save(),
         name="fruits-start-python-workers",
         daemon=True,
     )

@@ -216,7 +216,7 @@ def get_spark(
 ) -> SparkSession:
     """Return the active SparkSession if there is one (EMR, Databricks, Livy), else a new one.
 
-    ``master`` defaults to ``local[*]`` off-cluster and to the cluster's own settings on EMR
+    ``master`` defaults to ``local[*,3]`` off-cluster and to the cluster's own settings on EMR
     or Databricks. A local session runs its Python workers with the interpreter running this
     code, so the notebook kernel, the driver and the pandas UDFs see the same packages.
 
@@ -246,7 +246,7 @@ def get_spark(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: quiet TensorFlow
     builder = SparkSession.builder.appName(app_name)
     if master is None and not on_cluster():
-        master = "local[*]"
+        master = "local[*,3]"  # every core; a failed task is retried, as on a cluster
     if master is not None and master.startswith("local"):
         builder = builder.master(master).config("spark.driver.memory", driver_memory)
         for key, value in LOCAL_CONF.items():

@@ -1,0 +1,310 @@
+"""bootstrap-emr.sh and the pinned sets it installs on EMR nodes.
+
+The script runs here in its ``--dry-run`` mode with nothing on PATH but stand-ins that
+record any call: argument checks, the commands it would run, and proof that a dry run
+starts no program at all (no sudo, no network). shellcheck (Debian's package; .ci/run
+installs it) lints it. The pinned sets are checked against pyproject.toml and
+constraints.txt, and against the format ``python -m helpers.pins lock`` writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.emr import (
+    PROFILE,
+    REQUIREMENTS,
+    VENV_DIR,
+    WEIGHTS_DIR,
+    EmrSettings,
+    bootstrap_action,
+    step_script,
+)
+from helpers.paths import PROJECT_ROOT
+from helpers.pins import (
+    EMR_OWN,
+    SETS,
+    TOOLING,
+    normalize,
+    platform_args,
+    project_pins,
+    read_pins,
+    render,
+)
+
+SCRIPT = PROJECT_ROOT / "bootstrap-emr.sh"
+WHEEL = "s3://fruits-eu/fruits/code/fruits_pipeline-0.1.0-py3-none-any.whl"
+WEIGHTS = "s3://fruits-eu/fruits/models/mobilenet_v2_no_top.h5"
+
+
+def _bootstrap(
+    tmp_path: Path, *args: str, commands: tuple[str, ...] = (), real: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the script with a PATH of stand-ins only; return (result, calls made).
+
+    Each stand-in (sudo, aws, dnf, cp, pip... and ``commands``) appends its name and
+    arguments to a log and fails, except sudo, which logs and runs its command. ``real``
+    names are the machine's own programs. A dry run must start none of them.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls.log"
+    for name in {"aws", "dnf", "cp", "mktemp", "rm", "install", "tee", "pip", *commands}:
+        stand_in = bin_dir / name
+        stand_in.write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\nexit 97\n')
+        stand_in.chmod(0o755)
+    sudo = bin_dir / "sudo"
+    sudo.write_text(f'#!/bin/bash\necho "sudo $*" >> {calls}\nexec "$@"\n')
+    sudo.chmod(0o755)
+    for name in real:
+        (bin_dir / name).unlink(missing_ok=True)
+        (bin_dir / name).symlink_to(shutil.which(name))
+    result = subprocess.run(
+        ["/bin/bash", str(SCRIPT), *args],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def _dry_lines(output: str) -> list[list[str]]:
+    """The commands a dry run printed, split as the shell would."""
+    prefix = "DRY-RUN: "
+    return [
+        shlex.split(line[len(prefix) :]) for line in output.splitlines() if line.startswith(prefix)
+    ]
+
+
+def test_shellcheck_clean() -> None:
+    """shellcheck finds nothing in bootstrap-emr.sh (CI installs Debian's shellcheck)."""
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck; .ci/run does)")
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_plans_the_install_and_runs_nothing(tmp_path: Path) -> None:
+    """A dry run with Python 3.9 prints every step, in order, and starts no program."""
+    result, calls = _bootstrap(
+        tmp_path,
+        "--dry-run",
+        "--wheel",
+        WHEEL,
+        "--requirements",
+        REQUIREMENTS["3.9"],
+        "--weights",
+        WEIGHTS,
+        commands=("python3.9",),  # present: no dnf install
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls == []
+    commands = _dry_lines(result.stdout)
+    venv_python = f"{VENV_DIR}/bin/python"
+    assert ["python3.9", "-m", "venv", VENV_DIR] in commands
+    assert not any(c[0] == "dnf" for c in commands)
+    pip_self = next(c for c in commands if "pip==25.3" in c)
+    assert pip_self[:5] == [venv_python, "-m", "pip", "install", "--quiet"]
+    install = next(c for c in commands if "-r" in c)
+    assert {"--no-deps", "--only-binary=:all:", "--no-cache-dir"} <= set(install)
+    assert install[install.index("-r") + 1].endswith("requirements-py39.txt")
+    assert [venv_python, "-m", "pip", "check"] in commands
+    assert ["aws", "s3", "cp", "--only-show-errors", WHEEL] == commands[
+        next(i for i, c in enumerate(commands) if c[:2] == ["aws", "s3"] and WHEEL in c)
+    ][:5]
+    wheel_install = next(c for c in commands if "--force-reinstall" in c)
+    assert wheel_install[-1].endswith("fruits_pipeline-0.1.0-py3-none-any.whl")
+    assert "--no-deps" in wheel_install
+    weights_file = f"{WEIGHTS_DIR}/mobilenet_v2_no_top.h5"
+    assert any(c[0] == "install" and c[-1] == weights_file for c in commands)
+    assert f"export FRUITS_WEIGHTS={weights_file}" in result.stdout
+    assert ["tee", PROFILE] in commands
+    pins = sum(1 for _ in read_pins(PROJECT_ROOT / REQUIREMENTS["3.9"]))
+    assert f"would install {pins} pinned packages" in result.stdout
+    # the order matters: pinned set, check, then the project, then the report
+    order = [commands.index(install), commands.index([venv_python, "-m", "pip", "check"])]
+    order += [
+        commands.index(wheel_install),
+        commands.index([venv_python, "-m", "pip", "freeze", "--all"]),
+    ]
+    assert order == sorted(order)
+    # the system pip is never touched: every pip call is the environment's
+    assert all(c[0] == venv_python for c in commands if "pip" in c[:3])
+
+
+def test_dry_run_python_311_installs_the_package_when_missing(tmp_path: Path) -> None:
+    """--python 3.11 without python3.11 on the node: dnf installs it, then the tested set."""
+    result, calls = _bootstrap(
+        tmp_path,
+        "--dry-run",
+        "--python",
+        "3.11",
+        "--wheel",
+        WHEEL,
+        "--requirements",
+        "s3://fruits-eu/fruits/code/requirements-py311.txt",
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls == []
+    commands = _dry_lines(result.stdout)
+    assert ["dnf", "install", "-y", "-q", "python3.11", "python3.11-pip"] in commands
+    assert ["python3.11", "-m", "venv", VENV_DIR] in commands
+    assert any(c[:2] == ["aws", "s3"] and c[4].endswith("requirements-py311.txt") for c in commands)
+    assert "FRUITS_WEIGHTS" not in result.stdout
+
+
+def test_the_cluster_bootstrap_arguments_are_accepted(tmp_path: Path) -> None:
+    """The arguments helpers.emr gives the bootstrap action parse, for both Pythons."""
+    for python in ("3.9", "3.11"):
+        settings = EmrSettings(bucket="fruits-eu", python=python, weights="/w/model.h5")
+        args = bootstrap_action(settings)["ScriptBootstrapAction"]["Args"]
+        result, calls = _bootstrap(tmp_path, "--dry-run", *args, commands=(f"python{python}",))
+        assert result.returncode == 0, result.stderr
+        assert calls == []
+        assert f"Python {python}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--wheel is required"),
+        (["--wheel", WHEEL], "--requirements is required"),
+        (["--wheel", "s3://b/x.tar.gz", "--requirements", "r-py39.txt"], "is not a wheel"),
+        (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--python", "3.8"], "3.9"),
+        (
+            ["--wheel", WHEEL, "--requirements", "requirements-py311.txt"],
+            "not the set for Python 3.9",
+        ),
+        (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--weights", "s3://b/w.txt"], "*.h5"),
+        (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--venv", "venv"], "absolute path"),
+        (["--wheel"], "--wheel needs a value"),
+        (["--upgrade-pip"], "unknown argument '--upgrade-pip'"),
+    ],
+)
+def test_bad_arguments_stop_with_the_fix(tmp_path: Path, args: list[str], message: str) -> None:
+    """Each mistake exits with status 2 and one message naming it, before doing anything."""
+    result, calls = _bootstrap(tmp_path, "--dry-run", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert calls == [] and "DRY-RUN" not in result.stdout
+
+
+def test_failure_names_the_step(tmp_path: Path) -> None:
+    """A real run whose Python cannot make the environment stops there, saying so (exit 1)."""
+    requirements = tmp_path / "requirements-py39.txt"
+    requirements.write_text("numpy==1.26.4\n")
+    venv = tmp_path / "venv"
+    result, calls = _bootstrap(
+        tmp_path,
+        "--wheel",
+        WHEEL,
+        "--requirements",
+        str(requirements),
+        "--venv",
+        str(venv),
+        commands=("python3.9",),
+        real=("mktemp", "rm"),
+    )
+    assert result.returncode == 1
+    assert f"ERROR: python3.9 cannot create the virtual environment {venv}" in result.stderr
+    assert f"python3.9 -m venv {venv}" in calls
+    assert not any(call.startswith(("aws", "dnf", "pip")) for call in calls)
+
+
+def test_step_script_is_valid_bash() -> None:
+    """The pipeline step's script parses and is shellcheck-clean; arguments stay whole."""
+    settings = EmrSettings(bucket="fruits-eu", weights="/w/model.h5")
+    script = step_script(settings, {"tsne_perplexity": 12.5, "weights": "/opt/w/it's here.h5"})
+    parsed = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    if shutil.which("shellcheck"):
+        checked = subprocess.run(
+            ["shellcheck", "-s", "bash", "-"], input=script, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout
+    last = shlex.split(script.strip().splitlines()[-1])
+    assert last[:3] == [f"{VENV_DIR}/bin/python", "-m", "helpers.run"]
+    assert last[last.index("--data-root") + 1] == "s3://fruits-eu/fruits/data"
+    assert last[-6:] == ["-p", "tsne_perplexity", "12.5", "-p", "weights", "/opt/w/it's here.h5"]
+
+
+# --- the pinned sets ----------------------------------------------------------------------
+
+
+def _project() -> dict:
+    return {k: p for k, p in project_pins().items() if k not in EMR_OWN}
+
+
+@pytest.mark.parametrize("python", sorted(SETS))
+def test_sets_hold_every_direct_dependency_but_pyspark(python: str) -> None:
+    """Each set pins every project dependency except EMR's own pyspark/py4j."""
+    pins = read_pins(PROJECT_ROOT / SETS[python])
+    assert set(_project()) <= set(pins)
+    assert not EMR_OWN & set(pins), "pyspark is EMR's: installing it would shadow EMR's Spark"
+    assert len(pins) > 60, "a set is complete: transitive packages included"
+
+
+def test_py311_set_is_the_tested_set() -> None:
+    """Every 3.11 pin equals constraints.txt (pip/setuptools/wheel are not in pip freeze)."""
+    locked = read_pins(PROJECT_ROOT / "constraints.txt")
+    pins = read_pins(PROJECT_ROOT / SETS["3.11"])
+    differ = {
+        k: (p.version, locked[k].version if k in locked else None)
+        for k, p in pins.items()
+        if k not in TOOLING and (k not in locked or locked[k].version != p.version)
+    }
+    assert differ == {}, "requirements-py311.txt disagrees with constraints.txt"
+    assert all(not p.note for p in pins.values())
+
+
+def test_py39_set_agrees_with_the_project_or_says_why() -> None:
+    """A 3.9 direct pin equals the project's, or its note names the project's current pin.
+
+    When pyproject.toml moves a pin, the note goes stale and this fails until the 3.9 set
+    is revisited (python -m helpers.pins lock --python 3.9).
+    """
+    pins = read_pins(PROJECT_ROOT / SETS["3.9"])
+    for key, project in _project().items():
+        pin = pins[key]
+        if pin.version == project.version:
+            assert not pin.note, f"{pin.name}: same version as the project, yet a note"
+        else:
+            assert pin.note.startswith(f"project {project.version}: "), (
+                f"{pin.name}=={pin.version} differs from pyproject.toml's {project.version}: "
+                f"note it '# project {project.version}: <why>' or align it"
+            )
+    shared = {"numpy", "pandas", "pyarrow", "seaborn"}  # the versions both Pythons share
+    assert all(pins[k].version == _project()[k].version for k in shared)
+    assert all(not p.note for k, p in pins.items() if k not in _project())
+
+
+@pytest.mark.parametrize("python", sorted(SETS))
+def test_sets_are_in_the_lock_format(python: str) -> None:
+    """The files are exactly what `python -m helpers.pins lock` writes (sorted, noted)."""
+    path = PROJECT_ROOT / SETS[python]
+    assert render(python, read_pins(path)) == path.read_text()
+    assert SETS[python] == REQUIREMENTS[python]
+
+
+def test_platform_tags_stop_at_the_nodes_glibc() -> None:
+    """Wheels are chosen for Amazon Linux 2023 (glibc 2.34), never newer."""
+    tags = platform_args()[1::2]
+    assert "manylinux_2_34_x86_64" in tags and "manylinux2014_x86_64" in tags
+    assert not any(t.startswith("manylinux_2_35") for t in tags)
+    assert normalize("Tensorflow_CPU") == "tensorflow-cpu"
+
+
+def test_no_secret_or_bucket_in_the_script() -> None:
+    """No credentials, account ids or bucket names are written into the bootstrap."""
+    text = SCRIPT.read_text()
+    for needle in ("AKIA", "aws_secret", "AWS_SECRET_ACCESS_KEY", "s3://fruits", "s3://my-"):
+        assert needle not in text
+    assert "set -euo pipefail" in text
+    assert os.access(SCRIPT, os.X_OK)
