@@ -28,7 +28,7 @@ from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, Struct
 
 from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, resolve_weights
 from helpers.dataset import pending_images, write_features
-from helpers.images import decode_image, list_images
+from helpers.images import decode_image, include_empty_files, list_images
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def extract_features(
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
     Returns facts for the manifest: files found, images featurized, decode count, run id.
     """
-    images = list_images(spark, data_root)
+    images = include_empty_files(list_images(spark, data_root))  # 0-byte files get a row too
     files = len(images.inputFiles())
     todo = pending_images(spark, images, output_root, overwrite)
     count = files if todo is images else todo.count()  # no listing twice on a first run

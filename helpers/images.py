@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -52,6 +54,37 @@ def list_images(spark: SparkSession, data_root: str) -> DataFrame:
             f"data_root '{data_root}' has no images (looked for {EXTENSIONS_TEXT})"
         )
     return with_split_and_label(raw)
+
+
+def _scan_path(uri: str) -> str:
+    """A listed file URI (``file:///a%20b``) in the form a scan's ``path`` column has."""
+    return re.sub(r"^file:/+", "file:/", unquote(uri))
+
+
+def include_empty_files(images: DataFrame, rows: int | None = None) -> DataFrame:
+    """``images`` plus a row for each listed file that Spark's scan returned no row for.
+
+    Spark drops 0-byte files from file scans, so an empty ``.jpg`` would vanish from every
+    count without a word; here it comes back with ``content`` null and ``length`` 0, to be
+    counted and reported as unreadable. ``images`` is :func:`helpers.images.list_images`
+    output, unfiltered; ``rows``, its row count if known, spares a join when nothing is
+    missing. Only the missing paths reach the driver; usually there are none and
+    ``images`` is returned as it is.
+    """
+    listed = [_scan_path(u) for u in images.inputFiles()]
+    if rows is not None and rows >= len(listed):
+        return images
+    spark = images.sparkSession
+    found = spark.createDataFrame([(p,) for p in listed], "path string")
+    missing = [r["path"] for r in found.join(images.select("path"), "path", "left_anti").collect()]
+    if not missing:
+        return images
+    log.warning("%d empty files skipped by Spark's scan are added back", len(missing))
+    extra = spark.createDataFrame(
+        [(path, None, 0, None) for path in sorted(missing)],
+        "path string, content binary, length long, modificationTime timestamp",
+    )
+    return images.unionByName(with_split_and_label(extra))
 
 
 def with_split_and_label(df: DataFrame) -> DataFrame:

@@ -121,3 +121,14 @@ def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root,
     assert resumed["featurized"] == 3
     assert len(_rows(spark, out)) == 13
     assert not any((out / STAGING).rglob("*.parquet"))
+
+
+def test_empty_file_gets_a_row_with_an_error(spark, weights, tiny_root, tmp_path):
+    """Spark's scan skips 0-byte files; the pipeline still gives them a row and a reason."""
+    empty = tiny_root / "Test" / "Banana" / "empty.jpg"
+    empty.write_bytes(b"")
+    summary = _extract(spark, tiny_root, tmp_path / "out", weights)
+    rows = _rows(spark, tmp_path / "out")
+    assert summary["files"] == len(rows) == 11
+    assert rows.loc[f"file:{empty}", "error"] == "empty file"
+    assert rows.loc[f"file:{empty}", "features"] is None
