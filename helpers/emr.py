@@ -382,7 +382,7 @@ def build_source_archive(out_dir: Path, root: Path = PROJECT_ROOT) -> Path:
     with (
         target.open("wb") as raw,
         gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
-    ):
+    ):  # no parenthesized context managers: helpers must import on Python 3.9
         with tarfile.open(fileobj=gz, mode="w") as archive:
             for path in files:
                 name = f"fruits/{path.relative_to(root).as_posix()}"

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from helpers.paths import PROJECT_ROOT
 
@@ -79,3 +80,27 @@ def test_databricks_bundle_runs_the_notebooks_with_their_parameters():
         given = set(task["notebook_task"].get("base_parameters", {}))
         assert given <= declared, f"{notebook.name}: {given - declared} not in its parameters"
     assert paths == sorted(paths)
+
+
+def test_helpers_compile_on_python_39():
+    """EMR 7's default Python 3.9 can import every helper (no newer syntax)."""
+    import shutil
+
+    import pytest
+
+    candidates = [
+        shutil.which("python3.9"),
+        *Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"),
+    ]
+    working = [
+        str(c)
+        for c in candidates
+        if c and not subprocess.run([c, "--version"], capture_output=True).returncode
+    ]
+    if not working:
+        pytest.skip("python3.9 is not installed here")
+    python39 = working[0]
+    sources = sorted(str(p) for p in (PROJECT_ROOT / "helpers").glob("*.py"))
+    code = "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')"
+    result = subprocess.run([python39, "-c", code, *sources], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
