@@ -45,8 +45,17 @@ def tsne_embedding(
     return tsne.fit_transform(matrix)
 
 
-def linear_probe(df: DataFrame, column: str, seed: int = 42) -> dict[str, Any] | None:
+def linear_probe(
+    df: DataFrame, column: str, seed: int = 42, standardize: bool = True
+) -> dict[str, Any] | None:
     """Logistic regression trained on Training rows, scored on Test rows, on the driver.
+
+    ``standardize`` scales each column to unit variance on Training first: right for raw
+    CNN features, wrong for PCA components of standardized features, which already share
+    one scale; rescaling them would blow the faint, noisy last components up to the size
+    of the first ones. Unscaled, the probe on k components is the same model as on the
+    full standardized features, restricted to the subspace PCA kept, so it judges the
+    reduction and nothing else.
 
     Returns accuracy, row counts and the five worst classes, or None without both splits.
     """
@@ -59,15 +68,35 @@ def linear_probe(df: DataFrame, column: str, seed: int = 42) -> dict[str, Any] |
     if train.empty or test.empty:
         log.warning("linear probe skipped: it needs both a Training and a Test split")
         return None
-    scaler = StandardScaler().fit(_matrix(train, column))
+    x_train, x_test = _matrix(train, column), _matrix(test, column)
+    if standardize:
+        scaler = StandardScaler().fit(x_train)
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
     model = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
-    model.fit(scaler.transform(_matrix(train, column)), train["label"])
-    predicted = model.predict(scaler.transform(_matrix(test, column)))
+    model.fit(x_train, train["label"])
+    predicted = model.predict(x_test)
     correct = pd.Series(predicted == test["label"].to_numpy(), index=test["label"].to_numpy())
-    per_class = correct.groupby(level=0).mean().sort_values()
+    per_class = correct.groupby(level=0).mean().sort_values(kind="stable")
     return {
         "accuracy": float(correct.mean()),
         "train_rows": len(train),
         "test_rows": len(test),
         "worst_classes": {k: float(v) for k, v in per_class.head(5).items()},
     }
+
+
+def probe_table(probes: dict[str, dict[str, Any] | None]) -> pd.DataFrame:
+    """One row per probe (``full``, ``pca_<k>``...): accuracy, rows, and the worst classes."""
+    rows = {
+        name: {
+            "accuracy": result["accuracy"],
+            "train_rows": result["train_rows"],
+            "test_rows": result["test_rows"],
+            "worst_classes": ", ".join(
+                f"{k} ({v:.0%})" for k, v in result["worst_classes"].items()
+            ),
+        }
+        for name, result in probes.items()
+        if result is not None
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")

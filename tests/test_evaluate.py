@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-from helpers.evaluate import linear_probe, stratified_sample, tsne_embedding
+from helpers.evaluate import linear_probe, probe_table, stratified_sample, tsne_embedding
 
 CLASSES = ("Apple Red", "Banana", "Kiwi")
 PER_SPLIT = {"Training": 20, "Test": 8}
@@ -68,6 +68,22 @@ def test_linear_probe_separable_clusters(clusters) -> None:
     assert result["train_rows"] == PER_SPLIT["Training"] * len(CLASSES)
     assert result["test_rows"] == PER_SPLIT["Test"] * len(CLASSES)
     assert result["worst_classes"] == dict.fromkeys(CLASSES, 1.0)
+
+
+def test_linear_probe_unstandardized(clusters) -> None:
+    """standardize=False fits on the columns as given (PCA components keep their scale)."""
+    result = linear_probe(clusters, "pca", standardize=False)
+    assert result["accuracy"] == 1.0
+    assert result["test_rows"] == PER_SPLIT["Test"] * len(CLASSES)
+
+
+def test_probe_table_one_row_per_probe(clusters) -> None:
+    """probe_table lists each probe's accuracy, row counts and worst classes; skips None."""
+    probes = {"full": linear_probe(clusters, "pca"), "pca_2": None}
+    table = probe_table(probes)
+    assert table.index.tolist() == ["full"]
+    assert table.loc["full", "accuracy"] == 1.0
+    assert table.loc["full", "worst_classes"] == "Apple Red (100%), Banana (100%), Kiwi (100%)"
 
 
 def test_linear_probe_without_test_split(clusters) -> None:

@@ -16,6 +16,7 @@ from helpers.reduce import (
     choose_k,
     fit_reduction,
     reduce_features,
+    reduction_summary,
     save_reduction,
     variance_table,
 )
@@ -79,6 +80,11 @@ def _standardized(matrix: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
 
 
+def _sklearn_spectrum(matrix: np.ndarray) -> np.ndarray:
+    """scikit-learn's explained-variance ratios of the standardized ``matrix``."""
+    return SklearnPCA(svd_solver="full").fit(_standardized(matrix)).explained_variance_ratio_
+
+
 SPECTRUM = np.array([0.5, 0.3, 0.15, 0.05])
 
 
@@ -99,6 +105,7 @@ def test_fit_reduction_finds_the_latent_factors(reduction, matrix: np.ndarray) -
     """Three latent factors give k=3 at 95%, whatever the columns' scales; spectrum sums to 1."""
     assert reduction.k == 3
     assert reduction.rows == ROWS  # the error rows are left out
+    assert reduction.excluded == FAILED
     assert reduction.dim == WIDTH
     explained = reduction.explained_variance
     assert explained.shape == (WIDTH,)
@@ -177,3 +184,68 @@ def test_save_reduction_round_trip(spark, reduction, features, tmp_path: Path) -
     assert saved["path"].tolist() == expected["path"].tolist()
     np.testing.assert_allclose(np.stack(saved["pca"]), np.stack(expected["pca"]))
     np.testing.assert_allclose(np.stack(again_pd["pca"]), np.stack(expected["pca"]), atol=1e-5)
+
+
+def test_excluded_counts_rows_with_an_error(spark, features) -> None:
+    """Every row with an error, or without features, is left out of the fit and counted."""
+    no_features = spark.createDataFrame([("nofeat", "Test", "c1", None, None)], SCHEMA)
+    reduction = fit_reduction(features.unionByName(no_features), variance=0.95)
+    assert (reduction.rows, reduction.excluded) == (ROWS, FAILED + 1)
+    assert reduction.k == 3
+    assert reduce_features(reduction, features.unionByName(no_features)).count() == ROWS
+
+
+def test_all_rows_failed_names_the_count(spark, features) -> None:
+    """With fewer than 2 usable rows the error says how many rows were left out."""
+    failed = features.where("error IS NOT NULL")
+    with pytest.raises(ValueError, match=f"found 0 .*{FAILED} rows with an error"):
+        fit_reduction(failed)
+
+
+def test_reduction_summary_for_the_manifest(reduction) -> None:
+    """The manifest gets rows used and left out, k, variance kept, table and spectrum."""
+    summary = reduction_summary(reduction)
+    assert summary["rows"] == ROWS and summary["excluded"] == FAILED
+    assert summary["dim"] == WIDTH and summary["k"] == 3
+    assert summary["variance_kept"] == pytest.approx(reduction.variance_at(3))
+    assert [row["k"] for row in summary["variance_table"]] == [2, 3, 10]
+    assert len(summary["explained_variance"]) == WIDTH
+
+
+def test_constant_column_has_no_variance(spark, matrix: np.ndarray) -> None:
+    """A constant column adds a zero to the spectrum and no NaN anywhere, as in scikit-learn."""
+    constant = np.column_stack([matrix, np.full(ROWS, 7.0, dtype=np.float32)])
+    rows = [(f"r{i:04d}", "Training", "c0", row.tolist(), None) for i, row in enumerate(constant)]
+    frame = spark.createDataFrame(rows, SCHEMA)
+    reduction = fit_reduction(frame, variance=0.95)
+    explained = reduction.explained_variance
+    assert explained.shape == (WIDTH + 1,) and np.isfinite(explained).all()
+    assert explained[-1] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(explained[:WIDTH], _sklearn_spectrum(matrix), atol=1e-9)
+    pca = np.stack(reduce_features(reduction, frame).toPandas()["pca"])
+    assert np.isfinite(pca).all()
+
+
+def test_all_but_one_column_constant(spark) -> None:
+    """With one varying column among constant ones, that column is the whole spectrum."""
+    rng = np.random.default_rng(1)
+    rows = [
+        (f"r{i}", "Training", "c0", [float(x), 3.0, -1.0], None)
+        for i, x in enumerate(rng.normal(size=50))
+    ]
+    reduction = fit_reduction(spark.createDataFrame(rows, SCHEMA), variance=0.95)
+    np.testing.assert_allclose(reduction.explained_variance, [1.0, 0.0, 0.0], atol=1e-12)
+    assert reduction.k == 1
+
+
+def test_refits_give_the_same_model(features) -> None:
+    """Component signs are fixed, so two fits project every row identically."""
+    first, second = (
+        np.stack(
+            reduce_features(fit_reduction(features, k=3), features)
+            .toPandas()
+            .sort_values("path")["pca"]
+        )
+        for _ in range(2)
+    )
+    np.testing.assert_array_equal(first, second)
