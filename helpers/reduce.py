@@ -33,6 +33,7 @@ from pyspark.ml.stat import Correlation
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from helpers.dataset import STAGING, new_run_id, publish, remove
 from helpers.paths import join, spark_uri
 
 log = logging.getLogger(__name__)
@@ -209,8 +210,16 @@ def reduction_summary(reduction: Reduction) -> dict[str, Any]:
 
 
 def save_reduction(reduction: Reduction, reduced: DataFrame, output_root: str) -> str:
-    """Write the reduced rows to ``pca/`` and the fitted model to ``pca_model/``."""
-    reduction.model.write().overwrite().save(spark_uri(join(output_root, "pca_model")))
-    uri = spark_uri(join(output_root, "pca"))
-    reduced.write.mode("overwrite").parquet(uri)
-    return uri
+    """Write the fitted model to ``pca_model/`` and the reduced rows to ``pca/``.
+
+    Each is written whole into staging, then moved into place: a run stopped half-way
+    leaves the previous model and rows readable.
+    """
+    spark = reduced.sparkSession
+    staging = join(output_root, STAGING, new_run_id())
+    reduction.model.write().save(spark_uri(join(staging, "pca_model")))
+    reduced.write.parquet(spark_uri(join(staging, "pca")))
+    for name in ("pca_model", "pca"):
+        publish(spark, join(staging, name), join(output_root, name))
+    remove(spark, staging)
+    return spark_uri(join(output_root, "pca"))

@@ -32,6 +32,7 @@ from helpers.config import (
     resolve_weights,
     validate,
 )
+from helpers.images import EXTENSIONS_TEXT
 from helpers.manifest import read_manifest
 from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
 from helpers.spark import storage_env
@@ -75,7 +76,36 @@ def run_notebooks(
     with _environment(storage_env(values["s3_endpoint"], values["hadoop_aws_jars"])):
         for root in (values["data_root"], values["output_root"]):
             check_access(root)
+        if not is_remote(values["data_root"]):
+            _check_local_roots(values["data_root"], values["output_root"])
         return _execute(values, notebooks, notebook_dir)
+
+
+def _check_local_roots(data_root: str, output_root: str) -> None:
+    """Fail before any notebook on a local ``data_root`` without images or an unwritable output.
+
+    Spark would say the same only minutes later, inside a notebook.
+    """
+    root = Path(data_root)
+    if not root.exists():
+        raise FileNotFoundError(f"data_root '{data_root}' does not exist")
+    images = (p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if next(images, None) is None:
+        raise FileNotFoundError(
+            f"data_root '{data_root}' has no images (looked for {EXTENSIONS_TEXT})"
+        )
+    if is_remote(output_root):
+        return
+    try:
+        Path(output_root).mkdir(parents=True, exist_ok=True)
+        probe = Path(output_root, ".write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"output_root '{output_root}' cannot be written ({exc.strerror}): "
+            "choose another output_root"
+        ) from exc
 
 
 def _execute(values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: Path) -> list[str]:

@@ -91,3 +91,18 @@ def test_end_to_end_outputs(outputs):
     for name in NOTEBOOKS:
         executed = json.loads((outputs / "notebooks" / name).read_text())
         assert executed["metadata"]["papermill"]["exception"] in (None, False)
+
+
+def test_bad_roots_fail_before_any_notebook(tmp_path):
+    """Missing or image-less data_root, unwritable output_root: one clear error, no notebook."""
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="data_root '.*missing' does not exist"):
+        run_notebooks({"data_root": str(tmp_path / "missing"), "output_root": str(out)})
+    (tmp_path / "empty" / "Training").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no images"):
+        run_notebooks({"data_root": str(tmp_path / "empty"), "output_root": str(out)})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="output_root .* cannot be written"):
+        run_notebooks({"data_root": str(DATA_SAMPLE), "output_root": str(blocker / "out")})
+    assert not out.exists()
