@@ -3,7 +3,9 @@ end-to-end papermill run on data_sample with the real weights."""
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 from conftest import DATA_SAMPLE
+from PIL import Image
 
 from helpers.config import PARAMETERS
 from helpers.paths import PROJECT_ROOT
@@ -50,39 +53,63 @@ def test_bad_parameter_fails_before_any_notebook(tmp_path, capsys):
         run_notebooks({"colour": "red"})
 
 
+BAD = ("empty.jpg", "text.jpg", "truncated.jpg")  # must get a row with an error
+
+
+def _odd_and_bad_files(folder: Path) -> int:
+    """One file of each awkward kind: 3 unreadable, 7 readable in unusual forms."""
+    folder.mkdir(parents=True)
+    jpeg = next(DATA_SAMPLE.rglob("*.jpg")).read_bytes()
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    base = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    base.convert("L").save(folder / "gray.jpg")
+    base.convert("CMYK").save(folder / "cmyk.jpg")
+    base.convert("RGBA").save(folder / "rgba.png")
+    base.convert("P").save(folder / "palette.png")
+    Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 256).save(folder / "16bit.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    base.save(folder / "rotated.jpg", exif=exif.tobytes())
+    base.resize((3000, 2000)).save(folder / "large.jpg")
+    return 10
+
+
 @pytest.fixture(scope="module")
-def outputs(weights, tmp_path_factory) -> Path:
-    """Run the three notebooks on data_sample into a fresh output_root."""
+def outputs(weights, tmp_path_factory) -> tuple[Path, int]:
+    """Run the three notebooks on data_sample plus odd and bad files into a fresh output_root."""
+    data = tmp_path_factory.mktemp("data") / "fruits"
+    shutil.copytree(DATA_SAMPLE, data)
+    files = len(list(DATA_SAMPLE.rglob("*.jpg"))) + _odd_and_bad_files(data / "Training" / "Odd")
     root = tmp_path_factory.mktemp("outputs")
     run_notebooks(
-        {
-            "data_root": str(DATA_SAMPLE),
-            "output_root": str(root),
-            "weights": weights,
-            "tsne_sample": 200,
-        }
+        {"data_root": str(data), "output_root": str(root), "weights": weights, "tsne_sample": 200}
     )
-    return root
+    return root, files
 
 
 def test_end_to_end_outputs(outputs):
-    """Features, PCA, model, figures, manifest and executed notebooks are all there."""
-    images = sorted(DATA_SAMPLE.rglob("*.jpg"))
+    """Every file has a row; features, PCA, model, figures, manifest, notebooks are there."""
+    outputs, files = outputs
     features = pd.read_parquet(outputs / "features")
-    assert len(features) == len(images) == features["path"].nunique()
-    assert features["error"].isna().all()
-    matrix = np.stack(features["features"].to_numpy())
-    assert matrix.shape == (len(images), 1280) and np.isfinite(matrix).all()
+    assert len(features) == files == features["path"].nunique()
+    failed = features[features["error"].notna()]
+    assert sorted(p.rsplit("/", 1)[1] for p in failed["path"]) == sorted(BAD)
+    ok = features[features["error"].isna()]
+    matrix = np.stack(ok["features"].to_numpy())
+    assert matrix.shape == (files - len(BAD), 1280) and np.isfinite(matrix).all()
 
     manifest = json.loads((outputs / "manifest.json").read_text())
     k = manifest["pca"]["k"]
     assert 1 <= k <= 1280 and manifest["pca"]["variance_kept"] >= 0.95
-    assert manifest["features"]["rows"] == len(images) and manifest["eda"]["images"] == len(images)
-    assert manifest["features"]["images_decoded"] == len(images)  # each image decoded once
+    assert manifest["features"]["rows"] == files and manifest["features"]["errors"] == len(BAD)
+    assert manifest["eda"]["images"] == files
+    assert manifest["features"]["images_decoded"] == files  # each image decoded once
     assert manifest["pca"]["probe"]["full"]["accuracy"] >= 0.9
 
     reduced = pd.read_parquet(outputs / "pca")
-    assert len(reduced) == len(images) and len(reduced["pca"].iloc[0]) == k
+    assert len(reduced) == files - len(BAD) and len(reduced["pca"].iloc[0]) == k
     assert (outputs / "pca_model" / "metadata").is_dir()
 
     for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
