@@ -175,22 +175,28 @@ def _noop(ids: pd.Series) -> pd.Series:
     return ids
 
 
-def _start_python_workers(spark: SparkSession) -> threading.Thread:
-    """Start the executors' Python workers in the background, one per core.
+_WARM_UPS: dict[str, threading.Thread] = {}
 
-    Their start (with :mod:`helpers.daemon`, importing TensorFlow) then overlaps the
-    driver's weight loading instead of delaying the first batch. It runs a pandas UDF, like
-    the features job: Spark keeps separate workers for SQL UDFs and for RDD functions.
+
+def start_python_workers(spark: SparkSession) -> threading.Thread:
+    """Start the executors' Python workers in the background, one per core (once per session).
+
+    Their start (with :mod:`helpers.daemon`, importing TensorFlow) then overlaps the file
+    listing and the driver's weight loading instead of delaying the first batch. It runs a
+    pandas UDF, like the features job: Spark keeps separate workers for SQL UDFs and for RDD
+    functions. Join the returned thread before submitting the features job.
     """
-    cores = spark.sparkContext.defaultParallelism
-    job = spark.range(cores, numPartitions=cores).select(_noop("id"))
-    thread = threading.Thread(
-        target=lambda: job.write.format("noop").mode("overwrite").save(),
-        name="fruits-start-python-workers",
-        daemon=True,
-    )
-    thread.start()
-    return thread
+    key = spark.sparkContext.applicationId
+    if key not in _WARM_UPS:
+        cores = spark.sparkContext.defaultParallelism
+        job = spark.range(cores, numPartitions=cores).select(_noop("id"))
+        _WARM_UPS[key] = threading.Thread(
+            target=lambda: job.write.format("noop").mode("overwrite").save(),
+            name="fruits-start-python-workers",
+            daemon=True,
+        )
+        _WARM_UPS[key].start()
+    return _WARM_UPS[key]
 
 
 def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
@@ -233,7 +239,7 @@ def featurize(
     """
     if model_name not in MODELS:
         raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
-    warm_up = _start_python_workers(spark)
+    warm_up = start_python_workers(spark)
     arrays = load_weights(model_name, weights, image_size)
     warm_up.join()
     broadcast = spark.sparkContext.broadcast(arrays)
@@ -298,8 +304,10 @@ def extract_features(
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
     Returns facts for the manifest: files found, images featurized, decode count, run id.
     """
-    images = include_empty_files(list_images(spark, data_root))  # 0-byte files get a row too
+    start_python_workers(spark)  # overlaps the listing below
+    images = list_images(spark, data_root)
     files = len(images.inputFiles())
+    images = include_empty_files(images, rows=images.count())  # 0-byte files get a row too
     todo = pending_images(spark, images, output_root, overwrite)
     count = files if todo is images else todo.count()  # no listing twice on a first run
     summary: dict[str, Any] = {"files": files, "featurized": count, "skipped": files - count}
