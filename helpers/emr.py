@@ -39,6 +39,7 @@ from typing import Any
 from helpers import __version__
 from helpers.config import coerce
 from helpers.paths import PROJECT_ROOT
+from helpers.run import add_parameter_option
 
 log = logging.getLogger(__name__)
 
@@ -932,15 +933,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy_.add_argument("--data", type=Path, help="local images folder to upload to data/")
     deploy_.add_argument("--wheel", type=Path, help="a built wheel (default: build one)")
     deploy_.add_argument("--run", action="store_true", help="add the pipeline step")
-    deploy_.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="pipeline parameter for the step",
-    )
+    add_parameter_option(deploy_, "pipeline parameter for the step")
 
     bucket_ = commands.add_parser("bucket", parents=[common], help="create/configure the bucket")
     _settings_arguments(bucket_, full=False)
@@ -949,15 +942,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_arguments(run_, full=False)
     run_.add_argument("--cluster-id", required=True)
     run_.add_argument("--batch", action="store_true", help="terminate the cluster on failure")
-    run_.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="pipeline parameter",
-    )
+    add_parameter_option(run_, "pipeline parameter")
 
     for name, text in (("status", "cluster and step states"), ("terminate", "end the cluster")):
         sub = commands.add_parser(name, parents=[common], help=text)

@@ -134,6 +134,19 @@ def _execute(values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: P
     return executed
 
 
+def add_parameter_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """The repeatable ``-p NAME VALUE`` option that passes any pipeline parameter."""
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help=text,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.run",
@@ -151,15 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "--hadoop-aws-jars",
         help="local Spark on S3 offline: comma-separated hadoop-aws + AWS SDK bundle jars",
     )
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="any other parameter, repeatable",
-    )
+    add_parameter_option(parser, "any other parameter, repeatable")
     parser.add_argument("--only", nargs="+", choices=NOTEBOOKS, help="run only these notebooks")
     return parser
 
@@ -192,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ]:
         print(f"  {join(output_root, sub):<60} {what}")
     if "pca" in manifest:
-        print(f"  k = {manifest['pca'].get('k')}, probe accuracy: {manifest['pca'].get('probe')}")
+        probe = manifest["pca"].get("probe") or {}
+        scores = ", ".join(f"{name} {r['accuracy']:.3f}" for name, r in probe.items() if r)
+        print(f"  k = {manifest['pca'].get('k')}; Test probe: {scores or 'no Test split'}")
     print(f"  ({len(executed)} notebooks run)")
     return 0
 
