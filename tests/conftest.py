@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +72,18 @@ def tiny_root(tmp_path: Path) -> Path:
             for i in range(count):
                 write_jpeg(tmp_path / split / label / f"{i}_100.jpg", color, seed=100 * c + i)
     return tmp_path
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's AWS API server on 127.0.0.1 (a free port) for the block; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

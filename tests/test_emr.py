@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.validate import validate_parameters
-from conftest import DATA_SAMPLE
+from conftest import DATA_SAMPLE, moto_server
 
 from helpers import emr
 from helpers.emr import (
@@ -100,15 +100,8 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aws]:
     Its bucket-policy check is given the transport of a TLS request (see
     :func:`_permission_over_tls`); everything else is moto's own.
     """
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     nowhere = str(tmp_path_factory.mktemp("aws") / "none")
-    with pytest.MonkeyPatch.context() as env:
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
         from moto.s3.models import FakeBucket
 
         env.setattr(FakeBucket, "get_permission", _permission_over_tls)
@@ -122,7 +115,6 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aws]:
         env.setenv("AWS_EC2_METADATA_DISABLED", "true")
         s3, emr_client = emr.clients(REGION, endpoint)
         yield Aws(endpoint, s3, emr_client)
-    server.stop()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import nbformat
 import pandas as pd
 import pytest
-from conftest import DATA_SAMPLE
+from conftest import DATA_SAMPLE, moto_server
 
 from helpers.config import (
     HADOOP_AWS_JARS_ENV,
@@ -81,15 +81,8 @@ def _forget_clients() -> None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     """A moto S3 server with bucket ``fruits-test`` holding ``data_sample/``; fake keys in env."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     nowhere = str(tmp_path_factory.mktemp("aws") / "none")
-    with pytest.MonkeyPatch.context() as env:
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", HADOOP_AWS_JARS_ENV, *S3_ENDPOINT_ENVS):
             env.delenv(name, raising=False)
         env.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -110,7 +103,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
                 client.upload_file(str(path), BUCKET, key)
         yield S3(endpoint, client)
         _forget_clients()
-    server.stop()
 
 
 @pytest.fixture
