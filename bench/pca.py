@@ -10,9 +10,10 @@ features Parquet that have features (``error`` null), in one process on this mac
   starts; only the fit is timed.
 - scikit-learn: ``StandardScaler`` then ``PCA(svd_solver="covariance_eigh")`` on the same
   float64 matrix (loaded with pyarrow, not timed). That solver is the fair equivalent: like
-  Spark's ``RowMatrix`` it builds the d x d covariance and decomposes it. ``svd_solver="full"``
-  (an SVD of the whole n x d matrix) is timed too, for information; so, with
-  ``--spark-pca``, is Spark ML's own ``PCA.fit``, which ``fit_reduction`` no longer uses.
+  ``fit_reduction`` it builds the d x d covariance with one BLAS-3 product and decomposes
+  it. ``svd_solver="full"`` (an SVD of the whole n x d matrix, what scikit-learn's default
+  picks for this shape) is timed too, for information; so, with ``--spark-pca``, is Spark
+  ML's own ``StandardScaler.fit`` + ``PCA.fit``, which ``fit_reduction`` replaces.
 
 Each fit runs ``--repeat`` times, taking turns with the others, and keeps its best time.
 The table checks that both give the same explained-variance spectrum (to 1e-6) and the
@@ -60,7 +61,7 @@ def sklearn_fit(matrix: np.ndarray, solver: str) -> np.ndarray:
 
 
 def spark_ml_pca_fit(frame: DataFrame) -> np.ndarray:
-    """The textbook Spark ML fit: ``StandardScaler`` then ``PCA(k=d).fit`` (Breeze SVD)."""
+    """The textbook Spark ML fit: ``StandardScaler`` then ``PCA(k=d).fit`` (``RowMatrix``)."""
     vectors = usable_features(frame)
     scaler = SparkScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
     scaled = scaler.fit(vectors).transform(vectors)

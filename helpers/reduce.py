@@ -4,34 +4,40 @@ The PCA is solved once with every component, which gives the whole explained-var
 spectrum; the kept model is its first k components, so choosing k costs no second pass.
 
 How it is fitted, and why: PCA of standardized columns is the eigendecomposition of their
-d x d correlation matrix. Spark ML builds that matrix (``Correlation``: the same
-``RowMatrix`` covariance, one ``treeAggregate`` pass, that ``PCA.fit`` uses) and the driver
-decomposes it with numpy's LAPACK. ``PCA.fit`` would decompose it on the driver too, but
-with Breeze, which without a system LAPACK (the log then says "Failed to load
-implementation from: dev.ludovic.netlib.lapack.JNILAPACK", as with a pip-installed pyspark)
-runs pure-Java LAPACK on one thread: about 5 s for 1280 columns, against 0.2 s for numpy
-(bench/README.md). The result is an ordinary Spark ML ``PipelineModel``
-(``StandardScalerModel`` + ``PCAModel``). Memory: the driver holds a few d x d float64
-matrices (13 MB each for 1280 columns); bench/README.md says up to what width it is safe.
+d x d correlation matrix. One Spark pass computes it: each task turns its Arrow batches
+into a float64 matrix and adds up the column sums and the scatter matrix X^T X with one
+BLAS-3 product (``mapInArrow``), the driver combines the tasks' partial results and
+decomposes the matrix with numpy's LAPACK. Spark ML's own ``StandardScaler.fit`` +
+``PCA.fit`` gives the same model (tests/test_reduce.py) but is about 10 times slower here:
+two passes, a BLAS-2 rank-1 update per row (``RowMatrix``) and the decomposition by
+Breeze, which without a system LAPACK (the log says "Failed to load implementation from:
+dev.ludovic.netlib.lapack.JNILAPACK", as with a pip-installed pyspark) runs pure-Java
+LAPACK on one thread (bench/README.md). The result is an ordinary Spark ML
+``PipelineModel`` (``StandardScalerModel`` + ``PCAModel``) that transforms in the JVM, no
+Python. Memory: every task and the driver hold a few d x d float64 matrices (13 MB each for
+1280 columns); bench/README.md says up to what width it is safe.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark import SparkContext
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark import SparkContext, TaskContext
 from pyspark.ml import PipelineModel
 from pyspark.ml.common import _py2java
-from pyspark.ml.feature import PCA, PCAModel, StandardScaler
+from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector
-from pyspark.ml.stat import Correlation
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
 
 from helpers.dataset import STAGING, new_run_id, publish, remove
 from helpers.paths import join, spark_uri
@@ -39,6 +45,17 @@ from helpers.paths import join, spark_uri
 log = logging.getLogger(__name__)
 
 KEYS = ["path", "split", "label"]
+#: Most tasks of the moments pass: the driver receives one d x d matrix from each.
+MAX_PARTS = 16
+MOMENTS_SCHEMA = "rows long, excluded long, mean binary, scatter binary"
+MOMENTS_ARROW = pa.schema(
+    [
+        ("rows", pa.int64()),
+        ("excluded", pa.int64()),
+        ("mean", pa.binary()),
+        ("scatter", pa.binary()),
+    ]
+)
 
 
 @dataclass
@@ -95,7 +112,7 @@ def _pca_model(axes: np.ndarray, explained: np.ndarray, k: int) -> PCAModel:
     """A Spark ML PCAModel (``scaled`` -> ``pca``) keeping the first ``k`` of ``axes``."""
     spark_context = SparkContext.getOrCreate()
     pc = np.ascontiguousarray(axes[:, :k])
-    matrix = DenseMatrix(pc.shape[0], k, pc.flatten(order="F").tolist())
+    matrix = DenseMatrix(pc.shape[0], k, pc.ravel(order="F"))
     variance = DenseVector(explained[:k])
     estimator = PCA(k=k, inputCol="scaled", outputCol="pca")
     java_model = spark_context._jvm.org.apache.spark.ml.feature.PCAModel(
@@ -106,19 +123,114 @@ def _pca_model(axes: np.ndarray, explained: np.ndarray, k: int) -> PCAModel:
     return model
 
 
-def _correlation(vectors: DataFrame, std: np.ndarray) -> np.ndarray:
-    """The d x d covariance of the standardized ``vector`` column, computed by Spark ML.
+def _ragged(path: object, length: int, width: int) -> str:
+    """The error for a row whose features have another width than the others'."""
+    return (
+        f"features of {path} have {length} values where other rows have {width}: "
+        "were they written by another model? Re-run feature extraction with overwrite=True"
+    )
 
-    That is the columns' correlation matrix, except for constant columns (std 0, which
-    StandardScaler maps to 0): they get no variance at all instead of Spark's NaN and 1.
-    Spark treats a variance up to 1e-12 as zero; so does this, and PCA ignores the column.
+
+def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One row per partition: rows with and without features, column means, scatter matrix.
+
+    Runs in the executors (``mapInArrow``): each Arrow batch becomes an n x d float64 matrix
+    without a per-row Python step, and its scatter matrix is one BLAS-3 product. Batches are
+    shifted by the partition's first mean before the products (no cancellation when a
+    column's mean dwarfs its spread); BLAS gets the task's cores (``spark.task.cpus``).
     """
-    correlation = Correlation.corr(vectors, "vector").head()[0].toArray()
+    context = TaskContext.get()
+    rows = excluded = 0
+    shift = total = scatter = None
+    with threadpool_limits(limits=context.cpus() if context else None, user_api="blas"):
+        for batch in batches:
+            usable = pc.and_kleene(pc.is_null(batch["error"]), pc.is_valid(batch["features"]))
+            lists = batch["features"]
+            if usable.true_count < batch.num_rows:
+                lists = pc.filter(lists, usable)
+            excluded += batch.num_rows - len(lists)
+            if not len(lists):
+                continue
+            lengths = pc.list_value_length(lists).to_numpy()
+            width = lengths[0] if shift is None else len(shift)
+            if (lengths != width).any():
+                odd = int(np.argmax(lengths != width))
+                path = pc.filter(batch["path"], usable)[odd]
+                raise ValueError(_ragged(path, lengths[odd], width))
+            values = lists.flatten().to_numpy().reshape(len(lists), width)
+            if shift is None:
+                shift = values.mean(axis=0, dtype=np.float64)
+                total, scatter = np.zeros(width), np.zeros((width, width))
+            matrix = values - shift  # float64
+            total += matrix.sum(axis=0)
+            scatter += matrix.T @ matrix
+            rows += len(lists)
+    mean = scatter_bytes = b""
+    if rows:
+        mean = (shift + total / rows).tobytes()
+        scatter -= np.outer(total, total) / rows
+        scatter_bytes = scatter[np.triu_indices(len(total))].tobytes()  # symmetric: half
+    yield pa.RecordBatch.from_pydict(
+        {"rows": [rows], "excluded": [excluded], "mean": [mean], "scatter": [scatter_bytes]},
+        schema=MOMENTS_ARROW,
+    )
+
+
+def _moments(features: DataFrame) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Rows with features, rows left out, column means and the d x d scatter matrix.
+
+    One pass over ``features``, in at most ``MAX_PARTS`` tasks (one per core up to that):
+    the driver receives one mean and one packed triangle per task (through Arrow when it
+    is enabled) and combines them with the pairwise update of Chan et al.
+    """
+    spark = features.sparkSession
+    tasks = max(1, min(spark.sparkContext.defaultParallelism, MAX_PARTS))
+    parts = (
+        features.select("path", "features", "error")
+        .coalesce(tasks)
+        .mapInArrow(_partition_moments, MOMENTS_SCHEMA)
+        .toPandas()
+    )
+    rows, excluded = int(parts["rows"].sum()), int(parts["excluded"].sum())
+    parts = parts[parts["rows"] > 0]
+    if parts.empty:
+        return rows, excluded, np.zeros(0), np.zeros((0, 0))
+    means = [np.frombuffer(mean) for mean in parts["mean"]]
+    width = len(means[int(np.argmax(parts["rows"]))])
+    if any(len(mean) != width for mean in means):
+        odd = features.where(_usable() & (F.size("features") != width)).first()
+        raise ValueError(_ragged(odd["path"], len(odd["features"]), width))
+    mean = sum(n * part_mean for n, part_mean in zip(parts["rows"], means)) / rows
+    upper = np.zeros((width, width))
+    for n, part_mean, packed in zip(parts["rows"], means, parts["scatter"]):
+        upper[np.triu_indices(width)] += np.frombuffer(packed)
+        upper += n * np.triu(np.outer(part_mean - mean, part_mean - mean))
+    return rows, excluded, mean, upper + np.triu(upper, 1).T
+
+
+def _correlation(scatter: np.ndarray, std: np.ndarray, rows: int) -> np.ndarray:
+    """The d x d covariance of the standardized columns: their correlation matrix.
+
+    Constant columns (std 0, which StandardScaler maps to 0) get no variance at all. As in
+    Spark, a variance up to 1e-12 counts as zero, and PCA ignores the column.
+    """
     constant = std**2 <= 1e-12
-    correlation = np.nan_to_num(correlation, nan=0.0)
-    correlation[constant, :] = 0.0
-    correlation[:, constant] = 0.0
-    return correlation
+    scale = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, std))
+    return scatter / (rows - 1) * np.outer(scale, scale)
+
+
+def _scaler_model(mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
+    """A Spark ML StandardScalerModel (``vector`` -> ``scaled``, mean and std)."""
+    spark_context = SparkContext.getOrCreate()
+    estimator = StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
+    java_model = spark_context._jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        estimator.uid,
+        _py2java(spark_context, DenseVector(std)),
+        _py2java(spark_context, DenseVector(mean)),
+    )
+    model = StandardScalerModel(java_model)
+    model._set(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
+    return model
 
 
 def fit_reduction(features: DataFrame, variance: float = 0.95, k: int = 0) -> Reduction:
@@ -126,33 +238,19 @@ def fit_reduction(features: DataFrame, variance: float = 0.95, k: int = 0) -> Re
 
     Rows with an ``error`` are left out and counted in ``Reduction.excluded``. ``k=0``
     picks the smallest k reaching ``variance``; a given k must not exceed the feature
-    width. Passes over the data: one to cache it and count, one for mean and std, two for
-    the covariance (column means, then the centered products); ``features`` is read once.
+    width. One pass over ``features``.
     """
-    marked = features.select(
-        _usable().alias("usable"),
-        F.when(_usable(), array_to_vector("features")).alias("vector"),
-    ).cache()
-    try:
-        counts = {r["usable"]: r["count"] for r in marked.groupBy("usable").count().collect()}
-        rows, excluded = counts.get(True, 0), counts.get(False, 0)
-        if rows < 2:
-            raise ValueError(
-                f"PCA needs at least 2 rows with features, found {rows} "
-                f"({excluded} rows with an error were left out)"
-            )
-        vectors = marked.where("usable").select("vector")
-        scaler = StandardScaler(
-            withMean=True, withStd=True, inputCol="vector", outputCol="scaled"
-        ).fit(vectors)
-        std = scaler.std.toArray()
-        dim = len(std)
-        if k > dim:
-            raise ValueError(f"pca_k={k} is larger than the number of features ({dim})")
-        correlation = _correlation(vectors, std)
-    finally:
-        marked.unpersist()
-    axes, eigenvalues = _principal_axes(correlation)
+    rows, excluded, mean, scatter = _moments(features)
+    if rows < 2:
+        raise ValueError(
+            f"PCA needs at least 2 rows with features, found {rows} "
+            f"({excluded} rows with an error were left out)"
+        )
+    dim = len(mean)
+    if k > dim:
+        raise ValueError(f"pca_k={k} is larger than the number of features ({dim})")
+    std = np.sqrt(np.clip(np.diag(scatter) / (rows - 1), 0.0, None))
+    axes, eigenvalues = _principal_axes(_correlation(scatter, std, rows))
     total = eigenvalues.sum()
     explained = eigenvalues / total if total > 0 else np.zeros_like(eigenvalues)
     chosen = k or choose_k(explained, variance)
@@ -164,7 +262,7 @@ def fit_reduction(features: DataFrame, variance: float = 0.95, k: int = 0) -> Re
         chosen,
         explained[:chosen].sum(),
     )
-    model = PipelineModel(stages=[scaler, _pca_model(axes, explained, chosen)])
+    model = PipelineModel(stages=[_scaler_model(mean, std), _pca_model(axes, explained, chosen)])
     return Reduction(
         model=model,
         explained_variance=explained,

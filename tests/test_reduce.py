@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyspark.ml import PipelineModel
+from pyspark.ml.feature import PCA as SparkPCA
+from pyspark.ml.feature import StandardScaler as SparkScaler
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 from sklearn.decomposition import PCA as SklearnPCA
 
@@ -18,6 +20,7 @@ from helpers.reduce import (
     reduce_features,
     reduction_summary,
     save_reduction,
+    usable_features,
     variance_table,
 )
 
@@ -249,3 +252,54 @@ def test_refits_give_the_same_model(features) -> None:
         for _ in range(2)
     )
     np.testing.assert_array_equal(first, second)
+
+
+def _frame(spark, matrix: np.ndarray, prefix: str = "r"):
+    """Good rows of ``matrix`` as a features DataFrame."""
+    rows = [
+        (f"{prefix}{i:04d}", "Training", "c0", row.tolist(), None) for i, row in enumerate(matrix)
+    ]
+    return spark.createDataFrame(rows, SCHEMA)
+
+
+def test_same_model_as_spark_ml_fit(reduction, features) -> None:
+    """Mean, std and spectrum equal what Spark ML's StandardScaler.fit + PCA.fit compute."""
+    vectors = usable_features(features)
+    scaler = SparkScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
+    scaler_model = scaler.fit(vectors)
+    pca = SparkPCA(k=WIDTH, inputCol="scaled", outputCol="pca")
+    spark_ev = pca.fit(scaler_model.transform(vectors)).explainedVariance.toArray()
+    ours = reduction.model.stages[0]
+    np.testing.assert_allclose(ours.mean.toArray(), scaler_model.mean.toArray(), rtol=1e-9)
+    np.testing.assert_allclose(ours.std.toArray(), scaler_model.std.toArray(), rtol=1e-9)
+    np.testing.assert_allclose(reduction.explained_variance, spark_ev, atol=1e-12)
+
+
+def test_partitions_combine_to_the_same_fit(spark, features, reduction) -> None:
+    """Rows spread over many partitions, one holding only error rows, give the same fit."""
+    good = features.where("error IS NULL").coalesce(1)
+    bad = features.where("error IS NOT NULL").coalesce(1)
+    for frame in (good.unionByName(bad), features.repartition(7)):
+        refit = fit_reduction(frame, variance=0.95)
+        assert (refit.rows, refit.excluded) == (ROWS, FAILED)
+        np.testing.assert_allclose(
+            refit.explained_variance, reduction.explained_variance, atol=1e-12
+        )
+
+
+def test_large_offsets_keep_their_precision(spark) -> None:
+    """Columns whose mean dwarfs their spread get the std numpy computes in float64."""
+    rng = np.random.default_rng(2)
+    matrix = (rng.normal(size=(300, 4)) + [1e4, -3e4, 5e3, 1e2]).astype(np.float32)
+    reduction = fit_reduction(_frame(spark, matrix), variance=0.95)
+    expected = matrix.astype(np.float64).std(axis=0, ddof=1)
+    np.testing.assert_allclose(reduction.model.stages[0].std.toArray(), expected, rtol=1e-9)
+
+
+def test_ragged_features_name_the_file(spark, matrix: np.ndarray) -> None:
+    """A row whose features have another width fails, naming its path."""
+    frame = _frame(spark, matrix[:20]).unionByName(
+        spark.createDataFrame([("odd.jpg", "Training", "c0", [1.0, 2.0], None)], SCHEMA)
+    )
+    with pytest.raises(Exception, match=r"odd\.jpg have 2 values where other rows have 12"):
+        fit_reduction(frame.coalesce(1))
