@@ -42,6 +42,7 @@ from helpers.reduce import Reduction, choose_k, fit_reduction, usable_features
 from helpers.spark import get_spark
 
 VARIANCE = 0.95
+PAUSE = 0.5  # seconds of rest before each timed fit
 
 
 def load_matrix(features: Path, limit: int) -> np.ndarray:
@@ -76,12 +77,15 @@ def interleaved(
     """Each fit's shortest time over ``repeat`` rounds, and its spectrum.
 
     The fits take turns within each round, so a change in the machine's load (other
-    processes) hits all of them alike instead of one side's whole series.
+    processes) hits all of them alike instead of one side's whole series. Each starts
+    after a ``PAUSE``: OpenBLAS threads spin for about 0.1 s after a call, and the previous
+    fit's would otherwise take the cores from the next (measured: Spark's fit 10% slower).
     """
     times: dict[str, list[float]] = {name: [] for name in fits}
     spectra: dict[str, np.ndarray] = {}
     for _ in range(repeat):
         for name, fit in fits.items():
+            time.sleep(PAUSE)
             started = time.perf_counter()
             spectra[name] = fit()
             times[name].append(time.perf_counter() - started)

@@ -303,3 +303,14 @@ def test_ragged_features_name_the_file(spark, matrix: np.ndarray) -> None:
     )
     with pytest.raises(Exception, match=r"odd\.jpg have 2 values where other rows have 12"):
         fit_reduction(frame.coalesce(1))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_non_finite_features_name_the_file(spark, matrix: np.ndarray, bad) -> None:
+    """A NaN, infinite or null value in a row's features fails, naming its path."""
+    odd = [1.0] * (WIDTH - 1) + [bad]
+    frame = _frame(spark, matrix[:20]).unionByName(
+        spark.createDataFrame([("odd.jpg", "Training", "c0", odd, None)], SCHEMA)
+    )
+    with pytest.raises(ValueError, match=r"odd\.jpg contain NaN, infinite or null values"):
+        fit_reduction(frame)
