@@ -232,11 +232,12 @@ def _moments(features: DataFrame) -> tuple[int, int, np.ndarray, np.ndarray]:
         odd = F.exists("features", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == np.inf))
         path = features.where(_usable() & odd).first()["path"]
         raise ValueError(f"features of {path} contain NaN, infinite or null values")
-    upper = np.zeros((width, width))
-    for n, part_mean, packed in zip(parts["rows"], means, parts["scatter"]):
-        upper[np.triu_indices(width)] += np.frombuffer(packed)
-        upper += n * np.triu(np.outer(part_mean - mean, part_mean - mean))
-    return rows, excluded, mean, upper + np.triu(upper, 1).T
+    counts = parts["rows"].to_numpy()
+    gaps = np.stack(means) - mean
+    scatter = np.zeros((width, width))
+    scatter[np.triu_indices(width)] = sum(np.frombuffer(packed) for packed in parts["scatter"])
+    scatter += np.triu(scatter, 1).T
+    return rows, excluded, mean, scatter + (gaps.T * counts) @ gaps
 
 
 def _correlation(scatter: np.ndarray, std: np.ndarray, rows: int) -> np.ndarray:
