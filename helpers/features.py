@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,24 @@ RESULT_SCHEMA = StructType(
     ]
 )
 
+
+@dataclass
+class _WorkerModel:
+    """A Python worker's model, traced once, and the checksum of the weights it holds."""
+
+    model: Any
+    infer: Callable[[np.ndarray], np.ndarray]
+    checksum: str | None = None  # None: random initial weights, not usable yet
+
+
 # Per-process cache: a Python worker builds each model once and reuses it across tasks.
-_WORKER_MODELS: dict[tuple[Any, ...], Any] = {}
+_WORKER_MODELS: dict[tuple[str, int], _WorkerModel] = {}
+
+
+def _check_model_name(model_name: str) -> None:
+    """Fail early, naming the choices, on a model this project does not know."""
+    if model_name not in MODELS:
+        raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
 
 
 def build_model(model_name: str, weights: str | None, image_size: int) -> Any:
@@ -98,16 +115,15 @@ def weights_checksum(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _worker_model(
-    model_name: str, image_size: int, weights: Broadcast, checksum: str, threads: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    """This Python worker's inference function, built on first use from the broadcast weights.
+def _built_model(model_name: str, image_size: int, threads: int) -> _WorkerModel:
+    """This Python worker's model ``model_name`` at ``image_size``, built and traced once.
 
     TensorFlow gets ``threads`` threads (the cores a Spark task owns), so several tasks on
-    one executor share its cores instead of each one claiming all of them. The function is
-    traced once for any batch length, so a short last batch costs no new trace.
+    one executor share its cores instead of each one claiming all of them. The inference
+    function is traced, and run once, for any batch length: a short last batch costs no
+    new trace. The weights are the random initial ones until :func:`_worker_model` sets them.
     """
-    key = (model_name, image_size, checksum)
+    key = (model_name, image_size)
     if key not in _WORKER_MODELS:
         import tensorflow as tf
 
@@ -117,12 +133,23 @@ def _worker_model(
         except RuntimeError:  # TensorFlow already started in this process: keep its settings
             pass
         model = build_model(model_name, None, image_size)
-        model.set_weights(weights.value)
         spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
         infer = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        infer(np.zeros((1, image_size, image_size, 3), np.float32))
         _WORKER_MODELS.clear()  # one model per worker: free the previous run's
-        _WORKER_MODELS[key] = lambda pixels: infer(pixels).numpy()
+        _WORKER_MODELS[key] = _WorkerModel(model, lambda pixels: infer(pixels).numpy())
     return _WORKER_MODELS[key]
+
+
+def _worker_model(
+    model_name: str, image_size: int, weights: Broadcast, checksum: str, threads: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """This Python worker's inference function, holding the broadcast weights."""
+    built = _built_model(model_name, image_size, threads)
+    if built.checksum != checksum:
+        built.model.set_weights(weights.value)
+        built.checksum = checksum
+    return built.infer
 
 
 def featurize_batch(
@@ -170,30 +197,35 @@ class Featurization:
         return int(self.decoded.value)
 
 
-@F.pandas_udf(LongType())
-def _noop(ids: pd.Series) -> pd.Series:
-    return ids
+_WARM_UPS: dict[tuple[str, str, int], threading.Thread] = {}
 
 
-_WARM_UPS: dict[str, threading.Thread] = {}
+def start_python_workers(spark: SparkSession, model_name: str, image_size: int) -> threading.Thread:
+    """Start the executors' Python workers in the background, each building the model.
 
-
-def start_python_workers(spark: SparkSession) -> threading.Thread:
-    """Start the executors' Python workers in the background, one per core (once per session).
-
-    Their start (with :mod:`helpers.daemon`, importing TensorFlow) then overlaps the file
-    listing and the driver's weight loading instead of delaying the first batch. It runs a
-    pandas UDF, like the features job: Spark keeps separate workers for SQL UDFs and for RDD
-    functions. Join the returned thread before submitting the features job.
+    One task per core (once per session and model): each starts a Python worker (with
+    :mod:`helpers.daemon`, importing TensorFlow) that builds and traces ``model_name``, so
+    that work overlaps the file listing and the driver's weight loading instead of delaying
+    the first batch; the features tasks then only set the weights. It runs a pandas UDF,
+    like the features job: Spark keeps separate workers for SQL UDFs and for RDD functions.
+    Join the returned thread before submitting the features job.
     """
-    key = spark.sparkContext.applicationId
+    key = (spark.sparkContext.applicationId, model_name, image_size)
     if key not in _WARM_UPS:
         cores = spark.sparkContext.defaultParallelism
-        job = spark.range(cores, numPartitions=cores).select(_noop("id"))
+        threads = int(spark.conf.get("spark.task.cpus", "1"))
+
+        def warm_up() -> None:
+            @F.pandas_udf(LongType())
+            def build(ids: pd.Series) -> pd.Series:
+                _built_model(model_name, image_size, threads)
+                return ids
+
+            job = spark.range(cores, numPartitions=cores).select(build("id"))
+            job.write.format("noop").mode("overwrite").save()
+
         _WARM_UPS[key] = threading.Thread(
-            target=lambda: job.write.format("noop").mode("overwrite").save(),
-            name="fruits-start-python-workers",
-            daemon=True,
+            target=warm_up, name="fruits-start-python-workers", daemon=True
         )
         _WARM_UPS[key].start()
     return _WARM_UPS[key]
@@ -230,17 +262,19 @@ def featurize(
     image_size: int = 224,
     batch_size: int = 64,
     count: int | None = None,
+    arrays: list[np.ndarray] | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
 
     The result is lazy: computing it (writing it) decodes and featurizes each image once.
     Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
+    ``arrays`` are the weights from :func:`load_weights`, when the caller loaded them.
     """
-    if model_name not in MODELS:
-        raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
-    warm_up = start_python_workers(spark)
-    arrays = load_weights(model_name, weights, image_size)
+    _check_model_name(model_name)
+    warm_up = start_python_workers(spark, model_name, image_size)
+    if arrays is None:
+        arrays = load_weights(model_name, weights, image_size)
     warm_up.join()
     broadcast = spark.sparkContext.broadcast(arrays)
     checksum = weights_checksum(arrays)
@@ -304,16 +338,24 @@ def extract_features(
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
     Returns facts for the manifest: files found, images featurized, decode count, run id.
     """
-    start_python_workers(spark)  # overlaps the listing below
-    images = list_images(spark, data_root)
-    files = len(images.inputFiles())
-    images = include_empty_files(images, rows=images.count())  # 0-byte files get a row too
-    todo = pending_images(spark, images, output_root, overwrite)
-    count = files if todo is images else todo.count()  # no listing twice on a first run
-    summary: dict[str, Any] = {"files": files, "featurized": count, "skipped": files - count}
-    if count == 0:
-        log.info("all %d images already featurized under %s", files, output_root)
-        return {**summary, "images_decoded": 0, "run_id": None}
-    run = featurize(spark, todo, model_name, weights, image_size, batch_size, count)
+    _check_model_name(model_name)
+    # the workers' start and the driver's weight loading overlap the listing below
+    start_python_workers(spark, model_name, image_size)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
+    try:
+        loading = pool.submit(load_weights, model_name, weights, image_size)
+        images = list_images(spark, data_root)
+        files = len(images.inputFiles())
+        images = include_empty_files(images, rows=images.count())  # 0-byte files get a row
+        todo = pending_images(spark, images, output_root, overwrite)
+        count = files if todo is images else todo.count()  # no listing twice on a first run
+        summary: dict[str, Any] = {"files": files, "featurized": count, "skipped": files - count}
+        if count == 0:
+            log.info("all %d images already featurized under %s", files, output_root)
+            return {**summary, "images_decoded": 0, "run_id": None}
+        arrays = loading.result()
+    finally:
+        pool.shutdown(wait=False)
+    run = featurize(spark, todo, model_name, weights, image_size, batch_size, count, arrays)
     run_id = write_features(spark, run.features, output_root, overwrite)
     return {**summary, **run.info, "images_decoded": run.images_decoded, "run_id": run_id}

@@ -74,3 +74,15 @@ def test_unknown_model_is_rejected(spark, tiny_root):
     """An unknown model_name names the choices before any work."""
     with pytest.raises(ValueError, match="model_name"):
         featurize(spark, list_images(spark, str(tiny_root)), model_name="vgg99")
+
+
+def test_reused_workers_take_the_new_weights(spark, featurized, weights):
+    """Workers keep their built model across runs, but never the previous run's weights."""
+    root, _, rows = featurized
+    random_run = featurize(spark, list_images(spark, str(root)), weights="random", batch_size=4)
+    random_rows = random_run.features.toPandas().set_index("path")
+    again = featurize(spark, list_images(spark, str(root)), weights=weights, batch_size=4)
+    again_rows = again.features.toPandas().set_index("path")
+    path = f"file:{root / 'Training' / 'Apple Red' / '0.jpg'}"
+    assert not np.allclose(random_rows.loc[path, "features"], rows.loc[path, "features"])
+    np.testing.assert_allclose(again_rows.loc[path, "features"], rows.loc[path, "features"])
