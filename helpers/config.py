@@ -72,8 +72,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "weights",
         "imagenet",
         str,
-        f"'imagenet' (Keras download) or a local .h5 path; ${WEIGHTS_ENV} overrides the "
-        "default; 'random' is for tests only",
+        f"'imagenet' (Keras download), a local .h5 path or an s3:// URI; ${WEIGHTS_ENV} "
+        "overrides the default; 'random' is for tests only",
     ),
     Parameter("model_name", "mobilenet_v2", str, "CNN without its top: mobilenet_v2 or resnet50"),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
@@ -143,24 +143,39 @@ def coerce(name: str, value: Any) -> Any:
         raise ValueError(f"parameter '{name}' must be {kind.__name__}, got {value!r}") from exc
 
 
+#: Where weights named by a URI (``s3://...``) are downloaded to on the driver.
+WEIGHTS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "fruits"
+
+
 def resolve_weights(weights: str) -> str:
     """Return what Keras' ``weights=`` should get: ``'imagenet'``, ``'random'`` or a file path.
 
     ``$FRUITS_WEIGHTS`` replaces the default ``'imagenet'``, so an offline machine or CI can
-    point every notebook at a local copy without editing them. A path that does not exist
-    raises at once, naming both ways to fix it.
+    point every notebook at a local copy without editing them. A URI (``s3://``, ``dbfs:/``)
+    is downloaded once to ``WEIGHTS_CACHE`` (again if its size changed): air-gapped clusters
+    keep the file in their bucket, and only the driver reads it (the workers get the
+    broadcast). A file that does not exist raises at once, naming both ways to fix it.
     """
     if weights == "imagenet" and os.environ.get(WEIGHTS_ENV):
         weights = os.environ[WEIGHTS_ENV]
     if weights in ("imagenet", "random"):
         return weights
+    from helpers.paths import download, is_remote
+
+    if is_remote(weights):
+        return str(download(weights, WEIGHTS_CACHE / "weights", missing=_no_weights(weights)))
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"weights file '{weights}' not found: pass weights='imagenet' (Keras download, "
-            f"needs internet) or a local .h5 path, as the 'weights' parameter or ${WEIGHTS_ENV}"
-        )
+        raise FileNotFoundError(_no_weights(weights))
     return str(path.resolve())
+
+
+def _no_weights(weights: str) -> str:
+    return (
+        f"weights file '{weights}' not found: pass weights='imagenet' (Keras download, needs "
+        f"internet), a local .h5 path or an s3:// URI, as the 'weights' parameter or "
+        f"${WEIGHTS_ENV}"
+    )
 
 
 def validate(params: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ here, and errors name the bucket and the fix.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,3 +219,29 @@ def read_bytes(uri: str) -> bytes:
     with storage_errors(uri):
         fs, path = fsspec.core.url_to_fs(io_uri(uri))
         return fs.cat_file(path)
+
+
+def download(uri: str, folder: Path, missing: str = "") -> Path:
+    """A local copy of the remote file ``uri`` in ``folder``, fetched unless already there.
+
+    The copy is named after the URI's hash and file name, and fetched again when the
+    remote size differs; it appears whole or not at all (temp file + rename). A missing
+    object raises ``FileNotFoundError`` with ``missing`` (or a message naming ``uri``).
+    """
+    with storage_errors(uri):
+        fs, path = fsspec.core.url_to_fs(io_uri(uri))
+        try:
+            size = fs.info(path)["size"]
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(missing or f"'{uri}' does not exist") from exc
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        target = folder / f"{digest}-{Path(path).name}"
+        if not target.is_file() or target.stat().st_size != size:
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                fs.get_file(path, str(partial))
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+    return target

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 from conftest import DATA_SAMPLE, moto_server
 
+from helpers import config
 from helpers.config import (
     HADOOP_AWS_JARS_ENV,
     S3_ENDPOINT_ENVS,
@@ -469,3 +470,29 @@ def test_papermill_writes_to_s3_and_no_credentials_leak(
         assert secret not in caplog.text
         assert secret not in console.out + console.err
     assert not any(secret in (PROJECT_ROOT / "docs" / "s3.md").read_text() for secret in SECRETS)
+
+
+def test_weights_from_s3_downloaded_once(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """weights (or $FRUITS_WEIGHTS) as an s3:// URI: one local copy, fetched again if changed."""
+    monkeypatch.setattr(config, "WEIGHTS_CACHE", tmp_path / "cache")
+    s3.client.put_object(Bucket=BUCKET, Key="models/w.h5", Body=b"weights v1")
+    uri = f"s3://{BUCKET}/models/w.h5"
+    local = Path(config.resolve_weights(uri))
+    assert local.read_bytes() == b"weights v1" and local.is_relative_to(tmp_path / "cache")
+    stamp = local.stat().st_mtime_ns
+    monkeypatch.setenv(config.WEIGHTS_ENV, uri)
+    assert Path(config.resolve_weights("imagenet")) == local
+    assert local.stat().st_mtime_ns == stamp  # not fetched again
+    s3.client.put_object(Bucket=BUCKET, Key="models/w.h5", Body=b"weights v2, longer")
+    assert Path(config.resolve_weights(uri)).read_bytes() == b"weights v2, longer"
+    assert [p.name for p in (tmp_path / "cache" / "weights").iterdir()] == [local.name]
+
+
+def test_missing_weights_object_is_named(s3: S3) -> None:
+    """A weights URI with no object behind it fails naming it and the ways to fix it."""
+    with pytest.raises(
+        FileNotFoundError, match=r"weights file 's3://.*/models/none\.h5' not found"
+    ):
+        config.resolve_weights(f"s3://{BUCKET}/models/none.h5")
