@@ -45,7 +45,8 @@ def test_bootstrap_reads_its_pins_from_the_emr_sets():
 def test_constraints_cover_direct_pins():
     """constraints.txt (the full tested set) agrees with every direct pin."""
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    direct = _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    direct = _pins(project["dependencies"] + extras["spark"] + extras["dev"])
     locked = _pins((PROJECT_ROOT / "constraints.txt").read_text().splitlines())
     for name, version in direct.items():
         assert locked.get(name) == version, (
