@@ -48,7 +48,7 @@ def class_balance(counts: pd.DataFrame) -> Figure:
     ax.set_xlabel("images")
     ax.set_ylabel("")
     ax.set_title(f"Images per class ({len(table)} classes)")
-    ax.legend(title="split", loc="lower right")
+    ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.01, 1))  # never over bars
     fig.tight_layout()
     return fig
 

@@ -38,6 +38,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseVector
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 from threadpoolctl import threadpool_limits
 
 from helpers.dataset import STAGING, new_run_id, publish, remove
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 KEYS = ["path", "split", "label"]
 #: Most tasks of the moments pass: the driver receives one d x d matrix from each.
 MAX_PARTS = 16
-MOMENTS_SCHEMA = "rows long, excluded long, mean binary, scatter binary"
+#: One row per task: rows used and left out, column means and packed scatter (float64 bytes).
 MOMENTS_ARROW = pa.schema(
     [
         ("rows", pa.int64()),
@@ -215,7 +216,7 @@ def _moments(features: DataFrame) -> tuple[int, int, np.ndarray, np.ndarray]:
     parts = (
         features.select("path", "features", "error")
         .coalesce(tasks)
-        .mapInArrow(_partition_moments, MOMENTS_SCHEMA)
+        .mapInArrow(_partition_moments, from_arrow_schema(MOMENTS_ARROW))
         .toPandas()
     )
     rows, excluded = int(parts["rows"].sum()), int(parts["excluded"].sum())
