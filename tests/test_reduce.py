@@ -77,6 +77,12 @@ def reduction(features):
     return fit_reduction(features, variance=0.95)
 
 
+def _frame(spark, matrix: np.ndarray):
+    """Good rows of ``matrix`` as a features DataFrame."""
+    rows = [(f"r{i:04d}", "Training", "c0", row.tolist(), None) for i, row in enumerate(matrix)]
+    return spark.createDataFrame(rows, SCHEMA)
+
+
 def _standardized(matrix: np.ndarray) -> np.ndarray:
     """What Spark's StandardScaler computes: centred, divided by the unbiased std."""
     x = matrix.astype(np.float64)
@@ -218,8 +224,7 @@ def test_reduction_summary_for_the_manifest(reduction) -> None:
 def test_constant_column_has_no_variance(spark, matrix: np.ndarray) -> None:
     """A constant column adds a zero to the spectrum and no NaN anywhere, as in scikit-learn."""
     constant = np.column_stack([matrix, np.full(ROWS, 7.0, dtype=np.float32)])
-    rows = [(f"r{i:04d}", "Training", "c0", row.tolist(), None) for i, row in enumerate(constant)]
-    frame = spark.createDataFrame(rows, SCHEMA)
+    frame = _frame(spark, constant)
     reduction = fit_reduction(frame, variance=0.95)
     explained = reduction.explained_variance
     assert explained.shape == (WIDTH + 1,) and np.isfinite(explained).all()
@@ -252,14 +257,6 @@ def test_refits_give_the_same_model(features) -> None:
         for _ in range(2)
     )
     np.testing.assert_array_equal(first, second)
-
-
-def _frame(spark, matrix: np.ndarray, prefix: str = "r"):
-    """Good rows of ``matrix`` as a features DataFrame."""
-    rows = [
-        (f"{prefix}{i:04d}", "Training", "c0", row.tolist(), None) for i, row in enumerate(matrix)
-    ]
-    return spark.createDataFrame(rows, SCHEMA)
 
 
 def test_same_model_as_spark_ml_fit(reduction, features) -> None:
