@@ -25,7 +25,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from helpers.images import decode_image, include_empty_files
+from helpers.images import ImageListing, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +55,24 @@ PROPERTIES_SCHEMA = StructType(
 
 
 def eda_images(
-    images: DataFrame,
+    listing: ImageListing,
     files_per_task: int = FILES_PER_TASK,
     bytes_per_task: int = BYTES_PER_TASK,
 ) -> DataFrame:
-    """``images`` ready for the EDA: empty files added back, in fewer and larger tasks.
+    """The images of ``listing`` ready for the EDA: in fewer and larger tasks.
 
     Spark plans one task per few dozen small files, and every task of a pandas UDF pays a
     round trip to a Python worker (a quarter to half a second on a busy laptop), so the
-    listing is coalesced to about ``files_per_task`` files per task, never fewer tasks
+    images are coalesced to about ``files_per_task`` files per task, never fewer tasks
     than cores, nor more than ``bytes_per_task`` of images per task (the bytes a Python
-    worker holds at once). ``images`` is :func:`helpers.images.list_images` output,
-    unfiltered.
+    worker holds at once). The listing's counts size the tasks: no Spark job runs.
     """
+    images = listing.images
     cores = images.sparkSession.sparkContext.defaultParallelism
-    files, size = images.agg(F.count("*"), F.sum("length")).first()
-    size = size or 0
+    files, size = listing.files, listing.bytes
     tasks = max(cores, math.ceil(files / files_per_task), math.ceil(size / bytes_per_task))
     log.info("%d images, %d bytes: %d tasks", files, size, tasks)
-    return include_empty_files(images.coalesce(tasks), rows=files)
+    return images.coalesce(tasks)
 
 
 def inventory(images: DataFrame) -> pd.DataFrame:

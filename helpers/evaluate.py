@@ -47,7 +47,7 @@ def tsne_embedding(
 
 def linear_probe(
     df: DataFrame, column: str, seed: int = 42, standardize: bool = True
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """Logistic regression trained on Training rows, scored on Test rows, on the driver.
 
     ``standardize`` scales each column to unit variance on Training first: right for raw
@@ -57,7 +57,10 @@ def linear_probe(
     full standardized features, restricted to the subspace PCA kept, so it judges the
     reduction and nothing else.
 
-    Returns accuracy, row counts and the five worst classes, or None without both splits.
+    Returns accuracy, row counts and the five worst classes. Test images of classes that
+    Training lacks cannot be named by the model: they are left out of the score and
+    ``note`` says so. Without a probe to make (no Training or Test rows, fewer than two
+    Training classes) it returns ``{"skipped": reason}``.
     """
     frame = (
         df.where(F.lower("split").isin("training", "test"))
@@ -65,9 +68,30 @@ def linear_probe(
         .toPandas()
     )
     train, test = frame[frame.split == "training"], frame[frame.split == "test"]
-    if train.empty or test.empty:
-        log.warning("linear probe skipped: it needs both a Training and a Test split")
-        return None
+    classes = sorted(train["label"].unique())
+    unknown = sorted(set(test["label"]) - set(classes))
+    note = None
+    if unknown:
+        left_out = test["label"].isin(unknown)
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        note = (
+            f"{int(left_out.sum())} Test images of {len(unknown)} classes that Training lacks "
+            f"are left out of the score ({shown})"
+        )
+        test = test[~left_out]
+    if train.empty or frame[frame.split == "test"].empty:
+        reason = "it needs both a Training and a Test split"
+    elif len(classes) < 2:
+        reason = f"Training holds a single class ('{classes[0]}'); a probe needs at least two"
+    elif test.empty:
+        reason = "no Test image belongs to a class that Training holds"
+    else:
+        reason = None
+    if reason:
+        log.warning("linear probe skipped: %s", reason)
+        return {"skipped": reason}
+    if note:
+        log.warning("linear probe: %s", note)
     x_train, x_test = _matrix(train, column), _matrix(test, column)
     if standardize:
         scaler = StandardScaler().fit(x_train)
@@ -77,26 +101,38 @@ def linear_probe(
     predicted = model.predict(x_test)
     correct = pd.Series(predicted == test["label"].to_numpy(), index=test["label"].to_numpy())
     per_class = correct.groupby(level=0).mean().sort_values(kind="stable")
-    return {
+    result = {
         "accuracy": float(correct.mean()),
         "train_rows": len(train),
         "test_rows": len(test),
         "worst_classes": {k: float(v) for k, v in per_class.head(5).items()},
     }
+    return {**result, "note": note} if note else result
 
 
-def probe_table(probes: dict[str, dict[str, Any] | None]) -> pd.DataFrame:
-    """One row per probe (``full``, ``pca_<k>``...): accuracy, rows, and the worst classes."""
-    rows = {
-        name: {
+def probe_table(probes: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per probe (``full``, ``pca_<k>``...): accuracy, rows, worst classes, and a
+    ``note`` saying what was left out or why the probe was skipped."""
+    rows = {}
+    for name, result in probes.items():
+        if "skipped" in result:
+            rows[name] = {"note": f"skipped: {result['skipped']}"}
+            continue
+        rows[name] = {
             "accuracy": result["accuracy"],
             "train_rows": result["train_rows"],
             "test_rows": result["test_rows"],
             "worst_classes": ", ".join(
                 f"{k} ({v:.0%})" for k, v in result["worst_classes"].items()
             ),
+            "note": result.get("note", ""),
         }
-        for name, result in probes.items()
-        if result is not None
-    }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def probe_summary(probes: dict[str, dict[str, Any]]) -> str:
+    """One line for a log or a terminal: each probe's accuracy, or why it was skipped."""
+    return "; ".join(
+        f"{name} skipped ({r['skipped']})" if "skipped" in r else f"{name} {r['accuracy']:.3f}"
+        for name, r in probes.items()
+    )

@@ -29,7 +29,7 @@ from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, Struct
 
 from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, resolve_weights
 from helpers.dataset import pending_images, write_features
-from helpers.images import decode_image, include_empty_files, list_images
+from helpers.images import decode_image, list_images
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,8 @@ def extract_features(
 
     Images already featurized under ``output_root`` (same path, size and modification time)
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
-    Returns facts for the manifest: files found, images featurized, decode count, run id.
+    Returns facts for the manifest: files found, images featurized, decode count, run id,
+    and the listing's report (files hidden from Spark read anyway, files not read).
     """
     _check_model_name(model_name)
     # the workers' start and the driver's weight loading overlap the listing below
@@ -344,12 +345,16 @@ def extract_features(
     pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
     try:
         loading = pool.submit(load_weights, model_name, weights, image_size)
-        images = list_images(spark, data_root)
-        files = len(images.inputFiles())
-        images = include_empty_files(images, rows=images.count())  # 0-byte files get a row
-        todo = pending_images(spark, images, output_root, overwrite)
-        count = files if todo is images else todo.count()  # no listing twice on a first run
-        summary: dict[str, Any] = {"files": files, "featurized": count, "skipped": files - count}
+        listing = list_images(spark, data_root)
+        files = listing.files
+        todo = pending_images(spark, listing.images, output_root, overwrite)
+        count = files if todo is listing.images else todo.count()  # first run: no job
+        summary: dict[str, Any] = {
+            "files": files,
+            "featurized": count,
+            "skipped": files - count,
+            "listing": listing.report(),
+        }
         if count == 0:
             log.info("all %d images already featurized under %s", files, output_root)
             return {**summary, "images_decoded": 0, "run_id": None}

@@ -10,30 +10,91 @@ from __future__ import annotations
 import io
 import logging
 import re
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType
 
-from helpers.paths import resolve, spark_uri
+from helpers.paths import list_files, read_bytes, resolve, spark_uri
 
 log = logging.getLogger(__name__)
 
 #: Extensions read, as a Hadoop glob (case variants spelled out: the glob is case-sensitive).
 IMAGE_GLOB = "*.{jpg,jpeg,png,JPG,JPEG,PNG,Jpg,Jpeg,Png}"
+EXTENSIONS = (".jpg", ".jpeg", ".png")
 EXTENSIONS_TEXT = "*.jpg, *.jpeg, *.png recursively"
 
 #: Folder names recognised as a split (compared case-insensitively).
 SPLIT_NAMES = ("training", "test", "validation", "train", "val")
 
 
-def list_images(spark: SparkSession, data_root: str) -> DataFrame:
-    """Read every image file under ``data_root`` with Spark's ``binaryFile`` source.
+@dataclass
+class ImageListing:
+    """Every file under a data root, as the pipeline reads it.
 
-    Returns ``path, split, label, content, length, modificationTime``, one row per file.
-    Raises ``FileNotFoundError`` naming ``data_root`` when it is missing or holds no images.
+    ``images`` has one row per image file (``path, split, label, content, length,
+    modificationTime``): the files Spark's scan returns, plus those it leaves out without a
+    word: 0-byte files (``content`` null) and names Hadoop's listing hides (``_x``, ``.x``,
+    or under such a folder), whose bytes are read by path instead. ``ignored`` names the
+    other files under the root, each with the reason it is not read.
+    """
+
+    images: DataFrame
+    files: int
+    bytes: int
+    hidden: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+
+    def report(self, limit: int = 1000) -> dict[str, Any]:
+        """Counts and (at most ``limit``) paths of the files read specially or not read."""
+        return {
+            "image_files": self.files,
+            "image_bytes": self.bytes,
+            "hidden_read": len(self.hidden),
+            "empty_files": len(self.empty),
+            "ignored_files": len(self.ignored),
+            "hidden": self.hidden[:limit],
+            "ignored": dict(sorted(self.ignored.items())[:limit]),
+        }
+
+    def table(self) -> pd.DataFrame:
+        """The files read specially or not read, one row each: ``path`` and ``status``."""
+        rows = [(p, "hidden from Spark's listing: read by path") for p in self.hidden]
+        rows += [(p, "empty file: a row with an error") for p in self.empty]
+        rows += [(p, f"not read: {reason}") for p, reason in self.ignored.items()]
+        return pd.DataFrame(sorted(rows), columns=["path", "status"])
+
+
+def is_image_name(path: str) -> bool:
+    """Whether ``path`` ends in an image extension the pipeline reads (any letter case)."""
+    return path.rsplit("/", 1)[-1].lower().endswith(EXTENSIONS)
+
+
+def _key(path: str) -> str:
+    """A file's path without its scheme, to compare two listings of one root."""
+    return re.sub(r"^[A-Za-z][\w+.-]*:/*", "", path)
+
+
+@F.udf(BinaryType())
+def _read_file(path: str) -> bytes:
+    """The bytes of the file at ``path`` (a Spark path: ``file:``, ``s3://``...)."""
+    return read_bytes(path)
+
+
+def list_images(spark: SparkSession, data_root: str) -> ImageListing:
+    """Every file under ``data_root``: the images as a DataFrame, the other files named.
+
+    Spark's ``binaryFile`` scan reads the images; a listing of the root on the driver
+    (metadata only, hidden names included) finds what that scan would drop silently, so
+    each image file gets exactly one row and no file is read twice. Raises
+    ``FileNotFoundError`` naming ``data_root`` when it is missing or holds no images.
     """
     uri = spark_uri(data_root)
     try:
@@ -49,42 +110,45 @@ def list_images(spark: SparkSession, data_root: str) -> DataFrame:
                 f"data_root '{data_root}' does not exist (resolved to {resolve(data_root)})"
             ) from exc
         raise
-    if not raw.inputFiles():  # the file listing Spark already made: no job runs
+    scanned = {_key(unquote(u)) for u in raw.inputFiles()}  # the listing Spark made: no job runs
+    extra, hidden, empty, ignored, total = [], [], [], {}, 0
+    for path, size, modified in list_files(data_root):
+        if not is_image_name(path):
+            ignored[path] = "not an image file name (.jpg, .jpeg, .png)"
+            continue
+        total += size
+        if _key(path) not in scanned:
+            hidden.append(path)
+        elif size:
+            continue
+        if not size:
+            empty.append(path)
+        extra.append((path, size, modified))
+    files = len(scanned) + len(hidden)
+    if not files:
         raise FileNotFoundError(
             f"data_root '{data_root}' has no images (looked for {EXTENSIONS_TEXT})"
         )
-    return with_split_and_label(raw)
-
-
-def _scan_path(uri: str) -> str:
-    """A listed file URI (``file:///a%20b``) in the form a scan's ``path`` column has."""
-    return re.sub(r"^file:/+", "file:/", unquote(uri))
-
-
-def include_empty_files(images: DataFrame, rows: int | None = None) -> DataFrame:
-    """``images`` plus a row for each listed file that Spark's scan returned no row for.
-
-    Spark drops 0-byte files from file scans, so an empty ``.jpg`` would vanish from every
-    count without a word; here it comes back with ``content`` null and ``length`` 0, to be
-    counted and reported as unreadable. ``images`` is :func:`helpers.images.list_images`
-    output, unfiltered; ``rows``, its row count if known, spares a join when nothing is
-    missing. Only the missing paths reach the driver; usually there are none and
-    ``images`` is returned as it is.
-    """
-    listed = [_scan_path(u) for u in images.inputFiles()]
-    if rows is not None and rows >= len(listed):
-        return images
-    spark = images.sparkSession
-    found = spark.createDataFrame([(p,) for p in listed], "path string")
-    missing = [r["path"] for r in found.join(images.select("path"), "path", "left_anti").collect()]
-    if not missing:
-        return images
-    log.warning("%d empty files skipped by Spark's scan are added back", len(missing))
-    extra = spark.createDataFrame(
-        [(path, None, 0, None) for path in sorted(missing)],
-        "path string, content binary, length long, modificationTime timestamp",
-    )
-    return images.unionByName(with_split_and_label(extra))
+    images = raw
+    if extra:
+        log.warning(
+            "%d files Spark's scan leaves out are added: %d hidden names, %d empty files",
+            len(extra),
+            len(hidden),
+            len(empty),
+        )
+        rows = spark.createDataFrame(extra, "path string, length long, modified double")
+        images = raw.unionByName(
+            rows.select(
+                "path",
+                F.when(F.col("length") > 0, _read_file("path")).alias("content"),
+                "length",
+                F.timestamp_seconds("modified").alias("modificationTime"),
+            )
+        )
+    if ignored:
+        log.info("%d files under %s are not images and are not read", len(ignored), data_root)
+    return ImageListing(with_split_and_label(images), files, total, hidden, empty, ignored)
 
 
 def with_split_and_label(df: DataFrame) -> DataFrame:

@@ -214,6 +214,48 @@ def write_bytes(uri: str, data: bytes) -> None:
     tmp.replace(target)
 
 
+def list_files(uri: str) -> list[tuple[str, int, float]]:
+    """Every file under the folder ``uri``, recursively, hidden names included.
+
+    Returns ``(path, size, modified)`` per file, sorted by path: ``path`` in the form
+    Spark's file scans give (``file:/abs/x.jpg``, ``s3://bucket/key``, ``dbfs:/x``),
+    ``modified`` in seconds since the epoch (milliseconds kept, as Hadoop does). Metadata
+    only: no file is opened. Nothing is returned for a missing folder.
+    """
+    resolved = resolve(uri)
+    target = io_uri(uri)
+    if is_remote(target):
+        scheme = resolved.split("://", 1)[0]
+        with storage_errors(uri):
+            fs, path = fsspec.core.url_to_fs(target)
+            found = fs.find(path, detail=True) if fs.exists(path) else {}
+        files = [
+            (f"{scheme}://{name}", int(info["size"]), _seconds(info.get("LastModified")))
+            for name, info in found.items()
+            if info.get("type") == "file"
+        ]
+        return sorted(files)
+    if target.startswith(DBFS_FUSE + "/"):
+        prefix, strip = "dbfs:", len(DBFS_FUSE)
+    else:
+        prefix, strip = ("" if resolved.startswith(VOLUMES_PREFIX) else "file:"), 0
+    files = []
+    for folder, _, names in os.walk(target):
+        for name in names:
+            local = os.path.join(folder, name)
+            try:
+                stat = os.stat(local)
+            except OSError:  # a dangling link or a file removed meanwhile
+                continue
+            files.append((prefix + local[strip:], stat.st_size, stat.st_mtime_ns // 10**6 / 1000))
+    return sorted(files)
+
+
+def _seconds(moment: object) -> float:
+    """A listing's modification time (datetime, or missing) in seconds since the epoch."""
+    return moment.timestamp() if hasattr(moment, "timestamp") else 0.0
+
+
 def read_bytes(uri: str) -> bytes:
     """Read the whole file at ``uri`` (local or remote)."""
     with storage_errors(uri):

@@ -32,6 +32,7 @@ from helpers.config import (
     resolve_weights,
     validate,
 )
+from helpers.evaluate import probe_summary
 from helpers.images import EXTENSIONS_TEXT
 from helpers.manifest import read_manifest
 from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
@@ -197,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ]:
         print(f"  {join(output_root, sub):<60} {what}")
     if "pca" in manifest:
-        probe = manifest["pca"].get("probe") or {}
-        scores = ", ".join(f"{name} {r['accuracy']:.3f}" for name, r in probe.items() if r)
-        print(f"  k = {manifest['pca'].get('k')}; Test probe: {scores or 'no Test split'}")
+        probe = probe_summary(manifest["pca"].get("probe") or {})
+        print(f"  k = {manifest['pca'].get('k')}; Test probe: {probe or 'none'}")
     print(f"  ({len(executed)} notebooks run)")
     return 0
 

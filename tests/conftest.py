@@ -87,3 +87,38 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+#: Image file names that Hadoop's listing hides or that a URI or a glob would misread, each
+#: a real JPEG (paths relative to a class folder; a folder part is hidden or odd itself).
+ODD_IMAGE_NAMES = (
+    "_underscore.jpg",
+    ".dot.jpg",
+    "percent%20.jpg",
+    "hash#1.jpg",
+    "question?.jpg",
+    "brace{1,2}.jpg",
+    "star*.jpg",
+    "[bracket].jpg",
+    "key=value.jpg",
+    "with space.jpg",
+    "MiXeD.JpG",
+    "ünïcödé.jpg",
+    "_hidden folder/a.jpg",
+    ".hidden/b.jpg",
+    "part=1/c.jpg",
+)
+#: Names with an image extension that hold no image: a row with an error each.
+ODD_NOT_IMAGES = ("._companion.jpg",)  # macOS AppleDouble metadata beside a copied file
+#: Files without an image extension: not read, named in the listing with the reason.
+ODD_IGNORED = (".DS_Store", "notes.txt", "_SUCCESS")
+
+
+def write_odd_names(folder: Path) -> None:
+    """A real JPEG under each of :data:`ODD_IMAGE_NAMES`, plus the other odd files."""
+    for i, name in enumerate(ODD_IMAGE_NAMES):
+        write_jpeg(folder / name, (30 + 12 * i, 160, 90), seed=500 + i)
+    for name in ODD_NOT_IMAGES:
+        (folder / name).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    for name in ODD_IGNORED:
+        (folder / name).write_text("not an image")

@@ -30,7 +30,6 @@ from helpers.eda import (
     eda_summary,
     file_size_summary,
     image_properties,
-    include_empty_files,
     inventory,
     property_summary,
     sample_images,
@@ -132,42 +131,35 @@ def test_inventory_data_sample(sample_images_df) -> None:
 
 def test_inventory_counts_unreadable_files(spark, broken_root: Path) -> None:
     """Non-images and empty files still count in the inventory (they are *.jpg on disk)."""
-    counts = inventory(include_empty_files(list_images(spark, str(broken_root))))
+    counts = inventory(list_images(spark, str(broken_root)).images)
     assert _table(counts) == _walk(broken_root)
     assert _table(counts)[("Training", "Banana")][0] == 4
     assert _table(counts)[("Test", "Banana")] == (3, _walk(broken_root)[("Test", "Banana")][1])
 
 
-def test_include_empty_files(spark, broken_root: Path) -> None:
-    """Spark's scan skips a 0-byte file; include_empty_files adds it back, named as on disk."""
+def test_listing_adds_empty_files(spark, broken_root: Path) -> None:
+    """Spark's scan skips a 0-byte file; the listing adds it back, named as on disk."""
     (broken_root / "Test" / "Banana" / "empty 50%.jpg").write_bytes(b"")
-    images = list_images(spark, str(broken_root))
-    assert images.count() == 11  # Spark alone misses the two empty files
-    full = include_empty_files(images)
-    empty = full.where("length = 0").orderBy("path").collect()
+    listing = list_images(spark, str(broken_root))
+    empty = listing.images.where("length = 0").orderBy("path").collect()
     assert [(_tail(r["path"]), r["split"], r["label"]) for r in empty] == [
         ("Test/Banana/empty 50%.jpg", "Test", "Banana"),
         ("Test/Banana/empty_100.jpg", "Test", "Banana"),
     ]
     assert empty[0]["path"].startswith("file:/") and empty[0]["content"] is None
-    assert full.columns == images.columns and full.count() == 13
+    assert listing.files == listing.images.count() == 13
+    assert [_tail(p) for p in listing.empty] == [_tail(r["path"]) for r in empty]
 
 
-def test_include_empty_files_without_any(sample_images_df) -> None:
-    """With no empty file the DataFrame comes back unchanged."""
-    assert include_empty_files(sample_images_df) is sample_images_df
-
-
-def test_eda_images_sizes_tasks(spark, broken_root: Path) -> None:
-    """eda_images adds empty files back and coalesces into tasks sized by files and bytes."""
-    listed = list_images(spark, str(DATA_SAMPLE))
+def test_eda_images_sizes_tasks(spark) -> None:
+    """eda_images coalesces into tasks sized by the listing's files and bytes, no job run."""
+    listing = list_images(spark, str(DATA_SAMPLE))
+    planned = listing.images.rdd.getNumPartitions()  # never more tasks than Spark's own plan
     cores = spark.sparkContext.defaultParallelism
-    assert eda_images(listed).rdd.getNumPartitions() == min(cores, listed.rdd.getNumPartitions())
-    planned = listed.rdd.getNumPartitions()  # never more tasks than Spark's own plan
-    assert eda_images(listed, files_per_task=1).rdd.getNumPartitions() == planned
-    assert eda_images(listed, bytes_per_task=1000).rdd.getNumPartitions() == planned
-    images = eda_images(list_images(spark, str(broken_root)))
-    assert images.count() == 12 and images.where("length = 0").count() == 1
+    assert eda_images(listing).rdd.getNumPartitions() == min(cores, planned)
+    assert eda_images(listing, files_per_task=1).rdd.getNumPartitions() == planned
+    assert eda_images(listing, bytes_per_task=1000).rdd.getNumPartitions() == planned
+    assert listing.bytes == sum(p.stat().st_size for p in DATA_SAMPLE.rglob("*.jpg"))
 
 
 def test_class_table_and_split_totals(sample_images_df) -> None:
@@ -186,9 +178,9 @@ def test_class_table_and_split_totals(sample_images_df) -> None:
 
 def test_split_mismatches(spark, tiny_root: Path) -> None:
     """A class present only in Training is reported as missing from Test, and only there."""
-    assert split_mismatches(inventory(list_images(spark, str(tiny_root)))) == {}
+    assert split_mismatches(inventory(list_images(spark, str(tiny_root)).images)) == {}
     write_jpeg(tiny_root / "Training" / "Cherry" / "0_100.jpg", (150, 0, 30))
-    counts = inventory(list_images(spark, str(tiny_root)))
+    counts = inventory(list_images(spark, str(tiny_root)).images)
     assert split_mismatches(counts) == {"Test": ["Cherry"]}
 
 
@@ -218,7 +210,7 @@ def test_file_size_summary(sample_properties) -> None:
 
 def test_unreadable_lists_injected_files(spark, broken_root: Path) -> None:
     """unreadable() names the text-in-a-.jpg and the empty file with a reason each."""
-    properties = image_properties(include_empty_files(list_images(spark, str(broken_root))))
+    properties = image_properties(list_images(spark, str(broken_root)).images)
     bad = unreadable(properties)
     reasons = {_tail(p): e for p, e in zip(bad["path"], bad["error"])}
     assert reasons == {
@@ -242,7 +234,7 @@ def test_unusual_images(spark, tiny_root: Path) -> None:
     Image.open(apples / "4_100.jpg").save(apples / "png_100.jpg", format="PNG")
     Image.new("RGB", (100, 100), (255, 255, 255)).save(apples / "blank_100.jpg", quality=90)
 
-    properties = image_properties(list_images(spark, str(tiny_root))).cache()
+    properties = image_properties(list_images(spark, str(tiny_root)).images).cache()
     unusual = unusual_images(properties)
     reasons = {Path(p).name: r for p, r in zip(unusual["path"], unusual["reason"])}
     assert set(reasons) == {"wide_100.jpg", "gray_100.jpg", "png_100.jpg", "blank_100.jpg"}
@@ -272,7 +264,7 @@ def test_duplicates_within_and_across_splits(spark, distinct_root: Path) -> None
     shutil.copy(apple, tiny_root / "Training" / "Apple Red" / "again_100.jpg")
     shutil.copy(apple, tiny_root / "Training" / "Banana" / "mislabelled_100.jpg")
 
-    hashed = content_hashes(list_images(spark, str(tiny_root)))
+    hashed = content_hashes(list_images(spark, str(tiny_root)).images)
     groups = duplicate_groups(hashed)
     assert len(groups) == 2
     leak, inside = groups.iloc[0], groups.iloc[1]
@@ -355,7 +347,7 @@ def test_sample_images_seeded(sample_images_df) -> None:
 
 def test_sample_images_skips_unreadable(spark, broken_root: Path) -> None:
     """An undecodable file is never returned as a sample image."""
-    images = include_empty_files(list_images(spark, str(broken_root)))
+    images = list_images(spark, str(broken_root)).images
     picked = sample_images(images, per_class=10)
     assert not any(p.endswith(BROKEN) for p in picked["path"])
     assert picked.groupby("label").size().to_dict() == {"Apple Red": 5, "Banana": 5}
@@ -384,7 +376,7 @@ def test_class_variability_identical_images(spark, broken_root: Path) -> None:
         shutil.copy(original, path)
     for path in (broken_root / "Test" / "Apple Red").glob("*.jpg"):
         shutil.copy(original, path)
-    images = include_empty_files(list_images(spark, str(broken_root)))
+    images = list_images(spark, str(broken_root)).images
     table = class_variability(images, per_class=0, size=8)
     by_label = table.set_index("label")
     assert by_label.loc["Apple Red", "mse"] == pytest.approx(0, abs=1e-9)

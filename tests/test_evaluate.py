@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-from helpers.evaluate import linear_probe, probe_table, stratified_sample, tsne_embedding
+from helpers.evaluate import (
+    linear_probe,
+    probe_summary,
+    probe_table,
+    stratified_sample,
+    tsne_embedding,
+)
 
 CLASSES = ("Apple Red", "Banana", "Kiwi")
 PER_SPLIT = {"Training": 20, "Test": 8}
@@ -78,17 +84,62 @@ def test_linear_probe_unstandardized(clusters) -> None:
 
 
 def test_probe_table_one_row_per_probe(clusters) -> None:
-    """probe_table lists each probe's accuracy, row counts and worst classes; skips None."""
-    probes = {"full": linear_probe(clusters, "pca"), "pca_2": None}
+    """probe_table lists each probe's accuracy, rows and worst classes, or why it was skipped."""
+    probes = {"full": linear_probe(clusters, "pca"), "pca_2": {"skipped": "no Test split"}}
     table = probe_table(probes)
-    assert table.index.tolist() == ["full"]
+    assert table.index.tolist() == ["full", "pca_2"]
     assert table.loc["full", "accuracy"] == 1.0
     assert table.loc["full", "worst_classes"] == "Apple Red (100%), Banana (100%), Kiwi (100%)"
+    assert table.loc["pca_2", "note"] == "skipped: no Test split"
+    assert probe_summary(probes) == "full 1.000; pca_2 skipped (no Test split)"
 
 
-def test_linear_probe_without_test_split(clusters) -> None:
-    """With no Test rows the probe is skipped and returns None."""
-    assert linear_probe(clusters.where("split = 'Training'"), "pca") is None
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("split = 'Training'", "both a Training and a Test split"),
+        ("split = 'Test'", "both a Training and a Test split"),
+        ("label = 'Kiwi'", "Training holds a single class ('Kiwi')"),
+        ("split = 'Test' OR label = 'Kiwi'", "Training holds a single class ('Kiwi')"),
+        (
+            "split = 'Training' AND label = 'Kiwi' OR split = 'Test' AND label != 'Kiwi'",
+            "Training holds a single class",
+        ),
+    ],
+)
+def test_linear_probe_skipped(clusters, where: str, reason: str) -> None:
+    """Without two splits or without two Training classes the probe says why, and no more."""
+    result = linear_probe(clusters.where(where), "pca")
+    assert list(result) == ["skipped"] and reason in result["skipped"]
+
+
+def test_linear_probe_test_classes_unknown_to_training(clusters) -> None:
+    """Test images of classes Training lacks are left out of the score, and the note says so."""
+    rows = clusters.where("NOT (split = 'Training' AND label = 'Kiwi')")
+    result = linear_probe(rows, "pca")
+    assert result["accuracy"] == 1.0 and result["test_rows"] == 2 * PER_SPLIT["Test"]
+    assert result["note"] == (
+        f"{PER_SPLIT['Test']} Test images of 1 classes that Training lacks are left out of "
+        "the score (Kiwi)"
+    )
+    unknown_only = "split = 'Training' AND label != 'Kiwi' OR split = 'Test' AND label = 'Kiwi'"
+    assert linear_probe(clusters.where(unknown_only), "pca") == {
+        "skipped": "no Test image belongs to a class that Training holds"
+    }
+
+
+def test_linear_probe_single_image_class(clusters, spark) -> None:
+    """A class with one Training image and one Test image is probed like any other."""
+    one = spark.createDataFrame(
+        [
+            ("Training/Lime/0.jpg", "Training", "Lime", [0.0, 0.0, 0.0, 10.0, 0.0, 0.0]),
+            ("Test/Lime/0.jpg", "Test", "Lime", [0.0, 0.0, 0.0, 10.2, 0.0, 0.0]),
+        ],
+        SCHEMA,
+    )
+    result = linear_probe(clusters.unionByName(one), "pca")
+    assert result["train_rows"] == PER_SPLIT["Training"] * len(CLASSES) + 1
+    assert "Lime" in result["worst_classes"] and "note" not in result
 
 
 def test_tsne_embedding_shape_and_seed(clusters) -> None:

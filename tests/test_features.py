@@ -22,7 +22,7 @@ def featurized(spark, weights, tmp_path_factory):
         write_jpeg(root / "Test" / "Banana" / f"{i}.jpg", (230, 210, 40), seed=10 + i)
     (root / "Test" / "Banana" / "broken.jpg").write_text("not an image")
     out = str(tmp_path_factory.mktemp("out"))
-    run = featurize(spark, list_images(spark, str(root)), weights=weights, batch_size=4)
+    run = featurize(spark, list_images(spark, str(root)).images, weights=weights, batch_size=4)
     write_features(spark, run.features, out)
     assert run.images_decoded == 7  # each file decoded once, the corrupt one included
     return root, run.info, read_features(spark, out).toPandas().set_index("path")
@@ -73,15 +73,17 @@ def test_weights_file_errors_name_the_file(tmp_path: Path):
 def test_unknown_model_is_rejected(spark, tiny_root):
     """An unknown model_name names the choices before any work."""
     with pytest.raises(ValueError, match="model_name"):
-        featurize(spark, list_images(spark, str(tiny_root)), model_name="vgg99")
+        featurize(spark, list_images(spark, str(tiny_root)).images, model_name="vgg99")
 
 
 def test_reused_workers_take_the_new_weights(spark, featurized, weights):
     """Workers keep their built model across runs, but never the previous run's weights."""
     root, _, rows = featurized
-    random_run = featurize(spark, list_images(spark, str(root)), weights="random", batch_size=4)
+    random_run = featurize(
+        spark, list_images(spark, str(root)).images, weights="random", batch_size=4
+    )
     random_rows = random_run.features.toPandas().set_index("path")
-    again = featurize(spark, list_images(spark, str(root)), weights=weights, batch_size=4)
+    again = featurize(spark, list_images(spark, str(root)).images, weights=weights, batch_size=4)
     again_rows = again.features.toPandas().set_index("path")
     path = f"file:{root / 'Training' / 'Apple Red' / '0.jpg'}"
     assert not np.allclose(random_rows.loc[path, "features"], rows.loc[path, "features"])

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA_SAMPLE, write_jpeg
+from conftest import (
+    DATA_SAMPLE,
+    ODD_IGNORED,
+    ODD_IMAGE_NAMES,
+    ODD_NOT_IMAGES,
+    write_jpeg,
+    write_odd_names,
+)
 from PIL import Image
 
 from helpers.images import decode_image, list_images
@@ -33,7 +40,7 @@ def _listed(df) -> Counter:
 
 def test_list_images_data_sample(spark) -> None:
     """Every *.jpg under data_sample/ is one row, with split and label from its folders."""
-    df = list_images(spark, "data_sample")
+    df = list_images(spark, "data_sample").images
     expected = _walk(DATA_SAMPLE)
     assert df.count() == sum(expected.values()) == 320
     assert _listed(df) == expected
@@ -50,26 +57,28 @@ def test_list_images_extensions(spark, tmp_path: Path) -> None:
     write_jpeg(folder / "c.jpeg", (90, 140, 40), seed=2)
     Image.new("RGB", (10, 10), (90, 140, 40)).save(folder / "d.png")
     (folder / "notes.txt").write_text("not an image")
-    names = sorted(r["path"].rsplit("/", 1)[1] for r in list_images(spark, str(tmp_path)).collect())
+    names = sorted(
+        r["path"].rsplit("/", 1)[1] for r in list_images(spark, str(tmp_path)).images.collect()
+    )
     assert names == ["a.jpg", "b.JPG", "c.jpeg", "d.png"]
 
 
 def test_list_images_split_root(spark, tiny_root: Path) -> None:
     """A root that is one split folder keeps that split and the class labels."""
-    df = list_images(spark, str(tiny_root / "Test"))
+    df = list_images(spark, str(tiny_root / "Test")).images
     assert _listed(df) == {("Test", "Apple Red"): 2, ("Test", "Banana"): 2}
 
 
 def test_list_images_class_root(spark, tiny_root: Path) -> None:
     """A root that is one class folder gives that label, and the split above it."""
-    df = list_images(spark, str(tiny_root / "Training" / "Apple Red"))
+    df = list_images(spark, str(tiny_root / "Training" / "Apple Red")).images
     assert _listed(df) == {("Training", "Apple Red"): 3}
 
 
 def test_list_images_no_split_folder(spark, tmp_path: Path) -> None:
     """Classes directly under the root get a null split."""
     write_jpeg(tmp_path / "Pear" / "0_100.jpg", (200, 200, 60))
-    assert _listed(list_images(spark, str(tmp_path))) == {(None, "Pear"): 1}
+    assert _listed(list_images(spark, str(tmp_path)).images) == {(None, "Pear"): 1}
 
 
 def test_list_images_missing_root(spark, tmp_path: Path) -> None:
@@ -180,3 +189,28 @@ def test_decode_rejects_truncated_jpeg() -> None:
     jpeg = (DATA_SAMPLE / "Test" / "Banana" / "0_100.jpg").read_bytes()
     with pytest.raises(ValueError, match="cannot decode image"):
         decode_image(jpeg[: len(jpeg) // 2], SIZE)
+
+
+def test_list_images_odd_names(spark, tmp_path: Path) -> None:
+    """Names Spark's listing hides or a URI misreads each give exactly one row, read whole."""
+    folder = tmp_path / "Training" / "Odd"
+    write_odd_names(folder)
+    write_jpeg(tmp_path / "Test" / "Odd" / "plain.jpg", (30, 160, 90))
+    listing = list_images(spark, str(tmp_path))
+    rows = listing.images.select("path", "split", "label", "content", "length").collect()
+    odd = "/Training/Odd/"
+    by_name = {r["path"].split(odd, 1)[1]: r for r in rows if odd in r["path"]}
+    expected = {*ODD_IMAGE_NAMES, *ODD_NOT_IMAGES}
+    assert set(by_name) == expected
+    assert len(rows) == listing.files == len(expected) + 1  # and Test/Odd/plain.jpg
+    for name in expected:
+        row = by_name[name]
+        assert row["content"] == (folder / name).read_bytes() and row["length"] > 0, name
+        folder_name = name.rsplit("/", 1)[0] if "/" in name else "Odd"  # the label
+        assert row["label"] == folder_name and (row["split"] == "Training") == ("/" not in name)
+    hidden = {p.split(odd, 1)[1] for p in listing.hidden}
+    assert {"_underscore.jpg", ".dot.jpg", "._companion.jpg", ".hidden/b.jpg"} <= hidden
+    assert "with space.jpg" not in hidden  # Spark's own scan reads it
+    assert sorted(p.rsplit("/", 1)[1] for p in listing.ignored) == sorted(ODD_IGNORED)
+    assert set(listing.ignored.values()) == {"not an image file name (.jpg, .jpeg, .png)"}
+    assert set(listing.table()["path"]) == {*listing.hidden, *listing.ignored}

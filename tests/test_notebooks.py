@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
-from conftest import DATA_SAMPLE
+from conftest import (
+    DATA_SAMPLE,
+    ODD_IGNORED,
+    ODD_IMAGE_NAMES,
+    ODD_NOT_IMAGES,
+    write_odd_names,
+)
 from PIL import Image
 
 from helpers.config import PARAMETERS
@@ -53,7 +59,7 @@ def test_bad_parameter_fails_before_any_notebook(tmp_path, capsys):
         run_notebooks({"colour": "red"})
 
 
-BAD = ("empty.jpg", "text.jpg", "truncated.jpg")  # must get a row with an error
+BAD = ("empty.jpg", "text.jpg", "truncated.jpg", *ODD_NOT_IMAGES)  # a row with an error each
 
 
 def _odd_and_bad_files(folder: Path) -> int:
@@ -82,6 +88,8 @@ def outputs(weights, tmp_path_factory) -> tuple[Path, int]:
     data = tmp_path_factory.mktemp("data") / "fruits"
     shutil.copytree(DATA_SAMPLE, data)
     files = len(list(DATA_SAMPLE.rglob("*.jpg"))) + _odd_and_bad_files(data / "Training" / "Odd")
+    write_odd_names(data / "Training" / "Odd")  # names Spark's listing hides, URI specials
+    files += len(ODD_IMAGE_NAMES) + len(ODD_NOT_IMAGES)
     root = tmp_path_factory.mktemp("outputs")
     run_notebooks(
         {"data_root": str(data), "output_root": str(root), "weights": weights, "tsne_sample": 200}
@@ -100,7 +108,14 @@ def test_end_to_end_outputs(outputs):
     matrix = np.stack(ok["features"].to_numpy())
     assert matrix.shape == (files - len(BAD), 1280) and np.isfinite(matrix).all()
 
+    odd = {p.split("/Training/Odd/", 1)[1] for p in features["path"] if "/Training/Odd/" in p}
+    assert {*ODD_IMAGE_NAMES, *ODD_NOT_IMAGES} <= odd
+
     manifest = json.loads((outputs / "manifest.json").read_text())
+    for section in (manifest["eda"], manifest["features"]):  # the files not read, named
+        ignored = section["listing"]["ignored"]
+        names = sorted(p.rsplit("/", 1)[1] for p in ignored)
+        assert names == sorted([*ODD_IGNORED, "README.md"])  # data_sample's README too
     k = manifest["pca"]["k"]
     assert 1 <= k <= 1280 and manifest["pca"]["variance_kept"] >= 0.95
     assert manifest["features"]["rows"] == files and manifest["features"]["errors"] == len(BAD)
