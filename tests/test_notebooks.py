@@ -17,6 +17,7 @@ from conftest import (
     ODD_IGNORED,
     ODD_IMAGE_NAMES,
     ODD_NOT_IMAGES,
+    write_jpeg,
     write_odd_names,
 )
 from PIL import Image
@@ -148,3 +149,19 @@ def test_bad_roots_fail_before_any_notebook(tmp_path):
     with pytest.raises(PermissionError, match="output_root .* cannot be written"):
         run_notebooks({"data_root": str(DATA_SAMPLE), "output_root": str(blocker / "out")})
     assert not out.exists()
+
+
+def test_one_class_splits_degrade(weights, tmp_path):
+    """Training with one class, Test with another: PCA, t-SNE and outputs are written, and
+    the probe is skipped with its reason in the manifest and in the notebook."""
+    for i in range(4):
+        write_jpeg(tmp_path / "data" / "Training" / "Apple" / f"{i}.jpg", (200, 30, 30), seed=i)
+    write_jpeg(tmp_path / "data" / "Test" / "Pear" / "0.jpg", (200, 200, 60), seed=9)
+    out = tmp_path / "out"
+    params = {"data_root": str(tmp_path / "data"), "output_root": str(out), "weights": weights}
+    run_notebooks(params, NOTEBOOKS[1:])
+    probe = json.loads((out / "manifest.json").read_text())["pca"]["probe"]
+    reason = "Training holds a single class ('Apple'); a probe needs at least two"
+    assert probe["full"] == {"skipped": reason}
+    assert len(pd.read_parquet(out / "pca")) == 5 and (out / "figures" / "tsne.png").is_file()
+    assert f"skipped: {reason}" in (out / "notebooks" / NOTEBOOKS[2]).read_text()
