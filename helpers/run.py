@@ -33,7 +33,7 @@ from helpers.config import (
     validate,
 )
 from helpers.evaluate import probe_summary
-from helpers.images import EXTENSIONS_TEXT
+from helpers.images import EXTENSIONS_TEXT, is_image_name
 from helpers.manifest import read_manifest
 from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
 from helpers.spark import storage_env
@@ -90,7 +90,7 @@ def _check_local_roots(data_root: str, output_root: str) -> None:
     root = Path(data_root)
     if not root.exists():
         raise FileNotFoundError(f"data_root '{data_root}' does not exist")
-    images = (p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = (p for p in root.rglob("*") if is_image_name(p.name))
     if next(images, None) is None:
         raise FileNotFoundError(
             f"data_root '{data_root}' has no images (looked for {EXTENSIONS_TEXT})"
