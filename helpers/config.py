@@ -66,7 +66,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "",
         str,
         "local Spark on s3:// without Maven Central: comma-separated hadoop-aws and AWS SDK "
-        f"bundle jars; empty: ${HADOOP_AWS_JARS_ENV}, else spark.jars.packages downloads them",
+        f"bundle jars; empty: ${HADOOP_AWS_JARS_ENV}, else those `make jars` cached, else Ivy",
     ),
     Parameter(
         "weights",

@@ -275,6 +275,9 @@ def _prepare(spark: SparkSession, output_root: str) -> set[str]:
             write_whole(spark, join(commits, f"{name}.json"), record)
         write_whole(spark, join(commits, FORMAT_RECORD), json.dumps({"layout": 2}).encode())
         records = _commit_records(spark, output_root) or []
+    for name, is_dir, _ in _children(spark, commits):
+        if not is_dir and name.startswith(".") and name.endswith(".tmp"):
+            remove(spark, join(commits, name))  # a record a killed run did not rename
     visible = {r["run"] for r in _committed(spark, output_root)}
     for record in records:
         if record["run"] not in visible:  # made obsolete by a later overwrite run
