@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from conftest import write_jpeg
 
-from helpers.dataset import COMMITS, read_features
+from helpers.dataset import COMMITS, read_features, write_features
 from helpers.features import extract_features
 
 
@@ -139,3 +139,19 @@ def test_empty_file_gets_a_row_with_an_error(spark, weights, tiny_root, tmp_path
     assert summary["files"] == len(rows) == 11
     assert rows.loc[f"file:{empty}", "error"] == "empty file"
     assert rows.loc[f"file:{empty}", "features"] is None
+
+
+def test_features_written_before_commit_records_stay_readable(spark, tmp_path, caplog):
+    """An old-layout features/ (run= folders, no _commits/) reads with a warning; the next
+    run gives the old runs their records, and both runs are read."""
+    out = tmp_path / "out"
+    old = spark.range(3).selectExpr("concat('old-', id) AS path", "id AS size", "id AS modified")
+    old.write.parquet(f"file://{out}/features/run=20250101T000000Z-abcdef")
+    with caplog.at_level("WARNING", logger="helpers.dataset"):
+        assert read_features(spark, str(out)).count() == 3
+    assert "no commit records" in caplog.text
+    new = spark.range(2).selectExpr("concat('new-', id) AS path", "id AS size", "id AS modified")
+    write_features(spark, new, str(out))
+    assert len(_records(out)) == 2
+    paths = sorted(r.path for r in read_features(spark, str(out)).collect())
+    assert paths == ["new-0", "new-1", "old-0", "old-1", "old-2"]

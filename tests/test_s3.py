@@ -204,6 +204,51 @@ def test_storage_conf_hadoop_34_uses_sdk_v2_chain() -> None:
     )
 
 
+def test_storage_conf_with_spark_hadoop_cloud_uses_the_magic_committer() -> None:
+    """With spark-hadoop-cloud among the jars, Parquet to S3 goes through the S3A committer."""
+    jars = ["/j/hadoop-aws-3.3.4.jar", "/j/spark-hadoop-cloud_2.12-3.5.8.jar"]
+    conf = storage_conf(["s3://fruits/out"], "3.3.4", hadoop_aws_jars=jars)
+    assert conf["spark.hadoop.fs.s3a.committer.name"] == "magic"
+    assert conf["spark.sql.sources.commitProtocolClass"].endswith("PathOutputCommitProtocol")
+    assert conf["spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3"].endswith(
+        "S3ACommitterFactory"
+    )
+    assert "spark.sql.sources.commitProtocolClass" not in storage_conf(
+        ["s3://fruits/out"], "3.3.4", hadoop_aws_jars=jars[:1]
+    )
+
+
+def test_jars_fetched_once_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fetch downloads each jar from the repository once, checked against its .sha1."""
+    import hashlib
+
+    from helpers import jars
+
+    repo = tmp_path / "repo"
+    for artifact in jars.s3a_artifacts("3.3.4", "3.5.8"):
+        jar = Path(artifact.url(str(repo)))
+        jar.parent.mkdir(parents=True)
+        jar.write_bytes(artifact.name.encode())
+        jar.with_name(jar.name + ".sha1").write_text(hashlib.sha1(jar.read_bytes()).hexdigest())
+    monkeypatch.setenv(jars.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(jars.REPO_ENV, f"file://{repo}")
+    assert jars.cached_jars("3.3.4", "3.5.8") == []
+    fetched = jars.fetch("3.3.4", "3.5.8")
+    assert [Path(p).name for p in fetched] == [
+        "hadoop-aws-3.3.4.jar",
+        "aws-java-sdk-bundle-1.12.262.jar",
+        "spark-hadoop-cloud_2.12-3.5.8.jar",
+    ]
+    assert jars.cached_jars("3.3.4", "3.5.8") == fetched
+    bad = Path(jars.s3a_artifacts("3.3.4", "3.5.9")[2].url(str(repo)))
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"corrupt")
+    bad.with_name(bad.name + ".sha1").write_text("0" * 40)
+    with pytest.raises(OSError, match="SHA-1.*hadoop_aws_jars"):
+        jars.fetch("3.3.4", "3.5.9")
+    assert not (tmp_path / "cache" / bad.name).exists()
+
+
 @pytest.mark.parametrize("roots", [["data_sample", "outputs"], ["dbfs:/x", "/Volumes/a/b/c"]])
 def test_storage_conf_empty_off_s3(roots: list[str]) -> None:
     """Local, dbfs:/ and /Volumes/ roots change nothing in the session."""
