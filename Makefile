@@ -12,9 +12,15 @@ ifneq ($(wildcard $(OFFLINE_WEIGHTS)),)
 export FRUITS_WEIGHTS ?= $(OFFLINE_WEIGHTS)
 endif
 
-.PHONY: setup run test lint clean
+.PHONY: setup jars run test lint clean
 
+# The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://,
+# from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them.
 setup: $(STAMP)
+	@$(BIN)/python -m helpers.jars fetch >/dev/null || echo "warning: S3A jars not fetched (no Maven Central?): local Spark on s3:// needs them (make jars, or hadoop_aws_jars)" >&2
+
+jars: $(STAMP)
+	$(BIN)/python -m helpers.jars fetch
 
 $(STAMP):
 	@command -v java >/dev/null || { echo "Java 17 is required (Spark): apt-get install openjdk-17-jre-headless" >&2; exit 1; }

@@ -66,7 +66,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "",
         str,
         "local Spark on s3:// without Maven Central: comma-separated hadoop-aws and AWS SDK "
-        f"bundle jars; empty: ${HADOOP_AWS_JARS_ENV}, else spark.jars.packages downloads them",
+        f"bundle jars; empty: ${HADOOP_AWS_JARS_ENV}, else those `make jars` cached, else Ivy",
     ),
     Parameter(
         "weights",
@@ -106,14 +106,21 @@ _BY_NAME = {p.name: p for p in PARAMETERS}
 FAULT_ENV = "FRUITS_FAULT"
 
 
+#: ``kill-publish:STEP`` kills the process at that step of publishing a run (tests only):
+#: see :func:`helpers.dataset.fault_point`.
+PUBLISH_FAULT = "kill-publish"
+
+
 def fault_injection() -> tuple[str, int] | None:
     """The fault ``$FRUITS_FAULT`` asks the feature UDF to inject, if any (tests only)."""
     value = os.environ.get(FAULT_ENV, "")
-    if not value:
+    if not value or value.startswith(PUBLISH_FAULT + ":"):
         return None
     kind, _, batch = value.partition(":")
     if kind not in ("crash-worker", "kill-driver") or not batch.isdigit():
-        raise ValueError(f"{FAULT_ENV}={value!r}: expected crash-worker:N or kill-driver:N")
+        raise ValueError(
+            f"{FAULT_ENV}={value!r}: expected crash-worker:N, kill-driver:N or kill-publish:STEP"
+        )
     return kind, int(batch)
 
 

@@ -1,16 +1,36 @@
-"""The features dataset on storage: incremental, never half-written.
+"""The features dataset on storage: incremental, and a run is published all at once or not at all.
 
-Layout: ``<output_root>/features/run=<id>/part-*.parquet``. Each run writes only the images
-that are new or changed since the last one (same path, size and modification time means
-unchanged) into a staging folder, then publishes it as a new ``run=`` folder with one
-rename; readers keep the newest row per path. A run killed before that rename leaves the
-previous outputs as they were: its staging folder is ignored and removed by the next run.
-``overwrite`` featurizes everything again and, once published, removes the older runs.
+Layout::
+
+    <output_root>/features/run=<id>/part-*.parquet     a run's rows (written in place)
+    <output_root>/features/_commits/run=<id>.json      its commit record, written last
+    <output_root>/features/_commits/_format.json       marks this layout
+
+Each run writes only the images that are new or changed since the last one (same path,
+size and modification time means unchanged) straight into its ``run=`` folder, then writes
+its commit record: one small object naming every Parquet file of the run and its row
+count. On S3 that is a single PUT, which appears whole or not at all; on a local or HDFS
+file system a temporary file renamed into place. Readers (:func:`read_features`,
+:func:`pending_images`) trust only committed runs and read exactly the files their records
+name, keeping the newest row per path. A run killed before its record is written is
+invisible; its folder is removed by the next run. No rename of data is involved, so this
+holds on S3A (where a rename is a copy plus a delete per file) as on local disk.
+
+``overwrite`` featurizes everything again; its record says so, and readers ignore every
+run committed before it (the older folders are then removed, which is only tidying up).
+
+One writer at a time per ``output_root``: a second run started while one is writing would
+remove the other's uncommitted folder. Features written before commit records existed
+(``run=`` folders and no ``_commits/``) are read as they are, with a warning, and get
+records at the next run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -18,12 +38,26 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from helpers.config import FAULT_ENV, PUBLISH_FAULT
 from helpers.paths import join, spark_uri
 
 log = logging.getLogger(__name__)
 
 FEATURES = "features"
 STAGING = "_staging"  # under output_root; a leading underscore hides it from Spark readers
+COMMITS = "_commits"  # under features/; hidden from Spark and pyarrow readers alike
+FORMAT_RECORD = "_format.json"
+LAYOUT_VERSION = 2
+
+#: File systems where one create-write-close is one PUT: visible whole or not at all.
+OBJECT_STORES = ("s3", "s3a", "s3n", "gs", "wasb", "wasbs", "abfs", "abfss")
+
+
+def fault_point(step: str) -> None:
+    """Test hook: ``$FRUITS_FAULT=kill-publish:<step>`` kills this process here (SIGKILL)."""
+    if os.environ.get(FAULT_ENV) == f"{PUBLISH_FAULT}:{step}":
+        log.warning("fault injected: killed at publish step '%s'", step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
@@ -41,7 +75,10 @@ def remove(spark: SparkSession, uri: str) -> None:
 
 
 def publish(spark: SparkSession, staged: str, target: str) -> None:
-    """Move the finished folder ``staged`` to ``target`` (one rename; replaces ``target``)."""
+    """Move the finished folder ``staged`` to ``target`` (one rename; replaces ``target``).
+
+    Atomic on local disk and HDFS only: on S3 a rename is a copy and a delete per file.
+    """
     fs, source = _hadoop_path(spark, staged)
     _, destination = _hadoop_path(spark, target)
     fs.mkdirs(destination.getParent())
@@ -51,13 +88,119 @@ def publish(spark: SparkSession, staged: str, target: str) -> None:
         raise OSError(f"could not move {staged} to {target}")
 
 
-def _runs(spark: SparkSession, output_root: str) -> list[str]:
-    """Names of the published ``run=`` folders under ``features/``."""
-    fs, path = _hadoop_path(spark, join(output_root, FEATURES))
+def write_whole(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write the small file ``uri`` so that readers see all of ``data`` or nothing.
+
+    On an object store one create-close is one PUT; elsewhere a hidden temporary file is
+    renamed over the target (atomic on local disk and HDFS).
+    """
+    fs, path = _hadoop_path(spark, uri)
+    if fs.getUri().getScheme() in OBJECT_STORES:
+        stream = fs.create(path, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+        return
+    tmp = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(
+        path.getParent(), f".{path.getName()}.{uuid.uuid4().hex[:8]}.tmp"
+    )
+    stream = fs.create(tmp, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+    fault_point("record-written-not-renamed")
+    if fs.exists(path):
+        fs.delete(path, False)
+    if not fs.rename(tmp, path):
+        raise OSError(f"could not move {tmp.toString()} to {uri}")
+
+
+def _read_text(spark: SparkSession, uri: str) -> str:
+    fs, path = _hadoop_path(spark, uri)
+    stream = fs.open(path)
+    try:
+        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def _children(spark: SparkSession, uri: str) -> list[tuple[str, bool, int]]:
+    """Name, is-folder and size of each entry directly under ``uri`` (none if missing)."""
+    fs, path = _hadoop_path(spark, uri)
     if not fs.exists(path):
         return []
-    names = [status.getPath().getName() for status in fs.listStatus(path) if status.isDirectory()]
-    return sorted(name for name in names if name.startswith("run="))
+    return [
+        (status.getPath().getName(), status.isDirectory(), status.getLen())
+        for status in fs.listStatus(path)
+    ]
+
+
+def _data_files(spark: SparkSession, run_uri: str) -> list[dict[str, Any]]:
+    """The Parquet files of one run folder (hidden and marker files left out)."""
+    return [
+        {"name": name, "size": size}
+        for name, is_dir, size in sorted(_children(spark, run_uri))
+        if not is_dir and not name.startswith(("_", ".")) and name.endswith(".parquet")
+    ]
+
+
+def _commit_records(spark: SparkSession, output_root: str) -> list[dict[str, Any]] | None:
+    """The commit records under ``features/_commits/``, oldest run first.
+
+    ``None`` for a features folder written before commit records existed (no
+    ``_commits/_format.json``).
+    """
+    commits = join(output_root, FEATURES, COMMITS)
+    names = [name for name, is_dir, _ in _children(spark, commits) if not is_dir]
+    if FORMAT_RECORD not in names:
+        return None
+    records = []
+    for name in sorted(n for n in names if n.startswith("run=") and n.endswith(".json")):
+        uri = join(commits, name)
+        try:
+            record = json.loads(_read_text(spark, uri))
+        except ValueError as exc:
+            raise ValueError(
+                f"commit record {uri} is not valid JSON ({exc}): it was not written by this "
+                "pipeline; remove it (its run is then ignored) or re-run with overwrite=True"
+            ) from exc
+        records.append(record)
+    return records
+
+
+def _legacy_runs(spark: SparkSession, output_root: str) -> list[str]:
+    """``run=`` folders of a features folder without commit records (old layout)."""
+    entries = _children(spark, join(output_root, FEATURES))
+    return sorted(name for name, is_dir, _ in entries if is_dir and name.startswith("run="))
+
+
+def _committed(spark: SparkSession, output_root: str) -> list[dict[str, Any]]:
+    """The records of the runs readers see: the newest overwrite run and those after it."""
+    records = _commit_records(spark, output_root)
+    if records is None:
+        legacy = _legacy_runs(spark, output_root)
+        if legacy:
+            log.warning(
+                "features under %s have no commit records (written by an older version): "
+                "reading its %d run folders as they are; the next run adds records",
+                join(output_root, FEATURES),
+                len(legacy),
+            )
+        features = join(output_root, FEATURES)
+        return [
+            {"run": name[len("run=") :], "files": _data_files(spark, join(features, name))}
+            for name in legacy
+        ]
+    records.sort(key=lambda r: r["run"])
+    bases = [i for i, r in enumerate(records) if r.get("overwrite")]
+    return records[bases[-1] :] if bases else records
+
+
+def _runs(spark: SparkSession, output_root: str) -> list[str]:
+    """Names (``run=<id>``) of the committed runs under ``features/`` that readers see."""
+    return [f"run={record['run']}" for record in _committed(spark, output_root)]
 
 
 def new_run_id() -> str:
@@ -66,14 +209,22 @@ def new_run_id() -> str:
 
 
 def read_features(spark: SparkSession, output_root: str) -> DataFrame:
-    """The current features: the newest row per path over all published runs."""
-    runs = _runs(spark, output_root)
-    if not runs:
+    """The current features: the newest row per path over all committed runs.
+
+    Exactly the files the commit records name are read: an uncommitted run's files, or a
+    stray file in a run folder, are never part of the result.
+    """
+    records = _committed(spark, output_root)
+    features = join(output_root, FEATURES)
+    files = [
+        spark_uri(join(features, f"run={r['run']}", f["name"])) for r in records for f in r["files"]
+    ]
+    if not files:
         raise FileNotFoundError(
             f"no features under output_root '{output_root}': run 02_feature_extraction first"
         )
-    rows = spark.read.parquet(spark_uri(join(output_root, FEATURES)))
-    if len(runs) == 1:
+    rows = spark.read.option("basePath", spark_uri(features)).parquet(*files)
+    if len(records) == 1:
         return rows
     newest = Window.partitionBy("path").orderBy(F.desc("run"))
     return rows.withColumn("_rank", F.row_number().over(newest)).where("_rank = 1").drop("_rank")
@@ -91,23 +242,79 @@ def pending_images(
     return images.join(done, ["path", "length", "modificationTime"], "left_anti")
 
 
+def _record(run_id: str, files: list[dict[str, Any]], rows: int, overwrite: bool) -> bytes:
+    return json.dumps(
+        {
+            "run": run_id,
+            "files": files,
+            "rows": rows,
+            "overwrite": overwrite,
+            "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "layout": LAYOUT_VERSION,
+        },
+        indent=1,
+    ).encode()
+
+
+def _prepare(spark: SparkSession, output_root: str) -> set[str]:
+    """Make ``features/`` ready for a new run; return the committed run ids.
+
+    Old-layout runs get their commit records (the layout marker last, so a run killed here
+    leaves the old layout); ``run=`` folders without a record (left by a killed run) are
+    removed, and so are folders of runs an overwrite run made obsolete.
+    """
+    features = join(output_root, FEATURES)
+    commits = join(features, COMMITS)
+    records = _commit_records(spark, output_root)
+    if records is None:
+        for name in _legacy_runs(spark, output_root):
+            run_id = name[len("run=") :]
+            files = _data_files(spark, join(features, name))
+            rows = spark.read.parquet(*[spark_uri(join(features, name, f["name"])) for f in files])
+            record = _record(run_id, files, rows.count() if files else 0, False)
+            write_whole(spark, join(commits, f"{name}.json"), record)
+        write_whole(spark, join(commits, FORMAT_RECORD), json.dumps({"layout": 2}).encode())
+        records = _commit_records(spark, output_root) or []
+    for name, is_dir, _ in _children(spark, commits):
+        if not is_dir and name.startswith(".") and name.endswith(".tmp"):
+            remove(spark, join(commits, name))  # a record a killed run did not rename
+    visible = {r["run"] for r in _committed(spark, output_root)}
+    for record in records:
+        if record["run"] not in visible:  # made obsolete by a later overwrite run
+            remove(spark, join(features, f"run={record['run']}"))
+            remove(spark, join(commits, f"run={record['run']}.json"))
+    for name, is_dir, _ in _children(spark, features):
+        if is_dir and name.startswith("run=") and name[len("run=") :] not in visible:
+            log.info("removing %s, left by a run that did not commit", name)
+            remove(spark, join(features, name))
+    return visible
+
+
 def write_features(
     spark: SparkSession, features: DataFrame, output_root: str, overwrite: bool = False
 ) -> str:
-    """Compute ``features`` into staging, then publish them as a new run; return its id.
+    """Write ``features`` as a new run and commit it; return its id.
 
-    With ``overwrite`` the older runs are removed once the new one is published.
+    The rows go straight into ``features/run=<id>/``; the run exists for readers from the
+    moment its commit record is written. With ``overwrite`` the older runs are hidden by
+    that record and then removed.
     """
-    remove(spark, join(output_root, STAGING, FEATURES))  # leftovers of a killed run
+    visible = _prepare(spark, output_root)
+    remove(spark, join(output_root, STAGING, FEATURES))  # leftovers of older versions
     run_id = new_run_id()
-    staged = join(output_root, STAGING, FEATURES, run_id)
-    features.write.parquet(spark_uri(staged))
-    publish(spark, staged, join(output_root, FEATURES, f"run={run_id}"))
+    folder = join(output_root, FEATURES, f"run={run_id}")
+    features.write.parquet(spark_uri(folder))
+    files = _data_files(spark, folder)
+    rows = spark.read.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
+    fault_point("written-not-committed")
+    record = _record(run_id, files, rows, overwrite)
+    write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)
+    fault_point("committed")
     if overwrite:
-        for old in _runs(spark, output_root):
-            if old != f"run={run_id}":
-                remove(spark, join(output_root, FEATURES, old))
-    log.info("features run %s published under %s", run_id, join(output_root, FEATURES))
+        for old in sorted(visible):
+            remove(spark, join(output_root, FEATURES, COMMITS, f"run={old}.json"))
+            remove(spark, join(output_root, FEATURES, f"run={old}"))
+    log.info("features run %s committed under %s (%d rows)", run_id, folder, rows)
     return run_id
 
 

@@ -59,7 +59,7 @@ PROFILE = "/etc/profile.d/fruits.sh"
 #: EMR's Spark on every node: the pipeline step puts its Python API on the path.
 SPARK_HOME = "/usr/lib/spark"
 
-#: The features dataset's staging folder under output_root (helpers.dataset.STAGING).
+#: The staging folder under output_root (helpers.dataset.STAGING; pca/ and pca_model/ use it).
 STAGING = "_staging"
 
 WHEEL_NAME = f"fruits_pipeline-{__version__}-py3-none-any.whl"

@@ -55,6 +55,30 @@ S3_SCHEMES = ("s3", "s3a")
 #: The Hadoop class behind S3A, mapped to ``s3://`` too in local sessions.
 S3A_FILESYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
 
+#: The S3A committer local sessions write Parquet to S3 with: task output goes straight to
+#: its final key as an uncompleted multipart upload, which the job commit completes (no
+#: rename, no copy). It needs spark-hadoop-cloud (Spark's side of the binding).
+S3A_COMMITTER = "magic"
+
+#: Settings that route Spark SQL writes to s3:// and s3a:// through the S3A committer; other
+#: schemes (file:) keep Hadoop's FileOutputCommitter through the same factory.
+S3A_COMMITTER_CONF = {
+    "spark.hadoop.fs.s3a.committer.name": S3A_COMMITTER,
+    "spark.hadoop.fs.s3a.committer.magic.enabled": "true",
+    "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3a": (
+        "org.apache.hadoop.fs.s3a.commit.S3ACommitterFactory"
+    ),
+    "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3": (
+        "org.apache.hadoop.fs.s3a.commit.S3ACommitterFactory"
+    ),
+    "spark.sql.sources.commitProtocolClass": (
+        "org.apache.spark.internal.io.cloud.PathOutputCommitProtocol"
+    ),
+    "spark.sql.parquet.output.committer.class": (
+        "org.apache.spark.internal.io.cloud.BindingParquetOutputCommitter"
+    ),
+}
+
 
 def on_cluster() -> bool:
     """Whether this process runs on an EMR node or a Databricks cluster."""
@@ -120,11 +144,14 @@ def storage_conf(
     """Spark settings a session outside EMR and Databricks needs to use ``roots``.
 
     Empty unless a root is ``s3://`` or ``s3a://``. Then: the S3A connector matching
-    ``hadoop_version`` (``spark.jars.packages``, downloaded from Maven Central on first use
-    and cached in ``~/.ivy2``; or the local ``hadoop_aws_jars`` instead), ``s3://`` served by
-    S3A like ``s3a://``, the default AWS credential chain, and for an S3-compatible store
-    (``s3_endpoint``) its URL with path-style access. Credentials never enter the settings:
-    the JVM reads them from the environment, profiles or instance role itself.
+    ``hadoop_version`` (the local ``hadoop_aws_jars``, which :func:`s3a_jars` finds in the
+    cache ``python -m helpers.jars fetch`` fills; else ``spark.jars.packages``, downloaded
+    from Maven Central by Ivy on first use into ``~/.ivy2``), ``s3://`` served by S3A like
+    ``s3a://``, the default AWS credential chain, and for an S3-compatible store
+    (``s3_endpoint``) its URL with path-style access. When the jars include
+    spark-hadoop-cloud, Parquet goes to S3 through the S3A magic committer
+    (:data:`S3A_COMMITTER_CONF`). Credentials never enter the settings: the JVM reads them
+    from the environment, profiles or instance role itself.
     """
     if not s3_roots(roots):
         return {}
@@ -136,6 +163,8 @@ def storage_conf(
     }
     if hadoop_aws_jars:
         conf["spark.jars"] = ",".join(hadoop_aws_jars)
+        if any(Path(jar).name.startswith("spark-hadoop-cloud") for jar in hadoop_aws_jars):
+            conf.update(S3A_COMMITTER_CONF)
     else:
         conf["spark.jars.packages"] = f"org.apache.hadoop:hadoop-aws:{hadoop_version}"
     if s3_endpoint:
@@ -150,6 +179,20 @@ def storage_conf(
         conf["spark.hadoop.fs.s3a.endpoint"] = f"s3.{region}.amazonaws.com"
         conf["spark.hadoop.fs.s3a.endpoint.region"] = region
     return conf
+
+
+def s3a_jars(hadoop_aws_jars: str = "", version: str | None = None) -> list[str]:
+    """The local S3A jars a new session loads: ``hadoop_aws_jars`` or
+    ``$FRUITS_HADOOP_AWS_JARS`` if given, else the ones ``python -m helpers.jars fetch``
+    cached for this Spark, else ``[]`` (then Ivy downloads hadoop-aws)."""
+    jars = resolve_hadoop_aws_jars(hadoop_aws_jars)
+    if jars:
+        return jars
+    import pyspark
+
+    from helpers.jars import cached_jars
+
+    return cached_jars(version or hadoop_version(), pyspark.__version__)
 
 
 def storage_env(s3_endpoint: str = "", hadoop_aws_jars: str = "") -> dict[str, str]:
@@ -231,9 +274,10 @@ def get_spark(
     local_storage = bool(roots) and not on_cluster()
     conf: dict[str, str] = {}
     if local_storage:  # checked before anything changes: a bad jar path or URL fails here
-        jars = resolve_hadoop_aws_jars(hadoop_aws_jars or "")
+        version = hadoop_version()
+        jars = s3a_jars(hadoop_aws_jars or "", version)
         endpoint = resolve_s3_endpoint(s3_endpoint or "")
-        conf = storage_conf(roots, hadoop_version(), jars, endpoint, aws_region())
+        conf = storage_conf(roots, version, jars, endpoint, aws_region())
     os.environ.update(storage_env(s3_endpoint or "", hadoop_aws_jars or ""))
     active = SparkSession.getActiveSession()
     if active is not None:

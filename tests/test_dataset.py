@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from conftest import write_jpeg
 
-from helpers.dataset import STAGING, read_features
+from helpers.dataset import COMMITS, read_features, write_features
 from helpers.features import extract_features
 
 
@@ -25,6 +25,14 @@ def _extract(spark, root: Path, out: Path, weights: str, **kwargs) -> dict:
 
 def _rows(spark, out: Path):
     return read_features(spark, str(out)).toPandas().set_index("path").sort_index()
+
+
+def _run_folders(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "features").glob("run=*"))
+
+
+def _records(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "features" / COMMITS).glob("run=*.json"))
 
 
 def test_rerun_featurizes_only_new_and_changed_images(spark, weights, tiny_root, tmp_path):
@@ -57,9 +65,8 @@ def test_overwrite_recomputes_everything_and_keeps_one_run(spark, weights, tiny_
     _extract(spark, tiny_root, out, weights)
     again = _extract(spark, tiny_root, out, weights, overwrite=True)
     assert again["featurized"] == 10
-    assert [p.name for p in (out / "features").iterdir() if p.is_dir()] == [
-        f"run={again['run_id']}"
-    ]
+    assert _run_folders(out) == [f"run={again['run_id']}"]
+    assert _records(out) == [f"run={again['run_id']}.json"]
     assert len(_rows(spark, out)) == 10
 
 
@@ -113,14 +120,14 @@ def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root,
             timeout=300,
         )
     assert killed.returncode == -9, log.read_text()[-2000:]
-    assert (out / STAGING).exists()  # it was writing when it died
+    assert len(_run_folders(out)) == 2 and len(_records(out)) == 1  # killed while writing
 
     after = _rows(spark, out)
     assert list(after.index) == list(before.index)
     resumed = _extract(spark, tiny_root, out, weights)
     assert resumed["featurized"] == 3
     assert len(_rows(spark, out)) == 13
-    assert not any((out / STAGING).rglob("*.parquet"))
+    assert [f"{name}.json" for name in _run_folders(out)] == _records(out)  # debris gone
 
 
 def test_empty_file_gets_a_row_with_an_error(spark, weights, tiny_root, tmp_path):
@@ -132,3 +139,19 @@ def test_empty_file_gets_a_row_with_an_error(spark, weights, tiny_root, tmp_path
     assert summary["files"] == len(rows) == 11
     assert rows.loc[f"file:{empty}", "error"] == "empty file"
     assert rows.loc[f"file:{empty}", "features"] is None
+
+
+def test_features_written_before_commit_records_stay_readable(spark, tmp_path, caplog):
+    """An old-layout features/ (run= folders, no _commits/) reads with a warning; the next
+    run gives the old runs their records, and both runs are read."""
+    out = tmp_path / "out"
+    old = spark.range(3).selectExpr("concat('old-', id) AS path", "id AS size", "id AS modified")
+    old.write.parquet(f"file://{out}/features/run=20250101T000000Z-abcdef")
+    with caplog.at_level("WARNING", logger="helpers.dataset"):
+        assert read_features(spark, str(out)).count() == 3
+    assert "no commit records" in caplog.text
+    new = spark.range(2).selectExpr("concat('new-', id) AS path", "id AS size", "id AS modified")
+    write_features(spark, new, str(out))
+    assert len(_records(out)) == 2
+    paths = sorted(r.path for r in read_features(spark, str(out)).collect())
+    assert paths == ["new-0", "new-1", "old-0", "old-1", "old-2"]

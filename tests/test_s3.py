@@ -1,9 +1,10 @@
 """S3 for every part of the pipeline, against a real S3 API (moto's server on 127.0.0.1).
 
 The manifest, figures, executed notebooks and Parquet read back for plots go through the
-bucket for real. Local Spark cannot load hadoop-aws here (no Maven Central), so for Spark
-the tests check the settings a session gets and that a session without the connector fails
-at once with the fix. Fake but distinctive credentials must never show up in anything
+bucket for real, and so does Spark: the notebooks run with S3A (the jars `make jars`
+cached) against the server, and writers are killed at every step of publishing. The
+settings a session gets, and a session without the connector failing at once with the
+fix, are checked too. Fake but distinctive credentials must never show up in anything
 written or logged.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +23,9 @@ from pathlib import Path
 import boto3
 import matplotlib.pyplot as plt
 import nbformat
+import numpy as np
 import pandas as pd
+import pyspark
 import pytest
 from conftest import DATA_SAMPLE, moto_server
 
@@ -32,6 +36,9 @@ from helpers.config import (
     resolve_hadoop_aws_jars,
     resolve_s3_endpoint,
 )
+from helpers.dataset import read_features, write_features
+from helpers.features import extract_features
+from helpers.jars import CACHE_ENV, cached_jars
 from helpers.manifest import read_manifest, update_manifest
 from helpers.paths import (
     PROJECT_ROOT,
@@ -43,6 +50,7 @@ from helpers.paths import (
     write_bytes,
 )
 from helpers.plots import save_figure
+from helpers.reduce import fit_reduction, reduce_features
 from helpers.run import main, run_notebooks
 from helpers.spark import get_spark, hadoop_version, s3_roots, storage_conf
 
@@ -196,6 +204,51 @@ def test_storage_conf_hadoop_34_uses_sdk_v2_chain() -> None:
     )
 
 
+def test_storage_conf_with_spark_hadoop_cloud_uses_the_magic_committer() -> None:
+    """With spark-hadoop-cloud among the jars, Parquet to S3 goes through the S3A committer."""
+    jars = ["/j/hadoop-aws-3.3.4.jar", "/j/spark-hadoop-cloud_2.12-3.5.8.jar"]
+    conf = storage_conf(["s3://fruits/out"], "3.3.4", hadoop_aws_jars=jars)
+    assert conf["spark.hadoop.fs.s3a.committer.name"] == "magic"
+    assert conf["spark.sql.sources.commitProtocolClass"].endswith("PathOutputCommitProtocol")
+    assert conf["spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3"].endswith(
+        "S3ACommitterFactory"
+    )
+    assert "spark.sql.sources.commitProtocolClass" not in storage_conf(
+        ["s3://fruits/out"], "3.3.4", hadoop_aws_jars=jars[:1]
+    )
+
+
+def test_jars_fetched_once_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fetch downloads each jar from the repository once, checked against its .sha1."""
+    import hashlib
+
+    from helpers import jars
+
+    repo = tmp_path / "repo"
+    for artifact in jars.s3a_artifacts("3.3.4", "3.5.8"):
+        jar = Path(artifact.url(str(repo)))
+        jar.parent.mkdir(parents=True)
+        jar.write_bytes(artifact.name.encode())
+        jar.with_name(jar.name + ".sha1").write_text(hashlib.sha1(jar.read_bytes()).hexdigest())
+    monkeypatch.setenv(jars.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(jars.REPO_ENV, f"file://{repo}")
+    assert jars.cached_jars("3.3.4", "3.5.8") == []
+    fetched = jars.fetch("3.3.4", "3.5.8")
+    assert [Path(p).name for p in fetched] == [
+        "hadoop-aws-3.3.4.jar",
+        "aws-java-sdk-bundle-1.12.262.jar",
+        "spark-hadoop-cloud_2.12-3.5.8.jar",
+    ]
+    assert jars.cached_jars("3.3.4", "3.5.8") == fetched
+    bad = Path(jars.s3a_artifacts("3.3.4", "3.5.9")[2].url(str(repo)))
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"corrupt")
+    bad.with_name(bad.name + ".sha1").write_text("0" * 40)
+    with pytest.raises(OSError, match="SHA-1.*hadoop_aws_jars"):
+        jars.fetch("3.3.4", "3.5.9")
+    assert not (tmp_path / "cache" / bad.name).exists()
+
+
 @pytest.mark.parametrize("roots", [["data_sample", "outputs"], ["dbfs:/x", "/Volumes/a/b/c"]])
 def test_storage_conf_empty_off_s3(roots: list[str]) -> None:
     """Local, dbfs:/ and /Volumes/ roots change nothing in the session."""
@@ -287,6 +340,7 @@ def test_new_session_without_maven_fails_fast_with_the_fix(s3: S3, tmp_path: Pat
         **os.environ,
         "PYSPARK_SUBMIT_ARGS": f"--conf spark.jars.ivySettings={settings} "
         f"--conf spark.jars.ivy={tmp_path / 'ivy'} pyspark-shell",
+        CACHE_ENV: str(tmp_path / "no-jars"),  # not the jars `make jars` fetched
     }
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
@@ -496,3 +550,176 @@ def test_missing_weights_object_is_named(s3: S3) -> None:
         FileNotFoundError, match=r"weights file 's3://.*/models/none\.h5' not found"
     ):
         config.resolve_weights(f"s3://{BUCKET}/models/none.h5")
+
+
+# --- Spark itself on S3: S3A against the moto server ------------------------------------
+
+S3A_JARS = cached_jars(hadoop_version(), pyspark.__version__)
+needs_s3a = pytest.mark.skipif(
+    not S3A_JARS, reason="S3A jars not cached: run `make jars` (needs Maven Central once)"
+)
+SMALL = ("Banana", "Kiwi")  # 2 classes x 2 splits of data_sample: the heavy tests stay short
+SMALL_PARAMS = {"image_size": 96, "tsne_sample": 40, "tsne_perplexity": 5.0, "grid_classes": 2}
+
+
+@pytest.fixture(scope="module")
+def small_root(s3: S3, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local copy of 2 classes of data_sample, also uploaded to s3://fruits-test/small/."""
+    local = tmp_path_factory.mktemp("small")
+    for split in ("Training", "Test"):
+        for label in SMALL:
+            shutil.copytree(DATA_SAMPLE / split / label, local / split / label)
+    for path in sorted(local.rglob("*.jpg")):
+        s3.client.upload_file(str(path), BUCKET, f"small/{path.relative_to(local).as_posix()}")
+    return local
+
+
+def _by_relative_path(frame: pd.DataFrame, root: str) -> pd.DataFrame:
+    """Rows indexed by their path below ``root`` (an S3 prefix or a local folder)."""
+    relative = frame["path"].str.split(root.rstrip("/") + "/", n=1, regex=False).str[1]
+    return frame.assign(path=relative).set_index("path").sort_index()
+
+
+@needs_s3a
+def test_notebooks_on_s3_through_s3a_match_local_run(
+    spark, s3: S3, small_root: Path, weights: str, tmp_path: Path
+) -> None:
+    """The three notebooks read s3:// and write s3a:// through Spark's S3A (magic committer):
+    same features and PCA as the same images featurized locally; a re-run after 3 new images
+    in the bucket featurizes those 3 only."""
+    out = f"s3a://{BUCKET}/runs/e2e"
+    params = {**SMALL_PARAMS, "weights": weights, "output_root": out}
+    run_notebooks({**params, "data_root": f"s3://{BUCKET}/small"})
+    keys = s3.keys("runs/e2e/")
+    manifest = json.loads(s3.body("runs/e2e/manifest.json"))
+    run_id = manifest["features"]["run_id"]
+    assert f"runs/e2e/features/_commits/run={run_id}.json" in keys
+    success = json.loads(s3.body(f"runs/e2e/features/run={run_id}/_SUCCESS"))
+    assert success["committer"] == "magic"  # S3A's committer wrote the Parquet, no rename
+    assert "runs/e2e/pca_model/metadata/part-00000" in keys
+    assert {f"runs/e2e/figures/{f}.png" for f in ("class_balance", "pca_variance", "tsne")} <= set(
+        keys
+    )
+
+    local_out = tmp_path / "local"
+    extract_features(
+        spark, str(small_root), str(local_out), weights=weights, image_size=96, batch_size=64
+    )
+    local_features = read_features(spark, str(local_out))
+    expected = _by_relative_path(local_features.toPandas(), f"file:{small_root}")
+    remote = _by_relative_path(pd.read_parquet(io_uri(f"{out}/features")), f"s3://{BUCKET}/small")
+    assert list(remote.index) == list(expected.index) and len(expected) == manifest["eda"]["images"]
+    np.testing.assert_allclose(
+        np.stack(remote["features"]), np.stack(expected["features"]), rtol=1e-4, atol=1e-5
+    )
+    reduction = fit_reduction(local_features, 0.95)
+    assert manifest["pca"]["k"] == reduction.k
+    local_pca = _by_relative_path(
+        reduce_features(reduction, local_features).toPandas(), f"file:{small_root}"
+    )
+    remote_pca = _by_relative_path(pd.read_parquet(io_uri(f"{out}/pca")), f"s3://{BUCKET}/small")
+    first = slice(0, 3)  # the leading axes are well separated; the tail may rotate
+    np.testing.assert_allclose(
+        np.stack(remote_pca["pca"])[:, first], np.stack(local_pca["pca"])[:, first], atol=2e-3
+    )
+
+    for i, image in enumerate(sorted((DATA_SAMPLE / "Training" / "Lemon").glob("*.jpg"))[:3]):
+        s3.client.upload_file(str(image), BUCKET, f"small/Training/Kiwi/new_{i}.jpg")
+    run_notebooks(
+        {**params, "data_root": f"s3://{BUCKET}/small"}, notebooks=("02_feature_extraction.ipynb",)
+    )
+    again = json.loads(s3.body("runs/e2e/manifest.json"))["features"]
+    assert (again["featurized"], again["rows"]) == (3, len(expected) + 3)
+    for key in s3.keys("runs/e2e/"):  # notebooks, manifest, Parquet, committer reports
+        assert not any(secret.encode() in s3.body(key) for secret in SECRETS), key
+
+
+KILL_STEP = """
+import json, sys
+from helpers.dataset import read_features, write_features, write_features
+from helpers.spark import get_spark
+root, run, fault = sys.argv[1], sys.argv[2], sys.argv[3]
+spark = get_spark("kill-step", master="local[1]", driver_memory="1g", output_root=root)
+try:
+    seen = sorted(r.path + "@" + r.run for r in read_features(spark, root).collect())
+except FileNotFoundError:
+    seen = []
+print("SEEN " + json.dumps(seen), flush=True)
+rows = spark.range(4).selectExpr(
+    f"concat('{run}-', id) AS path", "CAST(id AS LONG) AS size", "CAST(id AS LONG) AS modified"
+)
+if run.startswith("all"):  # every path again, as overwrite=True does
+    rows = rows.union(spark.range(4).selectExpr(
+        "concat('a-', id) AS path", "CAST(id AS LONG) AS size", "CAST(id AS LONG) AS modified"
+    ))
+write_features(spark, rows.repartition(2), root, overwrite=run.startswith("all"))
+print("DONE", flush=True)
+"""
+
+
+def _kill_step(root: str, run: str, fault: str, log: Path) -> tuple[int, list[str]]:
+    """One writer process: read what is visible, then write run ``run`` with ``fault``."""
+    env = {**os.environ, config.FAULT_ENV: f"kill-publish:{fault}" if fault else ""}
+    with log.open("wb") as sink:  # a file, not a pipe: no wait for an orphaned JVM
+        done = subprocess.run(
+            [sys.executable, "-c", KILL_STEP, root, run, fault],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+    text = log.read_text()
+    seen = [line for line in text.splitlines() if line.startswith("SEEN ")]
+    assert seen, text[-3000:]
+    return done.returncode, sorted({p.split("@")[0].split("-")[0] for p in json.loads(seen[0][5:])})
+
+
+def _kill_chain(root: str, tmp_path: Path) -> None:
+    """Kill the writer at every step of publishing; each next writer sees old or new state.
+
+    Runs are named by their paths' prefix: ``a`` (4 paths), ``b`` killed before its commit
+    record, ``all`` an overwrite run killed right after its record, then ``d`` completes.
+    """
+    steps = [
+        ("a", "", 0, []),
+        ("b", "written-not-committed", -9, ["a"]),
+        ("all", "committed", -9, ["a"]),
+        ("d", "", 0, ["a", "all"]),
+    ]
+    for run, fault, code, visible in steps:
+        returncode, seen = _kill_step(root, run, fault, tmp_path / f"{run}.log")
+        assert seen == visible, (run, seen)
+        assert returncode == code, (tmp_path / f"{run}.log").read_text()[-3000:]
+
+
+@needs_s3a
+def test_publish_killed_at_every_step_on_s3(s3: S3, tmp_path: Path) -> None:
+    """On S3 (moto) a writer SIGKILLed before or after its commit record: readers see the
+    previous runs or the whole new one, and the next run completes and clears the debris."""
+    root = f"s3a://{BUCKET}/runs/kills"
+    _kill_chain(root, tmp_path)
+    keys = s3.keys("runs/kills/features/")
+    records = sorted(k for k in keys if "/_commits/run=" in k)
+    folders = sorted({k.split("/")[3] for k in keys if k.split("/")[3].startswith("run=")})
+    assert len(records) == 2 and [f"runs/kills/features/_commits/{f}.json" for f in folders] == (
+        records
+    )
+
+
+def test_publish_killed_at_every_step_locally(spark, tmp_path: Path) -> None:
+    """On local disk the record is a temp file renamed into place: a writer killed between
+    the two leaves the previous run visible; the next run completes and clears the debris.
+    (The other steps run the same code as on S3, tested above.)"""
+    root = str(tmp_path / "out")
+    rows = "concat('{0}-', id) AS path", "id AS size", "id AS modified"
+    write_features(spark, spark.range(4).selectExpr(*[r.format("a") for r in rows]), root)
+    returncode, seen = _kill_step(root, "c", "record-written-not-renamed", tmp_path / "c.log")
+    assert (returncode, seen) == (-9, ["a"]), (tmp_path / "c.log").read_text()[-3000:]
+    features = tmp_path / "out" / "features"
+    assert len(list((features / "_commits").glob(".*.tmp"))) == 1  # it died right there
+    assert sorted({r.path[0] for r in read_features(spark, root).collect()}) == ["a"]
+    write_features(spark, spark.range(4).selectExpr(*[r.format("d") for r in rows]), root)
+    assert sorted({r.path[0] for r in read_features(spark, root).collect()}) == ["a", "d"]
+    records = sorted(p.stem for p in (features / "_commits").glob("run=*.json"))
+    assert sorted(p.name for p in features.glob("run=*")) == records and len(records) == 2
+    assert not list((features / "_commits").glob(".*.tmp"))  # the killed temp record is gone

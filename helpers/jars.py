@@ -1,0 +1,172 @@
+"""The S3A jars a local Spark session needs, fetched once from Maven Central and cached.
+
+pyspark ships without the S3A connector. For Spark's Hadoop 3.3.4 (pyspark 3.5) that is
+``hadoop-aws-3.3.4`` and the AWS SDK bundle it was built with (``1.12.262``), plus
+``spark-hadoop-cloud`` for Spark's side of the S3A committers (``PathOutputCommitProtocol``,
+``BindingParquetOutputCommitter``). ``python -m helpers.jars fetch`` (run by ``make setup``)
+downloads them into ``~/.cache/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
+Maven Central's SHA-1; :func:`cached_jars` hands them to :func:`helpers.spark.get_spark`.
+Nothing is committed to git, and offline jars given as ``hadoop_aws_jars`` still win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Where the jars are cached; ``$FRUITS_JARS_CACHE`` moves it.
+CACHE_ENV = "FRUITS_JARS_CACHE"
+DEFAULT_CACHE = Path.home() / ".cache" / "fruits" / "jars"
+#: The Maven repository; ``$FRUITS_MAVEN_REPO`` points at a mirror.
+REPO_ENV = "FRUITS_MAVEN_REPO"
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+
+#: Spark's Hadoop version -> the AWS SDK bundle hadoop-aws of that version was built with
+#: (its pom's dependency). Other versions fall back to ``spark.jars.packages`` (Ivy).
+SDK_BUNDLES = {
+    "3.3.4": ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"),
+}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One jar on Maven Central."""
+
+    group: str
+    name: str
+    version: str
+
+    @property
+    def file_name(self) -> str:
+        """The jar's file name, as Maven names it."""
+        return f"{self.name}-{self.version}.jar"
+
+    def url(self, repo: str) -> str:
+        """Where ``repo`` serves the jar."""
+        folder = f"{self.group.replace('.', '/')}/{self.name}/{self.version}"
+        return f"{repo.rstrip('/')}/{folder}/{self.file_name}"
+
+
+def cache_dir() -> Path:
+    """The folder holding the fetched jars."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
+def s3a_artifacts(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[Artifact]:
+    """hadoop-aws, its AWS SDK bundle and spark-hadoop-cloud for this Spark and Hadoop."""
+    if hadoop_version not in SDK_BUNDLES:
+        raise KeyError(
+            f"no known AWS SDK bundle for Hadoop {hadoop_version} (known: "
+            f"{', '.join(SDK_BUNDLES)}): pass hadoop_aws_jars= with the jars matching your Spark"
+        )
+    return [
+        Artifact("org.apache.hadoop", "hadoop-aws", hadoop_version),
+        Artifact(*SDK_BUNDLES[hadoop_version]),
+        Artifact("org.apache.spark", f"spark-hadoop-cloud_{scala}", spark_version),
+    ]
+
+
+def cached_jars(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[str]:
+    """The cached S3A jars for this Spark, or ``[]`` unless every one is there."""
+    if hadoop_version not in SDK_BUNDLES:
+        return []
+    folder = cache_dir()
+    jars = [folder / a.file_name for a in s3a_artifacts(hadoop_version, spark_version, scala)]
+    return [str(jar) for jar in jars] if all(jar.is_file() for jar in jars) else []
+
+
+def _download(url: str, target: Path) -> None:
+    """Fetch ``url`` to ``target`` whole (temp file + rename), checked against its ``.sha1``."""
+    with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+        expected = response.read().decode().split()[0].strip().lower()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    digest = hashlib.sha1()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != expected:
+            raise OSError(f"{url}: SHA-1 {digest.hexdigest()} differs from Maven's {expected}")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _sha1_matches(jar: Path, url: str) -> bool:
+    with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+        expected = response.read().decode().split()[0].strip().lower()
+    digest = hashlib.sha1()
+    with jar.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == expected
+
+
+def fetch(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[str]:
+    """Download the S3A jars for this Spark into :func:`cache_dir` unless already there.
+
+    A jar already cached is checked against Maven's SHA-1 once (a ``.verified`` stamp
+    remembers it). Returns the jars' paths. Network errors name the repository and the
+    offline alternative.
+    """
+    repo = os.environ.get(REPO_ENV) or MAVEN_CENTRAL
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for artifact in s3a_artifacts(hadoop_version, spark_version, scala):
+        jar = folder / artifact.file_name
+        stamp = jar.with_name(jar.name + ".verified")
+        url = artifact.url(repo)
+        try:
+            if not (jar.is_file() and (stamp.is_file() or _sha1_matches(jar, url))):
+                log.info("downloading %s", url)
+                _download(url, jar)
+        except OSError as exc:
+            raise OSError(
+                f"cannot fetch {url} ({exc}): check the network or ${REPO_ENV} (a Maven "
+                f"mirror), or download the jars elsewhere and pass hadoop_aws_jars= "
+                f"(or $FRUITS_HADOOP_AWS_JARS)"
+            ) from exc
+        stamp.touch()
+        paths.append(str(jar))
+    return paths
+
+
+def _spark_versions() -> tuple[str, str]:
+    """Hadoop and Spark versions of the installed pyspark."""
+    import pyspark
+
+    from helpers.spark import hadoop_version
+
+    return hadoop_version(), pyspark.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.jars fetch|path``: download the S3A jars, or print them."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.jars", description=__doc__)
+    parser.add_argument("action", choices=("fetch", "path"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    hadoop, spark = _spark_versions()
+    if args.action == "fetch":
+        jars = fetch(hadoop, spark)
+    else:
+        jars = cached_jars(hadoop, spark)
+        if not jars:
+            log.error("S3A jars for Hadoop %s not cached: run python -m helpers.jars fetch", hadoop)
+            return 1
+    sys.stdout.write(",".join(jars) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
