@@ -17,12 +17,14 @@ is left out. The last line is
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,15 @@ def bare_keras(
     return len(files) / (time.perf_counter() - started)
 
 
+def executor_cores(spark: SparkSession) -> tuple[int, int]:
+    """(executors, their cores in all) registered with ``spark``, from the driver's REST API."""
+    sc = spark.sparkContext
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/executors"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (the driver's UI)
+        executors = [e for e in json.loads(response.read()) if e["id"] != "driver"]
+    return len(executors), sum(e["totalCores"] for e in executors)
+
+
 def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) -> int:
     """Wait until executors with ``cores`` cores in all have registered; return their count.
 
@@ -83,15 +94,17 @@ def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) 
     """
     if spark.sparkContext.master.startswith("local"):
         return 0
-    tracker = spark.sparkContext._jsc.sc().statusTracker()
     deadline = time.monotonic() + timeout
     while True:
-        executors = len(tracker.getExecutorInfos()) - 1  # the driver is listed too
-        if spark.sparkContext.defaultParallelism >= cores and executors > 0:
+        executors, registered = executor_cores(spark)
+        if registered >= cores:
             return executors
         if time.monotonic() > deadline:
-            raise SystemExit(f"executors with {cores} cores did not register in {timeout:.0f} s")
-        time.sleep(0.2)
+            raise SystemExit(
+                f"executors with {cores} cores did not register in {timeout:.0f} s "
+                f"({registered} cores so far): is --cores above the cluster's?"
+            )
+        time.sleep(0.2)  # polls the driver's own count: only spares the CPU
 
 
 class WorkerMemory(threading.Thread):

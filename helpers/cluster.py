@@ -70,26 +70,6 @@ class Cluster:
         """The master's JSON page: workers, cores, applications."""
         return _get_json(f"{self.webui_url}/json")
 
-    def executor_pids(self, worker: int | None = None) -> list[int]:
-        """Pids of the executor JVMs running under every worker, or under worker ``worker``."""
-        pids = self.worker_pids if worker is None else [self.worker_pids[worker]]
-        found = []
-        for pid in pids:
-            try:
-                children = psutil.Process(pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                continue
-            found += [c.pid for c in children if _is_java_class(c, EXECUTOR_CLASS)]
-        return found
-
-
-def _is_java_class(process: psutil.Process, main_class: str) -> bool:
-    """Whether ``process`` is a JVM whose command line names ``main_class``."""
-    try:
-        return main_class in process.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
 
 def spark_home() -> Path:
     """The Spark installation whose classes the cluster runs (pip pyspark's, or $SPARK_HOME)."""
@@ -284,9 +264,12 @@ def start(
 def add_worker(cluster: Cluster) -> int:
     """Start one more worker for ``cluster`` (not waiting for it to register); its pid."""
     state_dir = Path(cluster.state_dir)
-    index = len(list(state_dir.glob("work-*")))  # a new name: a lost worker's logs stay
-    port = free_port()
+    index = 0  # a new name: a lost worker's logs and work folder stay
+    while (state_dir / f"work-{index}").exists():
+        index += 1
     work_dir = state_dir / f"work-{index}"
+    work_dir.mkdir()  # now, not when the JVM gets to it: the next worker gets the next name
+    port = free_port()
     pid = _launch(
         state_dir,
         f"worker-{index}",
@@ -320,10 +303,13 @@ def ensure_workers(cluster: Cluster, timeout: float = 120.0) -> Cluster:
     alive = [pid for pid in cluster.worker_pids if _alive(pid)]
     if len(alive) < wanted:
         log.info("restarting %d lost workers of %s", wanted - len(alive), cluster.master_url)
-        cluster.worker_pids, cluster.worker_ports = [], []
-        for pid in alive:  # keep the survivors, in order
-            cluster.worker_pids.append(pid)
-            cluster.worker_ports.append(0)
+        survivors = [
+            (pid, port)
+            for pid, port in zip(cluster.worker_pids, cluster.worker_ports)
+            if pid in alive
+        ]
+        cluster.worker_pids = [pid for pid, _ in survivors]  # in order
+        cluster.worker_ports = [port for _, port in survivors]
         while len(cluster.worker_pids) < wanted:
             add_worker(cluster)
     wait_until(

@@ -20,7 +20,6 @@ import pytest
 from conftest import DATA_SAMPLE
 
 from helpers.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_workers, status
-from helpers.config import PROGRESS_ENV
 from helpers.features import extract_features
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
@@ -30,16 +29,22 @@ BATCH = 16  # 320 images in 3 tasks of 2 Arrow batches: a task can be caught hal
 SIZE = 96  # small images: the cluster's behaviour, not the CNN's cost, is under test
 FILES = len(list(DATA_SAMPLE.rglob("*.jpg")))
 
-# The driver of a fault run: the notebooks' feature step on the cluster, in its own process
-# (this one already has its local session).
+# The driver of the fault runs: the notebooks' feature step on the cluster, once per run
+# folder (its markers/ and out/), all in one application, in its own process (this one
+# already has its local session).
 DRIVER = """
+import os
 import sys
+from helpers.config import PROGRESS_ENV
 from helpers.features import extract_features
 from helpers.spark import get_spark
 
-master, data, out, weights, size, batch = sys.argv[1:]
+master, data, weights, size, batch, *runs = sys.argv[1:]
 spark = get_spark("fruits-fault", master=master, driver_memory="1g")
-extract_features(spark, data, out, weights=weights, image_size=int(size), batch_size=int(batch))
+for run in runs:
+    os.environ[PROGRESS_ENV] = os.path.join(run, "markers")
+    out = os.path.join(run, "out")
+    extract_features(spark, data, out, weights=weights, image_size=int(size), batch_size=int(batch))
 spark.stop()
 """
 
@@ -152,51 +157,60 @@ def _ancestor(pid: int, main_class: str) -> psutil.Process:
     raise AssertionError(f"no {main_class} above Python worker {pid}")
 
 
-def _run_with_fault(cluster, weights, tmp_path, kill: str) -> tuple[Path, list[str]]:
-    """Featurize data_sample on the cluster; once a task is half-way, SIGKILL the executor
-    JVM running it (``kill='executor'``) or its whole worker (``'worker'``). Returns the
-    output root and the progress markers of the UDF (partition-attempt-batch-pid)."""
-    markers, out = tmp_path / "markers", tmp_path / "out"
-    markers.mkdir()
+@pytest.fixture(scope="module")
+def fault_runs(cluster, weights, tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
+    """Featurize data_sample twice on the cluster, in one driver: once a task of the first
+    run is half-way, SIGKILL the executor JVM running it; in the second, its whole worker.
+    Per kill ('executor', 'worker'): the run's output root and the progress markers of the
+    UDF (partition-attempt-batch-pid)."""
+    root = tmp_path_factory.mktemp("faults")
+    kills = {"executor": EXECUTOR_CLASS, "worker": WORKER_CLASS}
+    for kill in kills:
+        (root / kill / "markers").mkdir(parents=True)
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, cluster.master_url, str(DATA_SAMPLE), str(out), weights]
-        + [str(SIZE), str(BATCH)],
-        env={**os.environ, PROGRESS_ENV: str(markers)},
+        [sys.executable, "-c", DRIVER, cluster.master_url, str(DATA_SAMPLE), weights]
+        + [str(SIZE), str(BATCH)]
+        + [str(root / kill) for kill in kills],
         cwd=PROJECT_ROOT,
     )
+    caught = {}
     try:
-        first = _wait(lambda: sorted(os.listdir(markers)), "featurized batch", driver)[0]
-        partition, attempt, batch, pid = first.split("-")
-        python_worker = psutil.Process(int(pid))
-        # the Python worker was forked from the project's daemon, under an executor JVM
-        assert "helpers.daemon" in python_worker.parent().cmdline()
-        victim = _ancestor(int(pid), EXECUTOR_CLASS if kill == "executor" else WORKER_CLASS)
-        victim.send_signal(signal.SIGKILL)
+        for kill, main_class in kills.items():
+            markers = root / kill / "markers"
+            first = _wait(lambda m=markers: sorted(os.listdir(m)), f"{kill} run batch", driver)[0]
+            partition, _, _, pid = first.split("-")
+            python_worker = psutil.Process(int(pid))
+            # the Python worker was forked from the project's daemon, under an executor JVM
+            assert "helpers.daemon" in python_worker.parent().cmdline()
+            _ancestor(int(pid), main_class).send_signal(signal.SIGKILL)
+            caught[kill] = partition
         assert driver.wait(timeout=600) == 0
     finally:
         if driver.poll() is None:
             driver.kill()
-    done = sorted(os.listdir(markers))
-    # the task caught half-way ran again: the kill hit featurization under way
-    assert any(m.startswith(f"{partition}-") and m.split("-")[1] != "0" for m in done), done
-    return out, done
+            driver.wait()
+    runs = {}
+    for kill, partition in caught.items():
+        done = sorted(os.listdir(root / kill / "markers"))
+        # the task caught half-way ran again: the kill hit featurization under way
+        assert any(m.startswith(f"{partition}-") and m.split("-")[1] != "0" for m in done), done
+        runs[kill] = (root / kill / "out", done)
+    return runs
 
 
-def test_executor_killed_mid_task(cluster, cluster_run, weights, tmp_path):
+def test_executor_killed_mid_task(fault_runs, cluster_run):
     """SIGKILL one executor JVM while it featurizes: Spark runs its task again, every image
     has exactly one row, features identical to the clean run."""
-    out, _ = _run_with_fault(cluster, weights, tmp_path, "executor")
-    features, clean = _features(out), _features(cluster_run)
+    features, clean = _features(fault_runs["executor"][0]), _features(cluster_run)
     assert len(features) == FILES and features["error"].isna().all()
     assert _max_diff(features, clean) == 0.0
 
 
-def test_worker_killed_mid_task(cluster, cluster_run, weights, tmp_path):
+def test_worker_killed_mid_task(cluster, fault_runs, cluster_run):
     """SIGKILL a whole worker (its executor goes with it): the job finishes on the other
     one, every image exactly once, features identical; then the worker is replaced."""
     try:
-        out, _ = _run_with_fault(cluster, weights, tmp_path, "worker")
-        features, clean = _features(out), _features(cluster_run)
+        features, clean = _features(fault_runs["worker"][0]), _features(cluster_run)
         assert len(features) == FILES and features["error"].isna().all()
         assert _max_diff(features, clean) == 0.0
         assert len(alive_workers(cluster.webui_url)) == 1
