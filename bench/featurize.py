@@ -163,8 +163,19 @@ def main() -> None:
         help="Spark master for the pipeline side, e.g. spark://127.0.0.1:7077 "
         "(python -m helpers.cluster start); default local[--cores]",
     )
+    parser.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="cluster only: executors start plain pyspark.daemon workers instead of "
+        "helpers.daemon (TensorFlow pre-imported), to measure what the daemon brings",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.no_daemon:
+        import helpers.spark
+
+        # executor_conf() reads this at session start: worker reuse stays, the daemon goes
+        helpers.spark.PYTHON_WORKER_CONF = {"spark.python.worker.reuse": "true"}
     weights = resolve_weights(args.weights)
     files = pick_files(args.images.resolve(), args.limit)
     size, batch = args.image_size, args.batch_size
@@ -182,7 +193,8 @@ def main() -> None:
         master = args.master or f"local[{args.cores}]"
         spark = get_spark("bench-featurize", master=master)  # JVM start: not timed
         executors = wait_for_executors(spark, args.cores)
-        print(f"master {master}: {executors or 'no'} executors, {args.cores} cores")
+        daemon = spark.conf.get("spark.python.daemon.module", "pyspark.daemon")
+        print(f"master {master}: {executors or 'no'} executors, {args.cores} cores, {daemon}")
         memory = WorkerMemory(_cluster_roots(master))
         memory.start()
         started = time.perf_counter()
