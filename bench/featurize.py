@@ -17,14 +17,12 @@ is left out. The last line is
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +76,11 @@ def bare_keras(
 
 
 def executor_cores(spark: SparkSession) -> tuple[int, int]:
-    """(executors, their cores in all) registered with ``spark``, from the driver's REST API."""
-    sc = spark.sparkContext
-    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/executors"
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (the driver's UI)
-        executors = [e for e in json.loads(response.read()) if e["id"] != "driver"]
-    return len(executors), sum(e["totalCores"] for e in executors)
+    """(executors, their cores in all) registered with ``spark``, from the driver's status store."""
+    summaries = spark.sparkContext._jsc.sc().statusStore().executorList(True)
+    executors = [summaries.apply(i) for i in range(summaries.size())]
+    executors = [e for e in executors if e.id() != "driver"]
+    return len(executors), sum(e.totalCores() for e in executors)
 
 
 def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) -> int:
@@ -96,7 +93,10 @@ def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) 
         return 0
     deadline = time.monotonic() + timeout
     while True:
-        executors, registered = executor_cores(spark)
+        try:
+            executors, registered = executor_cores(spark)
+        except OSError:  # the driver's UI not answering yet (a loaded machine): ask again
+            executors, registered = 0, 0
         if registered >= cores:
             return executors
         if time.monotonic() > deadline:
