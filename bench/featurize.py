@@ -1,14 +1,16 @@
 """Feature-extraction throughput: bare Keras against the project's Spark pipeline.
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
-        [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N]
+        [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N] \\
+        [--master spark://127.0.0.1:7077]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
 (b) the notebooks' feature step, ``helpers.features.extract_features``, end to end:
 binaryFile read, pandas UDF (decode, resize, model), Parquet write and publication,
 including the driver's weight load and broadcast and the workers' start-up and model
-builds; only the JVM start is left out. The last line is
+builds; only the JVM start (and on a cluster, ``--master``, the executors' registration)
+is left out. The last line is
 ``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from pyspark.sql import SparkSession
 
 from helpers.config import MODELS, resolve_weights
 from helpers.dataset import read_features
@@ -72,28 +75,77 @@ def bare_keras(
     return len(files) / (time.perf_counter() - started)
 
 
+def executor_cores(spark: SparkSession) -> tuple[int, int]:
+    """(executors, their cores in all) registered with ``spark``, from the driver's status store."""
+    summaries = spark.sparkContext._jsc.sc().statusStore().executorList(True)
+    executors = [summaries.apply(i) for i in range(summaries.size())]
+    executors = [e for e in executors if e.id() != "driver"]
+    return len(executors), sum(e.totalCores() for e in executors)
+
+
+def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) -> int:
+    """Wait until executors with ``cores`` cores in all have registered; return their count.
+
+    A cluster session starts its executors after the driver: like the JVM start, their
+    registration is not part of the featurization. Local mode has the driver only (0).
+    """
+    if spark.sparkContext.master.startswith("local"):
+        return 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            executors, registered = executor_cores(spark)
+        except OSError:  # the driver's UI not answering yet (a loaded machine): ask again
+            executors, registered = 0, 0
+        if registered >= cores:
+            return executors
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"executors with {cores} cores did not register in {timeout:.0f} s "
+                f"({registered} cores so far): is --cores above the cluster's?"
+            )
+        time.sleep(0.2)  # polls the driver's own count: only spares the CPU
+
+
 class WorkerMemory(threading.Thread):
     """Polls the resident memory of this run's Spark Python workers; keeps the peak of their sum.
 
-    They are the Python processes among this process's descendants (under the JVM).
+    They are the Python processes among this process's descendants (under the JVM) and, on
+    a standalone cluster on this machine, those under its executors (``executors``: pids).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, roots: list[int] | None = None) -> None:
         super().__init__(daemon=True)
         self.peak = 0
         self.stopped = threading.Event()
+        self.roots = roots or [os.getpid()]
 
     def run(self) -> None:
-        me = psutil.Process()
         while not self.stopped.wait(0.5):
             total = 0
-            for proc in me.children(recursive=True):
+            descendants = []
+            for pid in self.roots:
+                try:
+                    descendants += psutil.Process(pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    continue
+            for proc in descendants:
                 try:
                     if "python" in proc.name():
                         total += proc.memory_info().rss
                 except psutil.NoSuchProcess:
                     continue
             self.peak = max(self.peak, total)
+
+
+def _cluster_roots(master: str) -> list[int]:
+    """This process, plus the workers of a helpers.cluster cluster on this machine."""
+    from helpers.cluster import DEFAULT_STATE_DIR, read_state
+
+    cluster = read_state(DEFAULT_STATE_DIR)
+    if cluster is not None and cluster.master_url == master:
+        return [os.getpid(), *cluster.worker_pids]
+    return [os.getpid()]
 
 
 def main() -> None:
@@ -105,8 +157,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for both sides")
+    parser.add_argument(
+        "--master",
+        default="",
+        help="Spark master for the pipeline side, e.g. spark://127.0.0.1:7077 "
+        "(python -m helpers.cluster start); default local[--cores]",
+    )
+    parser.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="cluster only: executors start plain pyspark.daemon workers instead of "
+        "helpers.daemon (TensorFlow pre-imported), to measure what the daemon brings",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.no_daemon:
+        import helpers.spark
+
+        # executor_conf() reads this at session start: worker reuse stays, the daemon goes
+        helpers.spark.PYTHON_WORKER_CONF = {"spark.python.worker.reuse": "true"}
     weights = resolve_weights(args.weights)
     files = pick_files(args.images.resolve(), args.limit)
     size, batch = args.image_size, args.batch_size
@@ -121,8 +190,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp, "images"), Path(tmp, "out")
         copy_tree(files, args.images.resolve(), data)
-        spark = get_spark("bench-featurize", master=f"local[{args.cores}]")  # JVM start: not timed
-        memory = WorkerMemory()
+        master = args.master or f"local[{args.cores}]"
+        spark = get_spark("bench-featurize", master=master)  # JVM start: not timed
+        executors = wait_for_executors(spark, args.cores)
+        daemon = spark.conf.get("spark.python.daemon.module", "pyspark.daemon")
+        print(f"master {master}: {executors or 'no'} executors, {args.cores} cores, {daemon}")
+        memory = WorkerMemory(_cluster_roots(master))
         memory.start()
         started = time.perf_counter()
         summary = extract_features(

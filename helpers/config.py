@@ -69,6 +69,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         f"bundle jars; empty: ${HADOOP_AWS_JARS_ENV}, else those `make jars` cached, else Ivy",
     ),
     Parameter(
+        "spark_master",
+        "",
+        str,
+        "Spark master: empty for local[*,3] off-cluster and the cluster's own session on "
+        "EMR, Databricks and Livy; or spark://host:7077 (python -m helpers.cluster), yarn, "
+        "local[N]",
+    ),
+    Parameter(
         "weights",
         "imagenet",
         str,
@@ -99,6 +107,21 @@ PARAMETERS: tuple[Parameter, ...] = (
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
+#: Masters that ``spark_master`` accepts (Spark's own spellings).
+MASTER_PREFIXES = ("local", "spark://", "yarn", "k8s://", "mesos://")
+
+
+def check_master(master: str) -> str:
+    """``master`` stripped, if it is a Spark master URL; else a ValueError naming the fix."""
+    master = master.strip()
+    if not master.startswith(MASTER_PREFIXES):
+        raise ValueError(
+            f"spark_master {master!r} is not a Spark master: use local[N], spark://host:7077 "
+            f"(e.g. from python -m helpers.cluster start), yarn or k8s://..., or leave it "
+            f"empty for local[*,3] (the cluster's own session on EMR, Databricks, Livy)"
+        )
+    return master
+
 
 #: Test hook: ``crash-worker:N`` kills the Python worker at its Nth batch on the first attempt
 #: of the first task (Spark must retry it); ``kill-driver:N`` kills the driver there (a run
@@ -109,6 +132,18 @@ FAULT_ENV = "FRUITS_FAULT"
 #: ``kill-publish:STEP`` kills the process at that step of publishing a run (tests only):
 #: see :func:`helpers.dataset.fault_point`.
 PUBLISH_FAULT = "kill-publish"
+
+
+#: Test hook: a folder where the feature UDF leaves one empty file per Arrow batch it has
+#: featurized, ``<partition>-<attempt>-<batch>-<pid>`` (pid: the Python worker's), so a test
+#: can wait for featurization to be under way, and see which tasks ran again, before and
+#: after it kills an executor. Never set in production.
+PROGRESS_ENV = "FRUITS_PROGRESS_DIR"
+
+
+def progress_dir() -> str | None:
+    """The folder ``$FRUITS_PROGRESS_DIR`` asks the feature UDF to mark batches in (tests)."""
+    return os.environ.get(PROGRESS_ENV) or None
 
 
 def fault_injection() -> tuple[str, int] | None:
@@ -198,6 +233,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     for name in ("image_size", "batch_size", "tsne_sample"):
         if name in values and values[name] < 1:
             raise ValueError(f"{name} must be a positive integer, got {values[name]}")
+    if values.get("spark_master", "").strip():
+        values["spark_master"] = check_master(values["spark_master"])
     if values.get("pca_k", 0) < 0:
         raise ValueError(f"pca_k must be 0 (choose by variance) or positive, got {values['pca_k']}")
     return values

@@ -40,6 +40,7 @@ from helpers import __version__
 from helpers.config import coerce
 from helpers.paths import PROJECT_ROOT
 from helpers.run import add_parameter_option
+from helpers.spark import PYTHON_WORKER_CONF
 
 log = logging.getLogger(__name__)
 
@@ -500,6 +501,9 @@ def configurations(settings: EmrSettings) -> list[dict[str, Any]]:
         "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
         "spark.pyspark.python": VENV_PYTHON,
         "spark.pyspark.driver.python": VENV_PYTHON,
+        # executors' Python workers forked from the TensorFlow-preloading daemon, reused
+        **PYTHON_WORKER_CONF,
+        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.executor.memoryOverhead": settings.executor_memory_overhead,
         "spark.eventLog.enabled": "true",
         "spark.eventLog.dir": settings.history_uri,

@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
 
-from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, resolve_weights
+from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, progress_dir, resolve_weights
 from helpers.dataset import pending_images, write_features
 from helpers.images import decode_image, list_images
 
@@ -254,6 +254,16 @@ def _inject_fault(fault: tuple[str, int], batch: int, driver_pid: int) -> None:
         os.kill(driver_pid, signal.SIGKILL)
 
 
+def _mark_progress(folder: str, batch: int) -> None:
+    """Test hook (``$FRUITS_PROGRESS_DIR``): leave a file saying this batch is featurized."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is not None:
+        name = f"{context.partitionId()}-{context.attemptNumber()}-{batch}-{os.getpid()}"
+        open(os.path.join(folder, name), "w").close()
+
+
 def featurize(
     spark: SparkSession,
     images: DataFrame,
@@ -281,7 +291,7 @@ def featurize(
     decoded = spark.sparkContext.accumulator(0)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     module = MODELS[model_name]["module"]
-    fault, driver_pid = fault_injection(), os.getpid()
+    fault, driver_pid, progress = fault_injection(), os.getpid(), progress_dir()
 
     @F.pandas_udf(RESULT_SCHEMA)
     def extract(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -293,7 +303,10 @@ def featurize(
             if fault:
                 _inject_fault(fault, index, driver_pid)
             decoded.add(len(contents))
-            yield featurize_batch(infer, preprocess, contents, image_size, batch_size)
+            batch = featurize_batch(infer, preprocess, contents, image_size, batch_size)
+            if progress:
+                _mark_progress(progress, index)
+            yield batch
 
     count = len(images.inputFiles()) if count is None else count
     tasks = task_count(spark, count, batch_size)

@@ -3,6 +3,7 @@
     python -m helpers.run --data-root data_sample --output-root outputs [--weights PATH] \\
         [-p name value]...
     python -m helpers.run --data-root s3://bucket/fruits --output-root s3://bucket/out
+    python -m helpers.run --data-root data_sample --spark-master spark://127.0.0.1:7077
 
 Each notebook gets the parameters its ``parameters`` cell declares; executed copies go to
 ``<output_root>/notebooks/`` (papermill writes ``s3://`` itself). ``s3_endpoint`` and
@@ -162,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
         "--s3-endpoint", help="S3-compatible store URL (default: $AWS_ENDPOINT_URL, else AWS)"
     )
     parser.add_argument(
+        "--spark-master",
+        help="spark://host:7077 (python -m helpers.cluster start), yarn, local[N] "
+        "(default: local[*,3], or the cluster's own session on EMR/Databricks)",
+    )
+    parser.add_argument(
         "--hadoop-aws-jars",
         help="local Spark on S3 offline: comma-separated hadoop-aws + AWS SDK bundle jars",
     )
@@ -175,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     params = {name: coerce(name, value) for name, value in args.parameter}
-    for name in ("data_root", "output_root", "weights", "s3_endpoint", "hadoop_aws_jars"):
+    for name in (
+        "data_root",
+        "output_root",
+        "weights",
+        "spark_master",
+        "s3_endpoint",
+        "hadoop_aws_jars",
+    ):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     try:

@@ -22,6 +22,7 @@ from helpers.config import (
     HADOOP_AWS_JARS_ENV,
     S3_ENDPOINT_ENVS,
     aws_region,
+    check_master,
     resolve_hadoop_aws_jars,
     resolve_s3_endpoint,
 )
@@ -36,13 +37,19 @@ SESSION_CONF = {
     "spark.sql.adaptive.enabled": "true",
 }
 
+#: How every executor, local or on a cluster, runs Python: workers kept across tasks and
+#: forked from a daemon that already imported TensorFlow (they start in milliseconds). The
+#: EMR configurations (:mod:`helpers.emr`) and ``databricks.yml`` carry the same settings.
+PYTHON_WORKER_CONF = {
+    "spark.python.worker.reuse": "true",
+    "spark.python.daemon.module": "helpers.daemon",
+}
+
 #: Extra settings for a local session, where the driver is also the only executor.
 LOCAL_CONF = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1024",
-    "spark.python.worker.reuse": "true",
-    # workers forked from a daemon that already imported TensorFlow start in milliseconds
-    "spark.python.daemon.module": "helpers.daemon",
+    **PYTHON_WORKER_CONF,
 }
 
 
@@ -83,6 +90,23 @@ S3A_COMMITTER_CONF = {
 def on_cluster() -> bool:
     """Whether this process runs on an EMR node or a Databricks cluster."""
     return os.path.exists(EMR_MARKER) or "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def executor_conf(python: str | None = None) -> dict[str, str]:
+    """Settings that make a cluster's executors run the project's Python with its daemon.
+
+    ``python`` is the interpreter every executor host runs for the Python workers; by
+    default ``$PYSPARK_PYTHON`` or this one (a standalone cluster on this machine, or hosts
+    that install the project at the same path). The executors get TensorFlow's quiet log
+    level too, as local workers do from the driver's environment.
+    """
+    python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+    return {
+        **PYTHON_WORKER_CONF,
+        "spark.pyspark.python": python,
+        "spark.executorEnv.PYSPARK_PYTHON": python,
+        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
+    }
 
 
 def s3_roots(roots: Iterable[str | None]) -> list[str]:
@@ -259,9 +283,12 @@ def get_spark(
 ) -> SparkSession:
     """Return the active SparkSession if there is one (EMR, Databricks, Livy), else a new one.
 
-    ``master`` defaults to ``local[*,3]`` off-cluster and to the cluster's own settings on EMR
-    or Databricks. A local session runs its Python workers with the interpreter running this
-    code, so the notebook kernel, the driver and the pandas UDFs see the same packages.
+    ``master`` (the ``spark_master`` parameter; empty or ``None``: the default) is
+    ``local[*,3]`` off-cluster and the cluster's own settings on EMR or Databricks. A local
+    session runs its Python workers with the interpreter running this code, so the notebook
+    kernel, the driver and the pandas UDFs see the same packages; a session on another
+    master (``spark://...``, ``yarn``) gets :func:`executor_conf`, so that its executors do
+    too, with the TensorFlow-preloading daemon.
 
     ``data_root`` and ``output_root`` are the notebook's parameters: when one is ``s3://`` or
     ``s3a://`` and this is not EMR or Databricks, the session is configured for S3A
@@ -279,9 +306,17 @@ def get_spark(
         endpoint = resolve_s3_endpoint(s3_endpoint or "")
         conf = storage_conf(roots, version, jars, endpoint, aws_region())
     os.environ.update(storage_env(s3_endpoint or "", hadoop_aws_jars or ""))
+    master = check_master(master) if master and master.strip() else None
     active = SparkSession.getActiveSession()
     if active is not None:
         log.info("reusing the active Spark session (master %s)", active.sparkContext.master)
+        if master is not None and master != active.sparkContext.master:
+            log.warning(
+                "spark_master %s ignored: a session on %s is already running (restart the "
+                "kernel to change masters)",
+                master,
+                active.sparkContext.master,
+            )
         if local_storage:
             _configure_active(active, roots, conf)
         return active
@@ -291,9 +326,15 @@ def get_spark(
     builder = SparkSession.builder.appName(app_name)
     if master is None and not on_cluster():
         master = "local[*,3]"  # every core; a failed task is retried, as on a cluster
-    if master is not None and master.startswith("local"):
-        builder = builder.master(master).config("spark.driver.memory", driver_memory)
-        for key, value in LOCAL_CONF.items():
+    if master is not None:
+        builder = builder.master(master)
+        if not on_cluster():  # a cluster's spark-defaults size its own driver
+            builder = builder.config("spark.driver.memory", driver_memory)
+        extra = LOCAL_CONF if master.startswith("local") else executor_conf()
+        if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
+            # a cluster on this machine (helpers.cluster): executors reach the driver there
+            extra = {**extra, "spark.driver.host": "127.0.0.1"}
+        for key, value in extra.items():
             builder = builder.config(key, value)
     for key, value in {**SESSION_CONF, **conf}.items():
         builder = builder.config(key, value)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local SparkSession per run, the offline weights, tiny image sets."""
+"""Shared fixtures: one local SparkSession per run, a standalone cluster, the offline weights,
+tiny image sets."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def spark():
     session = get_spark("fruits-tests", master="local[2,3]", driver_memory="2g")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A Spark standalone cluster on 127.0.0.1 (2 workers x 1 core), started once, always stopped.
+
+    Its executors are separate JVMs, as on EMR or Databricks; sessions reach it through
+    subprocesses (papermill kernels, a driver script), as this process has its local session.
+    """
+    from helpers.cluster import standalone_cluster
+
+    with standalone_cluster(2, 1, "2g", tmp_path_factory.mktemp("spark-cluster")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,219 @@
+"""Cluster mode: the notebooks on a Spark standalone cluster (2 workers x 1 core on
+127.0.0.1, separate executor JVMs), features equal to local mode, and executor and worker
+losses survived; plus the executor settings every cluster configuration carries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from conftest import DATA_SAMPLE
+
+from helpers.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_workers, status
+from helpers.features import extract_features
+from helpers.paths import PROJECT_ROOT
+from helpers.run import NOTEBOOKS, main, run_notebooks
+from helpers.spark import PYTHON_WORKER_CONF, executor_conf
+
+BATCH = 16  # 320 images in 3 tasks of 2 Arrow batches: a task can be caught half-way
+SIZE = 96  # small images: the cluster's behaviour, not the CNN's cost, is under test
+FILES = len(list(DATA_SAMPLE.rglob("*.jpg")))
+
+# The driver of the fault runs: the notebooks' feature step on the cluster, once per run
+# folder (its markers/ and out/), all in one application, in its own process (this one
+# already has its local session).
+DRIVER = """
+import os
+import sys
+from helpers.config import PROGRESS_ENV
+from helpers.features import extract_features
+from helpers.spark import get_spark
+
+master, data, weights, size, batch, *runs = sys.argv[1:]
+spark = get_spark("fruits-fault", master=master, driver_memory="1g")
+for run in runs:
+    os.environ[PROGRESS_ENV] = os.path.join(run, "markers")
+    out = os.path.join(run, "out")
+    extract_features(spark, data, out, weights=weights, image_size=int(size), batch_size=int(batch))
+spark.stop()
+"""
+
+
+def _features(out: Path) -> pd.DataFrame:
+    rows = pd.read_parquet(out / "features")
+    assert rows["path"].is_unique, "an image has more than one row"
+    return rows.set_index("path").sort_index()
+
+
+def _max_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    assert list(a.index) == list(b.index)
+    return float(np.abs(np.stack(a["features"]) - np.stack(b["features"])).max())
+
+
+@pytest.fixture(scope="module")
+def local_features(spark, weights, tmp_path_factory) -> pd.DataFrame:
+    """data_sample featurized by the local session (the reference)."""
+    out = tmp_path_factory.mktemp("local-out")
+    extract_features(
+        spark, str(DATA_SAMPLE), str(out), weights=weights, image_size=SIZE, batch_size=BATCH
+    )
+    return _features(out)
+
+
+@pytest.fixture(scope="module")
+def cluster_run(cluster, weights, tmp_path_factory) -> Path:
+    """The three notebooks on data_sample through helpers.run --spark-master: output_root."""
+    out = tmp_path_factory.mktemp("cluster-out")
+    code = main(
+        [
+            "--data-root",
+            str(DATA_SAMPLE),
+            "--output-root",
+            str(out),
+            "--weights",
+            weights,
+            "--spark-master",
+            cluster.master_url,
+            *("-p", "image_size", str(SIZE), "-p", "batch_size", str(BATCH)),
+            *("-p", "tsne_sample", "100", "-p", "eda_sample_per_class", "5"),
+            *("-p", "grid_classes", "4", "-p", "grid_per_class", "2"),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_cluster_is_up_with_two_one_core_workers(cluster):
+    """The session cluster: 2 ALIVE workers of 1 core, as the master reports them."""
+    report = status(cluster.state_dir)
+    assert report["running"] and report["master_url"] == cluster.master_url
+    assert [(w["state"], w["cores"]) for w in report["workers"]] == [("ALIVE", 1)] * 2
+
+
+def test_executor_settings_reach_every_cluster():
+    """Standalone sessions, EMR's spark-defaults and the Databricks bundle all run the
+    executors' Python through the TensorFlow-preloading daemon, with worker reuse."""
+    import yaml
+
+    from helpers.emr import EmrSettings, configurations
+
+    assert PYTHON_WORKER_CONF["spark.python.daemon.module"] == "helpers.daemon"
+    standalone = executor_conf("/opt/venv/bin/python")
+    assert standalone["spark.pyspark.python"] == "/opt/venv/bin/python"
+    emr = {c["Classification"]: c for c in configurations(EmrSettings(bucket="fruits-bucket"))}
+    bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
+    databricks = bundle["resources"]["jobs"]["fruits_pipeline"]["job_clusters"][0]
+    for conf in (standalone, emr["spark-defaults"]["Properties"]):
+        assert PYTHON_WORKER_CONF.items() <= conf.items()
+    assert PYTHON_WORKER_CONF.items() <= databricks["new_cluster"]["spark_conf"].items()
+
+
+def test_bad_spark_master_fails_before_any_notebook(tmp_path):
+    """A master that is not a Spark URL stops the run with one message naming it."""
+    assert main(["--output-root", str(tmp_path), "--spark-master", "127.0.0.1:7077"]) == 2
+    with pytest.raises(ValueError, match="spark_master '127.0.0.1:7077' is not a Spark master"):
+        run_notebooks({"spark_master": "127.0.0.1:7077", "output_root": str(tmp_path)})
+
+
+def test_notebooks_on_the_cluster_equal_local_mode(cluster_run, local_features):
+    """All three notebooks ran on the cluster; every file once, features as in local mode."""
+    features = _features(cluster_run)
+    assert len(features) == FILES and features["error"].isna().all()
+    assert _max_diff(features, local_features) <= 1e-4
+    manifest = json.loads((cluster_run / "manifest.json").read_text())
+    assert manifest["eda"]["images"] == manifest["features"]["rows"] == FILES
+    assert manifest["features"]["images_decoded"] == FILES
+    assert manifest["pca"]["k"] >= 1 and (cluster_run / "pca_model" / "metadata").is_dir()
+    for name in NOTEBOOKS:
+        executed = json.loads((cluster_run / "notebooks" / name).read_text())
+        assert executed["metadata"]["papermill"]["exception"] in (None, False)
+
+
+def _wait(condition: Callable[[], object], what: str, driver: subprocess.Popen) -> object:
+    """Poll ``condition`` (observable state: marker files, the master's JSON) until true."""
+    deadline = time.monotonic() + 300
+    while not (result := condition()):
+        assert driver.poll() is None, f"the driver exited ({driver.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after 300 s"
+        time.sleep(0.02)
+    return result
+
+
+def _ancestor(pid: int, main_class: str) -> psutil.Process:
+    """The JVM running ``main_class`` above the Python worker ``pid``."""
+    for parent in psutil.Process(pid).parents():
+        if main_class in parent.cmdline():
+            return parent
+    raise AssertionError(f"no {main_class} above Python worker {pid}")
+
+
+@pytest.fixture(scope="module")
+def fault_runs(cluster, weights, tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
+    """Featurize data_sample twice on the cluster, in one driver: once a task of the first
+    run is half-way, SIGKILL the executor JVM running it; in the second, its whole worker.
+    Per kill ('executor', 'worker'): the run's output root and the progress markers of the
+    UDF (partition-attempt-batch-pid)."""
+    root = tmp_path_factory.mktemp("faults")
+    kills = {"executor": EXECUTOR_CLASS, "worker": WORKER_CLASS}
+    for kill in kills:
+        (root / kill / "markers").mkdir(parents=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, cluster.master_url, str(DATA_SAMPLE), weights]
+        + [str(SIZE), str(BATCH)]
+        + [str(root / kill) for kill in kills],
+        cwd=PROJECT_ROOT,
+    )
+    caught = {}
+    try:
+        for kill, main_class in kills.items():
+            markers = root / kill / "markers"
+            first = _wait(lambda m=markers: sorted(os.listdir(m)), f"{kill} run batch", driver)[0]
+            partition, _, _, pid = first.split("-")
+            python_worker = psutil.Process(int(pid))
+            # the Python worker was forked from the project's daemon, under an executor JVM
+            assert "helpers.daemon" in python_worker.parent().cmdline()
+            _ancestor(int(pid), main_class).send_signal(signal.SIGKILL)
+            caught[kill] = partition
+        assert driver.wait(timeout=600) == 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    runs = {}
+    for kill, partition in caught.items():
+        done = sorted(os.listdir(root / kill / "markers"))
+        # the task caught half-way ran again: the kill hit featurization under way
+        assert any(m.startswith(f"{partition}-") and m.split("-")[1] != "0" for m in done), done
+        runs[kill] = (root / kill / "out", done)
+    return runs
+
+
+def test_executor_killed_mid_task(fault_runs, cluster_run):
+    """SIGKILL one executor JVM while it featurizes: Spark runs its task again, every image
+    has exactly one row, features identical to the clean run."""
+    features, clean = _features(fault_runs["executor"][0]), _features(cluster_run)
+    assert len(features) == FILES and features["error"].isna().all()
+    assert _max_diff(features, clean) == 0.0
+
+
+def test_worker_killed_mid_task(cluster, fault_runs, cluster_run):
+    """SIGKILL a whole worker (its executor goes with it): the job finishes on the other
+    one, every image exactly once, features identical; then the worker is replaced."""
+    try:
+        features, clean = _features(fault_runs["worker"][0]), _features(cluster_run)
+        assert len(features) == FILES and features["error"].isna().all()
+        assert _max_diff(features, clean) == 0.0
+        assert len(alive_workers(cluster.webui_url)) == 1
+    finally:
+        ensure_workers(cluster)  # the session cluster has its 2 workers again
+    assert len(alive_workers(cluster.webui_url)) == 2
