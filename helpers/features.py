@@ -301,6 +301,7 @@ def featurize(
     count: int | None = None,
     arrays: list[np.ndarray] | None = None,
     runtime: str = "keras",
+    converted: tuple[inference.ConvertedModel, str] | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
 
@@ -309,20 +310,29 @@ def featurize(
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
     ``arrays`` are the weights from :func:`load_weights`, when the caller loaded them.
     ``runtime`` runs the model: ``keras``, or ``onnxruntime`` (converted once per weights on
-    the driver, see :mod:`helpers.inference`).
+    the driver, see :mod:`helpers.inference`); ``converted``, the cached model and its
+    weights checksum from :func:`helpers.inference.cached_for_file`, spares loading weights.
     """
     _check_model_name(model_name)
     inference.check_runtime(runtime)
     warm_up = start_python_workers(spark, model_name, image_size, runtime)
-    if arrays is None:
-        arrays = load_weights(model_name, weights, image_size)
-    checksum = weights_checksum(arrays)
+    model: inference.ConvertedModel | None = None
+    if converted is not None and runtime != "keras":
+        model, checksum = converted
+    else:
+        if arrays is None:
+            arrays = load_weights(model_name, weights, image_size)
+        checksum = weights_checksum(arrays)
     if runtime == "keras":
-        converted = None
         broadcast = spark.sparkContext.broadcast(arrays)
     else:
-        converted = inference.converted_model(model_name, image_size, arrays, checksum, runtime)
-        broadcast = spark.sparkContext.broadcast(converted.data)
+        if model is None:
+            model = inference.converted_model(model_name, image_size, arrays, checksum, runtime)
+            inference.remember_file(
+                model_name, image_size, resolve_weights(weights), runtime, checksum
+            )
+        broadcast = spark.sparkContext.broadcast(model.data)
+    converted_info = model
     warm_up.join()
     decoded = spark.sparkContext.accumulator(0)
     with_tensorflow = spark.sparkContext.accumulator(0)
@@ -375,9 +385,9 @@ def featurize(
         "runtime": runtime,
         "tasks": tasks,
     }
-    if converted is not None:
-        info["converted_model"] = converted.path.name
-        info["converted_from_cache"] = converted.cached
+    if converted_info is not None:
+        info["converted_model"] = converted_info.path.name
+        info["converted_from_cache"] = converted_info.cached
     log.info("featurizing %d files in %d tasks with %s (%s)", count, tasks, model_name, runtime)
     return Featurization(out, info, decoded, with_tensorflow)
 
@@ -404,9 +414,16 @@ def extract_features(
     inference.check_runtime(runtime)
     # the workers' start and the driver's weight loading overlap the listing below
     start_python_workers(spark, model_name, image_size, runtime)
+    converted = None
+    if runtime != "keras":  # a cached conversion: no TensorFlow, no weights load on the driver
+        converted = inference.cached_for_file(
+            model_name, image_size, resolve_weights(weights), runtime
+        )
     pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
     try:
-        loading = pool.submit(load_weights, model_name, weights, image_size)
+        loading = None
+        if converted is None:
+            loading = pool.submit(load_weights, model_name, weights, image_size)
         images = list_images(spark, data_root)
         files = len(images.inputFiles())
         images = include_empty_files(images, rows=images.count())  # 0-byte files get a row
@@ -416,11 +433,11 @@ def extract_features(
         if count == 0:
             log.info("all %d images already featurized under %s", files, output_root)
             return {**summary, "images_decoded": 0, "run_id": None}
-        arrays = loading.result()
+        arrays = loading.result() if loading is not None else None
     finally:
         pool.shutdown(wait=False)
     run = featurize(
-        spark, todo, model_name, weights, image_size, batch_size, count, arrays, runtime
+        spark, todo, model_name, weights, image_size, batch_size, count, arrays, runtime, converted
     )
     run_id = write_features(spark, run.features, output_root, overwrite)
     return {**summary, **run.info, "images_decoded": run.images_decoded, "run_id": run_id}

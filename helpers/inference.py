@@ -10,6 +10,8 @@ or Keras: the preprocessing is the numpy equivalent of Keras' ``preprocess_input
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -63,9 +65,9 @@ class ConvertedModel:
 
 def cache_path(model_name: str, image_size: int, checksum: str, runtime: str) -> Path:
     """The cache file of ``model_name`` at ``image_size`` with weights ``checksum``."""
-    import tf2onnx
+    from importlib.metadata import version  # not tf2onnx itself: importing it imports TF
 
-    name = f"{model_name}-{image_size}px-{checksum[:32]}-{runtime}-tf2onnx{tf2onnx.__version__}"
+    name = f"{model_name}-{image_size}px-{checksum[:32]}-{runtime}-tf2onnx{version('tf2onnx')}"
     return WEIGHTS_CACHE / "onnx" / f"{name}-opset{OPSET}.onnx"
 
 
@@ -145,3 +147,48 @@ def worker_session(key: str, model: object, threads: int) -> Callable[[np.ndarra
         _WORKER_SESSIONS.clear()
         _WORKER_SESSIONS[key] = infer
     return _WORKER_SESSIONS[key]
+
+
+def _alias_path(model_name: str, image_size: int, weights_file: str, runtime: str) -> Path:
+    """The note mapping a weights file's own SHA-256 to its weights checksum."""
+    digest = hashlib.sha256()
+    with open(weights_file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    name = f"{model_name}-{image_size}px-file{digest.hexdigest()[:32]}-{runtime}.json"
+    return WEIGHTS_CACHE / "onnx" / name
+
+
+def cached_for_file(
+    model_name: str, image_size: int, weights_file: str, runtime: str
+) -> tuple[ConvertedModel, str] | None:
+    """The cached converted model for ``weights_file`` and its weights checksum, if any.
+
+    Found by the file's own bytes, so a run whose model is cached needs neither TensorFlow
+    nor the Keras model on the driver. ``None`` when the file was never converted.
+    """
+    if not os.path.isfile(weights_file):
+        return None
+    alias = _alias_path(model_name, image_size, weights_file, runtime)
+    if not alias.is_file():
+        return None
+    checksum = json.loads(alias.read_text())["weights_sha256"]
+    path = cache_path(model_name, image_size, checksum, runtime)
+    if not path.is_file():
+        return None
+    log.info("ONNX model from the cache, found by the weights file: %s", path)
+    return ConvertedModel(path.read_bytes(), path, cached=True), checksum
+
+
+def remember_file(
+    model_name: str, image_size: int, weights_file: str, runtime: str, checksum: str
+) -> None:
+    """Note that ``weights_file`` holds the weights ``checksum`` (see :func:`cached_for_file`)."""
+    if not os.path.isfile(weights_file):
+        return
+    alias = _alias_path(model_name, image_size, weights_file, runtime)
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=alias.parent, prefix=alias.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        json.dump({"weights_sha256": checksum}, out)
+    os.replace(tmp, alias)

@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 
 from helpers import inference
 from helpers.config import validate
-from helpers.features import featurize, load_weights, runtime_environment
+from helpers import features
+from helpers.features import extract_features, featurize, load_weights, runtime_environment
 from helpers.images import list_images
 
 IMAGES = 32
@@ -46,6 +47,16 @@ def runs(spark, weights, real_images, tmp_path_factory):
             run = featurize(spark, images, weights=weights, arrays=arrays, runtime=runtime)
             rows = run.features.toPandas().set_index("path").sort_index()
             by_runtime[name] = (run, rows)
+        by_runtime["by_file"] = inference.cached_for_file("mobilenet_v2", 224, weights, "onnxruntime")
+
+        def no_load(*args, **kwargs):
+            raise AssertionError("the driver loaded the weights although the model is cached")
+
+        patch.setattr(features, "load_weights", no_load)
+        out = str(tmp_path_factory.mktemp("out"))
+        by_runtime["extract"] = extract_features(
+            spark, str(real_images), out, weights=weights, runtime="onnxruntime"
+        )
         yield by_runtime
     finally:
         patch.undo()
@@ -121,3 +132,15 @@ def test_daemon_imports_tensorflow_only_for_keras(spark):
 
     assert loaded("onnxruntime") == {False}
     assert loaded("keras") == {True}
+
+
+def test_cached_model_is_found_by_the_weights_file(runs):
+    """A later driver finds the conversion by the weights file alone: no weights load, no TF."""
+    first, _ = runs["onnx"]
+    found = runs["by_file"]
+    assert found is not None
+    model, checksum = found
+    assert checksum == first.info["weights_sha256"] and model.cached
+    summary = runs["extract"]
+    assert summary["converted_from_cache"] is True and summary["images_decoded"] == IMAGES
+    assert summary["weights_sha256"] == checksum
