@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from helpers import inference
+from helpers import features, inference
 from helpers.config import validate
-from helpers import features
 from helpers.features import extract_features, featurize, load_weights, runtime_environment
 from helpers.images import list_images
 
@@ -47,7 +46,8 @@ def runs(spark, weights, real_images, tmp_path_factory):
             run = featurize(spark, images, weights=weights, arrays=arrays, runtime=runtime)
             rows = run.features.toPandas().set_index("path").sort_index()
             by_runtime[name] = (run, rows)
-        by_runtime["by_file"] = inference.cached_for_file("mobilenet_v2", 224, weights, "onnxruntime")
+        found = inference.cached_for_file("mobilenet_v2", 224, weights, "onnxruntime")
+        by_runtime["by_file"] = found
 
         def no_load(*args, **kwargs):
             raise AssertionError("the driver loaded the weights although the model is cached")
