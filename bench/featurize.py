@@ -2,15 +2,17 @@
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N] \\
-        [--master spark://127.0.0.1:7077]
+        [--master spark://127.0.0.1:7077] [--runtime keras|onnxruntime]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
 (b) the notebooks' feature step, ``helpers.features.extract_features``, end to end:
 binaryFile read, pandas UDF (decode, resize, model), Parquet write and publication,
 including the driver's weight load and broadcast and the workers' start-up and model
-builds; only the JVM start (and on a cluster, ``--master``, the executors' registration)
-is left out. The last line is
+builds (with ``--runtime onnxruntime``, the ONNX conversion too unless it is cached: the
+output says which); only the JVM start (and on a cluster, ``--master``, the executors'
+registration) is left out. Bare Keras with stock TensorFlow stays the reference whatever
+``--runtime`` the pipeline uses. The last line is
 ``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``.
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 import psutil
 from pyspark.sql import SparkSession
 
-from helpers.config import MODELS, resolve_weights
+from helpers.config import MODELS, RUNTIMES, resolve_weights
 from helpers.dataset import read_features
 from helpers.features import build_model, extract_features
 from helpers.images import decode_image
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
+    parser.add_argument("--runtime", default="keras", choices=RUNTIMES, help="pipeline's runtime")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for both sides")
     parser.add_argument(
         "--master",
@@ -181,7 +184,7 @@ def main() -> None:
     size, batch = args.image_size, args.batch_size
     print(
         f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch},"
-        f" {args.cores} cores"
+        f" {args.cores} cores, pipeline runtime {args.runtime}"
     )
 
     keras_img_s = bare_keras(files, weights, args.model_name, size, batch, args.cores)
@@ -199,7 +202,7 @@ def main() -> None:
         memory.start()
         started = time.perf_counter()
         summary = extract_features(
-            spark, str(data), str(out), args.model_name, weights, size, batch
+            spark, str(data), str(out), args.model_name, weights, size, batch, runtime=args.runtime
         )
         elapsed = time.perf_counter() - started
         memory.stopped.set()
@@ -213,6 +216,8 @@ def main() -> None:
         f" tasks; rows {written}, errors {errors}, images decoded {decoded})"
     )
     print(f"peak RSS of the Python workers: {memory.peak / 2**20:.0f} MiB")
+    if "converted_from_cache" in summary:
+        print(f"ONNX model from the cache (no conversion timed): {summary['converted_from_cache']}")
     if written != len(files) or decoded != len(files):
         raise SystemExit(f"expected {len(files)} rows decoded once, got {written} / {decoded}")
     print(

@@ -30,6 +30,13 @@ MODELS: dict[str, dict[str, Any]] = {
     "resnet50": {"keras": "ResNet50", "dim": 2048, "module": "resnet50"},
 }
 
+#: Inference runtimes of the feature step: Keras itself, or the model converted to ONNX.
+RUNTIMES = ("keras", "onnxruntime")
+
+#: Environment variable of the Python workers' daemon (:mod:`helpers.daemon`): the runtime
+#: its workers run; TensorFlow is imported before the fork only for ``keras``.
+RUNTIME_ENV = "FRUITS_RUNTIME"
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -84,6 +91,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         "overrides the default; 'random' is for tests only",
     ),
     Parameter("model_name", "mobilenet_v2", str, "CNN without its top: mobilenet_v2 or resnet50"),
+    Parameter(
+        "runtime",
+        "keras",
+        str,
+        "inference runtime: keras (TensorFlow) or onnxruntime (the model converted to ONNX "
+        "once per weights, workers without TensorFlow)",
+    ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", 64, int, "images per model call inside the pandas UDF"),
     Parameter(
@@ -159,6 +173,11 @@ def fault_injection() -> tuple[str, int] | None:
     return kind, int(batch)
 
 
+def daemon_runtime() -> str:
+    """The runtime ``$FRUITS_RUNTIME`` gives this Python daemon's workers (default keras)."""
+    return os.environ.get(RUNTIME_ENV, "keras")
+
+
 def defaults() -> dict[str, Any]:
     """Return every parameter's default, with ``weights`` taken from $FRUITS_WEIGHTS if set."""
     values = {p.name: p.default for p in PARAMETERS}
@@ -226,6 +245,11 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     if values.get("model_name", "mobilenet_v2") not in MODELS:
         raise ValueError(
             f"model_name '{values['model_name']}' is unknown; use one of {sorted(MODELS)}"
+        )
+    if values.get("runtime", "keras") not in RUNTIMES:
+        raise ValueError(
+            f"runtime '{values['runtime']}' is unknown; use one of {list(RUNTIMES)} "
+            "(parameter 'runtime')"
         )
     variance = values.get("pca_variance", 0.95)
     if not 0 < variance <= 1:

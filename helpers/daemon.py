@@ -5,14 +5,25 @@ a worker forked from this daemon finds TensorFlow and Keras already imported ins
 spending seconds importing them. Only imports happen here: no TensorFlow thread pool or
 model exists before the fork. Enabled by ``spark.python.daemon.module=helpers.daemon``
 (local sessions from :func:`helpers.spark.get_spark` set it).
+
+A UDF created with ``$FRUITS_RUNTIME`` set to another runtime in the SparkContext's
+environment (:func:`helpers.features.featurize` with ``runtime='onnxruntime'``) gets its own
+daemon (Spark keys daemons by their environment): that one imports ONNX Runtime instead, and
+its workers never load TensorFlow.
 """
 
 import gc
 
-import keras  # noqa: F401
-import tensorflow  # noqa: F401
 from pyspark import daemon
 
+from helpers.config import daemon_runtime
+
+if daemon_runtime() == "keras":
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+else:
+    import onnxruntime  # noqa: F401
+
 if __name__ == "__main__":
-    gc.freeze()  # TensorFlow's many objects: out of every worker's garbage collections
+    gc.freeze()  # the imported modules' many objects: out of every worker's garbage collections
     daemon.manager()

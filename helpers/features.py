@@ -13,9 +13,11 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
 
-from helpers.config import MODELS, WEIGHTS_ENV, fault_injection, progress_dir, resolve_weights
+from helpers import inference
+from helpers.config import (
+    MODELS,
+    RUNTIME_ENV,
+    WEIGHTS_ENV,
+    fault_injection,
+    progress_dir,
+    resolve_weights,
+)
 from helpers.dataset import pending_images, write_features
 from helpers.images import decode_image, list_images
 
@@ -190,17 +200,47 @@ class Featurization:
     features: DataFrame
     info: dict[str, Any]
     decoded: Accumulator
+    with_tensorflow: Accumulator | None = None
 
     @property
     def images_decoded(self) -> int:
         """Images the UDF decoded so far (after the write: once per image, plus any retries)."""
         return int(self.decoded.value)
 
+    @property
+    def batches_with_tensorflow(self) -> int:
+        """Arrow batches a non-Keras runtime ran in a worker that had TensorFlow imported."""
+        return 0 if self.with_tensorflow is None else int(self.with_tensorflow.value)
 
-_WARM_UPS: dict[tuple[str, str, int], threading.Thread] = {}
+
+@contextmanager
+def runtime_environment(spark: SparkSession, runtime: str) -> Iterator[None]:
+    """Create the UDFs of ``runtime`` inside this block: their workers' daemon gets the
+    runtime in ``$FRUITS_RUNTIME``.
+
+    Spark keys its Python daemons by the UDF's environment (the SparkContext's, read when
+    the UDF's Java function is made): a UDF created here with ``onnxruntime`` runs in workers
+    of a daemon that never imported TensorFlow (:mod:`helpers.daemon`); ``keras`` UDFs keep
+    the default environment, hence today's daemon.
+    """
+    environment = spark.sparkContext.environment
+    previous = environment.pop(RUNTIME_ENV, None)
+    if runtime != "keras":
+        environment[RUNTIME_ENV] = runtime
+    try:
+        yield
+    finally:
+        environment.pop(RUNTIME_ENV, None)
+        if previous is not None:
+            environment[RUNTIME_ENV] = previous
 
 
-def start_python_workers(spark: SparkSession, model_name: str, image_size: int) -> threading.Thread:
+_WARM_UPS: dict[tuple[str, str, int, str], threading.Thread] = {}
+
+
+def start_python_workers(
+    spark: SparkSession, model_name: str, image_size: int, runtime: str = "keras"
+) -> threading.Thread:
     """Start the executors' Python workers in the background, each building the model.
 
     One task per core (once per session and model): each starts a Python worker (with
@@ -208,9 +248,11 @@ def start_python_workers(spark: SparkSession, model_name: str, image_size: int) 
     that work overlaps the file listing and the driver's weight loading instead of delaying
     the first batch; the features tasks then only set the weights. It runs a pandas UDF,
     like the features job: Spark keeps separate workers for SQL UDFs and for RDD functions.
-    Join the returned thread before submitting the features job.
+    Join the returned thread before submitting the features job. For another ``runtime``
+    the workers only start (from the daemon of that runtime): their model comes later,
+    with the broadcast.
     """
-    key = (spark.sparkContext.applicationId, model_name, image_size)
+    key = (spark.sparkContext.applicationId, model_name, image_size, runtime)
     if key not in _WARM_UPS:
         cores = spark.sparkContext.defaultParallelism
         threads = int(spark.conf.get("spark.task.cpus", "1"))
@@ -218,10 +260,12 @@ def start_python_workers(spark: SparkSession, model_name: str, image_size: int) 
         def warm_up() -> None:
             @F.pandas_udf(LongType())
             def build(ids: pd.Series) -> pd.Series:
-                _built_model(model_name, image_size, threads)
+                if runtime == "keras":
+                    _built_model(model_name, image_size, threads)
                 return ids
 
-            job = spark.range(cores, numPartitions=cores).select(build("id"))
+            with runtime_environment(spark, runtime):
+                job = spark.range(cores, numPartitions=cores).select(build("id"))
             job.write.format("noop").mode("overwrite").save()
 
         _WARM_UPS[key] = threading.Thread(
@@ -273,6 +317,8 @@ def featurize(
     batch_size: int = 64,
     count: int | None = None,
     arrays: list[np.ndarray] | None = None,
+    runtime: str = "keras",
+    converted: tuple[inference.ConvertedModel, str] | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
 
@@ -280,26 +326,52 @@ def featurize(
     Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
     ``arrays`` are the weights from :func:`load_weights`, when the caller loaded them.
+    ``runtime`` runs the model: ``keras``, or ``onnxruntime`` (converted once per weights on
+    the driver, see :mod:`helpers.inference`); ``converted``, the cached model and its
+    weights checksum from :func:`helpers.inference.cached_for_file`, spares loading weights.
     """
     _check_model_name(model_name)
-    warm_up = start_python_workers(spark, model_name, image_size)
-    if arrays is None:
-        arrays = load_weights(model_name, weights, image_size)
+    inference.check_runtime(runtime)
+    warm_up = start_python_workers(spark, model_name, image_size, runtime)
+    model: inference.ConvertedModel | None = None
+    if converted is not None and runtime != "keras":
+        model, checksum = converted
+    else:
+        if arrays is None:
+            arrays = load_weights(model_name, weights, image_size)
+        checksum = weights_checksum(arrays)
+    if runtime == "keras":
+        broadcast = spark.sparkContext.broadcast(arrays)
+    else:
+        if model is None:
+            model = inference.converted_model(model_name, image_size, arrays, checksum, runtime)
+            inference.remember_file(
+                model_name, image_size, resolve_weights(weights), runtime, checksum
+            )
+        broadcast = spark.sparkContext.broadcast(model.data)
+    converted_info = model
     warm_up.join()
-    broadcast = spark.sparkContext.broadcast(arrays)
-    checksum = weights_checksum(arrays)
     decoded = spark.sparkContext.accumulator(0)
+    with_tensorflow = spark.sparkContext.accumulator(0)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     module = MODELS[model_name]["module"]
     fault, driver_pid, progress = fault_injection(), os.getpid(), progress_dir()
 
+    session_key = f"{model_name}-{image_size}-{checksum}-{runtime}"
+
     @F.pandas_udf(RESULT_SCHEMA)
     def extract(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        import keras
+        if runtime == "keras":
+            import keras
 
-        preprocess = getattr(keras.applications, module).preprocess_input
-        infer = _worker_model(model_name, image_size, broadcast, checksum, threads)
+            preprocess = getattr(keras.applications, module).preprocess_input
+            infer = _worker_model(model_name, image_size, broadcast, checksum, threads)
+        else:
+            preprocess = inference.preprocess(module)
+            infer = inference.worker_session(session_key, broadcast, threads)
         for index, contents in enumerate(batches):
+            if runtime != "keras" and "tensorflow" in sys.modules:
+                with_tensorflow.add(1)
             if fault:
                 _inject_fault(fault, index, driver_pid)
             decoded.add(len(contents))
@@ -312,7 +384,8 @@ def featurize(
     tasks = task_count(spark, count, batch_size)
     # Arrow batches of a few model batches: bounded memory even for large photos
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))
-    result = images.coalesce(tasks).withColumn("result", extract("content"))
+    with runtime_environment(spark, runtime):
+        result = images.coalesce(tasks).withColumn("result", extract("content"))
     out = result.select(
         "path",
         "split",
@@ -329,10 +402,14 @@ def featurize(
         "batch_size": batch_size,
         "weights": weights,
         "weights_sha256": checksum,
+        "runtime": runtime,
         "tasks": tasks,
     }
-    log.info("featurizing %d files in %d tasks with %s", count, tasks, model_name)
-    return Featurization(out, info, decoded)
+    if converted_info is not None:
+        info["converted_model"] = converted_info.path.name
+        info["converted_from_cache"] = converted_info.cached
+    log.info("featurizing %d files in %d tasks with %s (%s)", count, tasks, model_name, runtime)
+    return Featurization(out, info, decoded, with_tensorflow)
 
 
 def extract_features(
@@ -344,6 +421,7 @@ def extract_features(
     image_size: int = 224,
     batch_size: int = 64,
     overwrite: bool = False,
+    runtime: str = "keras",
 ) -> dict[str, Any]:
     """The feature-extraction step: featurize the new or changed images under ``data_root``.
 
@@ -351,13 +429,22 @@ def extract_features(
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
     Returns facts for the manifest: files found, images featurized, decode count, run id,
     and the listing's report (files hidden from Spark read anyway, files not read).
+    ``runtime`` runs the model (:data:`helpers.config.RUNTIMES`).
     """
     _check_model_name(model_name)
+    inference.check_runtime(runtime)
     # the workers' start and the driver's weight loading overlap the listing below
-    start_python_workers(spark, model_name, image_size)
+    start_python_workers(spark, model_name, image_size, runtime)
+    converted = None
+    if runtime != "keras":  # a cached conversion: no TensorFlow, no weights load on the driver
+        converted = inference.cached_for_file(
+            model_name, image_size, resolve_weights(weights), runtime
+        )
     pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
     try:
-        loading = pool.submit(load_weights, model_name, weights, image_size)
+        loading = None
+        if converted is None:
+            loading = pool.submit(load_weights, model_name, weights, image_size)
         listing = list_images(spark, data_root)
         files = listing.files
         todo = pending_images(spark, listing.images, output_root, overwrite)
@@ -371,9 +458,11 @@ def extract_features(
         if count == 0:
             log.info("all %d images already featurized under %s", files, output_root)
             return {**summary, "images_decoded": 0, "run_id": None}
-        arrays = loading.result()
+        arrays = loading.result() if loading is not None else None
     finally:
         pool.shutdown(wait=False)
-    run = featurize(spark, todo, model_name, weights, image_size, batch_size, count, arrays)
+    run = featurize(
+        spark, todo, model_name, weights, image_size, batch_size, count, arrays, runtime, converted
+    )
     run_id = write_features(spark, run.features, output_root, overwrite)
     return {**summary, **run.info, "images_decoded": run.images_decoded, "run_id": run_id}

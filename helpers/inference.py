@@ -1,0 +1,194 @@
+"""Inference runtimes besides Keras: the CNN converted to ONNX and run by ONNX Runtime.
+
+The driver converts the Keras model, holding the run's weights, to ONNX once (tf2onnx) and
+caches the file under ``WEIGHTS_CACHE / "onnx"``, keyed by model, image size, weights
+checksum and runtime: a later run with the same weights reads the file instead of
+converting again. The bytes are broadcast; each Python worker builds one ONNX Runtime
+session from them and keeps it across tasks. Nothing on the worker side imports TensorFlow
+or Keras: the preprocessing is the numpy equivalent of Keras' ``preprocess_input``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from helpers.config import MODELS, RUNTIMES, WEIGHTS_CACHE
+
+log = logging.getLogger(__name__)
+
+#: ONNX opset of the converted models (ONNX Runtime 1.31 runs it; tf2onnx 1.17 writes it).
+OPSET = 17
+
+#: ImageNet channel means, BGR order, of Keras' "caffe" preprocessing (ResNet50).
+_CAFFE_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def check_runtime(runtime: str) -> None:
+    """Fail early, naming the choices, on a runtime this project does not know."""
+    if runtime not in RUNTIMES:
+        raise ValueError(
+            f"runtime '{runtime}' is unknown; use one of {list(RUNTIMES)} (parameter 'runtime')"
+        )
+
+
+def preprocess(module: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Keras' ``preprocess_input`` of ``module`` in numpy, float32, without importing Keras.
+
+    ``mobilenet_v2`` ("tf" mode) scales to [-1, 1]; ``resnet50`` ("caffe" mode) turns RGB
+    into BGR and subtracts the ImageNet means. Same float32 operations as Keras, same values.
+    """
+    if module == "mobilenet_v2":
+        return lambda pixels: pixels / np.float32(127.5) - np.float32(1.0)
+    if module == "resnet50":
+        return lambda pixels: pixels[..., ::-1] - _CAFFE_MEAN
+    raise ValueError(f"no numpy preprocessing for '{module}'; known: mobilenet_v2, resnet50")
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    """A model converted for a runtime: its serialized bytes, cache file, and whether the
+    bytes come from the cache (``False``: converted by this call)."""
+
+    data: bytes
+    path: Path
+    cached: bool
+
+
+def cache_path(model_name: str, image_size: int, checksum: str, runtime: str) -> Path:
+    """The cache file of ``model_name`` at ``image_size`` with weights ``checksum``."""
+    from importlib.metadata import version  # not tf2onnx itself: importing it imports TF
+
+    name = f"{model_name}-{image_size}px-{checksum[:32]}-{runtime}-tf2onnx{version('tf2onnx')}"
+    return WEIGHTS_CACHE / "onnx" / f"{name}-opset{OPSET}.onnx"
+
+
+def _to_onnx(model_name: str, image_size: int, arrays: list[np.ndarray]) -> bytes:
+    """Convert the Keras model ``model_name`` holding ``arrays`` to ONNX bytes (tf2onnx)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from helpers.features import build_model
+
+    model = build_model(model_name, None, image_size)
+    model.set_weights(arrays)
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")
+    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=OPSET)
+    return proto.SerializeToString()
+
+
+def converted_model(
+    model_name: str, image_size: int, arrays: list[np.ndarray], checksum: str, runtime: str
+) -> ConvertedModel:
+    """The ONNX model for ``runtime``: from the cache, else converted once and cached.
+
+    The file is written to a temporary name and renamed, so a run interrupted mid-write,
+    or two drivers converting at once, never leave a truncated model behind.
+    """
+    check_runtime(runtime)
+    if runtime == "keras":
+        raise ValueError("runtime 'keras' runs the Keras model itself: nothing to convert")
+    if model_name not in MODELS:
+        raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
+    path = cache_path(model_name, image_size, checksum, runtime)
+    if path.is_file():
+        log.info("ONNX model from the cache: %s", path)
+        return ConvertedModel(path.read_bytes(), path, cached=True)
+    log.info("converting %s at %d px to ONNX (once per weights): %s", model_name, image_size, path)
+    data = _to_onnx(model_name, image_size, arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ConvertedModel(data, path, cached=False)
+
+
+# Per-process cache: a Python worker builds one session and reuses it across tasks.
+_WORKER_SESSIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+
+def worker_session(key: str, model: object, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """This Python worker's inference function for the converted model ``key``.
+
+    ``model`` is the broadcast of the ONNX bytes, read only the first time (its value is
+    fetched lazily). ONNX Runtime gets ``threads`` intra-op threads: the cores a Spark task
+    owns. One session per worker: a new ``key`` (other weights or model) replaces the old.
+    """
+    if key not in _WORKER_SESSIONS:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            model.value,
+            options,
+            providers=["CPUExecutionProvider"],  # type: ignore[attr-defined]
+        )
+        name = session.get_inputs()[0].name
+
+        def infer(pixels: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: np.ascontiguousarray(pixels, np.float32)})[0]
+
+        _WORKER_SESSIONS.clear()
+        _WORKER_SESSIONS[key] = infer
+    return _WORKER_SESSIONS[key]
+
+
+def _alias_path(model_name: str, image_size: int, weights_file: str, runtime: str) -> Path:
+    """The note mapping a weights file's own SHA-256 to its weights checksum."""
+    digest = hashlib.sha256()
+    with open(weights_file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    name = f"{model_name}-{image_size}px-file{digest.hexdigest()[:32]}-{runtime}.json"
+    return WEIGHTS_CACHE / "onnx" / name
+
+
+def cached_for_file(
+    model_name: str, image_size: int, weights_file: str, runtime: str
+) -> tuple[ConvertedModel, str] | None:
+    """The cached converted model for ``weights_file`` and its weights checksum, if any.
+
+    Found by the file's own bytes, so a run whose model is cached needs neither TensorFlow
+    nor the Keras model on the driver. ``None`` when the file was never converted.
+    """
+    if not os.path.isfile(weights_file):
+        return None
+    alias = _alias_path(model_name, image_size, weights_file, runtime)
+    if not alias.is_file():
+        return None
+    checksum = json.loads(alias.read_text())["weights_sha256"]
+    path = cache_path(model_name, image_size, checksum, runtime)
+    if not path.is_file():
+        return None
+    log.info("ONNX model from the cache, found by the weights file: %s", path)
+    return ConvertedModel(path.read_bytes(), path, cached=True), checksum
+
+
+def remember_file(
+    model_name: str, image_size: int, weights_file: str, runtime: str, checksum: str
+) -> None:
+    """Note that ``weights_file`` holds the weights ``checksum`` (see :func:`cached_for_file`)."""
+    if not os.path.isfile(weights_file):
+        return
+    alias = _alias_path(model_name, image_size, weights_file, runtime)
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=alias.parent, prefix=alias.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        json.dump({"weights_sha256": checksum}, out)
+    os.replace(tmp, alias)

@@ -1,0 +1,146 @@
+"""The ONNX Runtime path: same features as Keras on real weights and images, cached model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from helpers import features, inference
+from helpers.config import validate
+from helpers.features import extract_features, featurize, load_weights, runtime_environment
+from helpers.images import list_images
+
+IMAGES = 32
+
+
+@pytest.fixture(scope="module")
+def real_images(fruits360: Path, tmp_path_factory) -> Path:
+    """32 real Fruits-360 images: 2 of each of the first 16 training classes."""
+    root = tmp_path_factory.mktemp("fruits360_32")
+    classes = sorted(p for p in (fruits360 / "Training").iterdir() if p.is_dir())[:16]
+    for folder in classes:
+        for image in sorted(folder.glob("*.jpg"))[:2]:
+            target = root / "Training" / folder.name / image.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image, target)
+    assert len(list(root.rglob("*.jpg"))) == IMAGES
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(spark, weights, real_images, tmp_path_factory):
+    """The same images featurized by Keras, then twice by ONNX Runtime (own model cache)."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(inference, "WEIGHTS_CACHE", tmp_path_factory.mktemp("cache"))
+    try:
+        arrays = load_weights("mobilenet_v2", weights, 224)
+        by_runtime = {}
+        order = (("keras", "keras"), ("onnx", "onnxruntime"), ("again", "onnxruntime"))
+        for name, runtime in order:
+            images = list_images(spark, str(real_images))
+            run = featurize(spark, images, weights=weights, arrays=arrays, runtime=runtime)
+            rows = run.features.toPandas().set_index("path").sort_index()
+            by_runtime[name] = (run, rows)
+        found = inference.cached_for_file("mobilenet_v2", 224, weights, "onnxruntime")
+        by_runtime["by_file"] = found
+
+        def no_load(*args, **kwargs):
+            raise AssertionError("the driver loaded the weights although the model is cached")
+
+        patch.setattr(features, "load_weights", no_load)
+        out = str(tmp_path_factory.mktemp("out"))
+        by_runtime["extract"] = extract_features(
+            spark, str(real_images), out, weights=weights, runtime="onnxruntime"
+        )
+        yield by_runtime
+    finally:
+        patch.undo()
+
+
+def test_onnxruntime_features_equal_keras(runs):
+    """Every image's ONNX Runtime vector equals Keras' within 1e-4 relative (max|a-b|/max|b|)."""
+    _, keras_rows = runs["keras"]
+    _, onnx_rows = runs["onnx"]
+    assert keras_rows["error"].isna().all() and onnx_rows["error"].isna().all()
+    assert list(keras_rows.index) == list(onnx_rows.index) and len(keras_rows) == IMAGES
+    expected = np.stack(keras_rows["features"].to_numpy())
+    got = np.stack(onnx_rows["features"].to_numpy())
+    assert got.shape == expected.shape == (IMAGES, 1280)
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
+
+
+def test_converted_model_is_cached_and_recorded(runs):
+    """The first ONNX run converts and caches; the second reads the cache, same features."""
+    first, onnx_rows = runs["onnx"]
+    second, again_rows = runs["again"]
+    assert first.info["runtime"] == "onnxruntime" and runs["keras"][0].info["runtime"] == "keras"
+    assert first.info["converted_from_cache"] is False
+    assert second.info["converted_from_cache"] is True
+    assert first.info["converted_model"] == second.info["converted_model"]
+    assert first.info["weights_sha256"][:32] in first.info["converted_model"]
+    np.testing.assert_array_equal(
+        np.stack(again_rows["features"].to_numpy()), np.stack(onnx_rows["features"].to_numpy())
+    )
+
+
+def test_onnx_workers_never_import_tensorflow(runs):
+    """No batch of the ONNX Runtime UDF ran in a worker with TensorFlow imported."""
+    for name in ("onnx", "again"):
+        run, _ = runs[name]
+        assert run.images_decoded == IMAGES
+        assert run.batches_with_tensorflow == 0
+
+
+@pytest.mark.parametrize("module", ["mobilenet_v2", "resnet50"])
+def test_numpy_preprocessing_equals_keras(module):
+    """The workers' numpy preprocessing gives exactly Keras' preprocess_input values."""
+    import keras
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
+    np.testing.assert_array_equal(inference.preprocess(module)(pixels), expected)
+
+
+def test_unknown_runtime_is_rejected(spark, tiny_root):
+    """An unknown runtime names the parameter and the choices, before any work."""
+    with pytest.raises(ValueError, match="runtime 'tensorrt'.*keras.*onnxruntime"):
+        validate({"runtime": "tensorrt"})
+    with pytest.raises(ValueError, match="parameter 'runtime'"):
+        featurize(spark, list_images(spark, str(tiny_root)), runtime="tensorrt")
+
+
+def test_daemon_imports_tensorflow_only_for_keras(spark):
+    """UDFs made under runtime_environment('onnxruntime') run in workers without TensorFlow;
+    the default daemon's workers have it imported (the contrast that makes the test bite)."""
+
+    def loaded(runtime: str) -> set[bool]:
+        @F.pandas_udf("boolean")
+        def has_tensorflow(ids: pd.Series) -> pd.Series:
+            import sys
+
+            return pd.Series(["tensorflow" in sys.modules] * len(ids))
+
+        with runtime_environment(spark, runtime):
+            column = has_tensorflow("id")
+        rows = spark.range(4, numPartitions=2).select(column.alias("tf")).collect()
+        return {row.tf for row in rows}
+
+    assert loaded("onnxruntime") == {False}
+    assert loaded("keras") == {True}
+
+
+def test_cached_model_is_found_by_the_weights_file(runs):
+    """A later driver finds the conversion by the weights file alone: no weights load, no TF."""
+    first, _ = runs["onnx"]
+    found = runs["by_file"]
+    assert found is not None
+    model, checksum = found
+    assert checksum == first.info["weights_sha256"] and model.cached
+    summary = runs["extract"]
+    assert summary["converted_from_cache"] is True and summary["images_decoded"] == IMAGES
+    assert summary["weights_sha256"] == checksum
