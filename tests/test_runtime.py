@@ -42,7 +42,7 @@ def runs(spark, weights, real_images, tmp_path_factory):
         by_runtime = {}
         order = (("keras", "keras"), ("onnx", "onnxruntime"), ("again", "onnxruntime"))
         for name, runtime in order:
-            images = list_images(spark, str(real_images))
+            images = list_images(spark, str(real_images)).images
             run = featurize(spark, images, weights=weights, arrays=arrays, runtime=runtime)
             rows = run.features.toPandas().set_index("path").sort_index()
             by_runtime[name] = (run, rows)
@@ -111,7 +111,7 @@ def test_unknown_runtime_is_rejected(spark, tiny_root):
     with pytest.raises(ValueError, match="runtime 'tensorrt'.*keras.*onnxruntime"):
         validate({"runtime": "tensorrt"})
     with pytest.raises(ValueError, match="parameter 'runtime'"):
-        featurize(spark, list_images(spark, str(tiny_root)), runtime="tensorrt")
+        featurize(spark, list_images(spark, str(tiny_root)).images, runtime="tensorrt")
 
 
 def test_daemon_imports_tensorflow_only_for_keras(spark):
