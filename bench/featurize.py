@@ -34,15 +34,13 @@ from pyspark.sql import SparkSession
 from helpers.config import MODELS, RUNTIMES, resolve_weights
 from helpers.dataset import read_features
 from helpers.features import build_model, extract_features
-from helpers.images import decode_image
+from helpers.images import decode_image, is_image_name
 from helpers.spark import get_spark
-
-EXTENSIONS = {".jpg", ".jpeg", ".png"}
 
 
 def pick_files(root: Path, limit: int) -> list[Path]:
     """Every image under ``root``, or ``limit`` of them spread evenly over the sorted list."""
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if is_image_name(p.name))
     if limit and limit < len(files):
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
     return files
