@@ -235,12 +235,30 @@ def runtime_environment(spark: SparkSession, runtime: str) -> Iterator[None]:
             environment[RUNTIME_ENV] = previous
 
 
-_WARM_UPS: dict[tuple[str, str, int, str], threading.Thread] = {}
+@dataclass
+class WarmUp:
+    """The job starting the Python workers (:func:`start_python_workers`), run in a thread."""
+
+    thread: threading.Thread
+    group: str
+
+    def wait_submitted(self, spark: SparkSession) -> None:
+        """Return once the warm-up job is queued (or over), not when it ends.
+
+        A job submitted after it waits behind its tasks (Spark schedules jobs in order), so
+        the features job can be planned while the workers start and build their models.
+        """
+        tracker = spark.sparkContext.statusTracker()
+        while self.thread.is_alive() and not tracker.getJobIdsForGroup(self.group):
+            self.thread.join(0.01)
+
+
+_WARM_UPS: dict[tuple[str, str, int, str], WarmUp] = {}
 
 
 def start_python_workers(
     spark: SparkSession, model_name: str, image_size: int, runtime: str = "keras"
-) -> threading.Thread:
+) -> WarmUp:
     """Start the executors' Python workers in the background, each building the model.
 
     One task per core (once per session and model): each starts a Python worker (with
@@ -248,14 +266,16 @@ def start_python_workers(
     that work overlaps the file listing and the driver's weight loading instead of delaying
     the first batch; the features tasks then only set the weights. It runs a pandas UDF,
     like the features job: Spark keeps separate workers for SQL UDFs and for RDD functions.
-    Join the returned thread before submitting the features job. For another ``runtime``
-    the workers only start (from the daemon of that runtime): their model comes later,
-    with the broadcast.
+    Call :meth:`WarmUp.wait_submitted` before submitting the features job. For another
+    ``runtime`` the workers only start (from the daemon of that runtime): their model comes
+    later, with the broadcast.
     """
-    key = (spark.sparkContext.applicationId, model_name, image_size, runtime)
+    context = spark.sparkContext
+    key = (context.applicationId, model_name, image_size, runtime)
     if key not in _WARM_UPS:
-        cores = spark.sparkContext.defaultParallelism
+        cores = context.defaultParallelism
         threads = int(spark.conf.get("spark.task.cpus", "1"))
+        group = f"fruits-warm-up-{len(_WARM_UPS)}-{model_name}-{image_size}-{runtime}"
 
         def warm_up() -> None:
             @F.pandas_udf(LongType())
@@ -264,24 +284,29 @@ def start_python_workers(
                     _built_model(model_name, image_size, threads)
                 return ids
 
+            context.setJobGroup(group, "start the Python workers and build the model")
             with runtime_environment(spark, runtime):
                 job = spark.range(cores, numPartitions=cores).select(build("id"))
             job.write.format("noop").mode("overwrite").save()
 
-        _WARM_UPS[key] = threading.Thread(
-            target=warm_up, name="fruits-start-python-workers", daemon=True
-        )
-        _WARM_UPS[key].start()
+        thread = threading.Thread(target=warm_up, name="fruits-start-python-workers", daemon=True)
+        _WARM_UPS[key] = WarmUp(thread, group)
+        thread.start()
     return _WARM_UPS[key]
 
 
-def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
-    """Tasks for ``images``: at least one per core, each of about 8 model batches.
+#: Model batches in a task, at most: each task start costs about a second (measured).
+TASK_BATCHES = 32
 
-    Few large tasks keep per-task costs small; at least one per core keeps every core busy.
+
+def task_count(spark: SparkSession, images: int, batch_size: int) -> int:
+    """Tasks for ``images``: a multiple of the cores, each of at most 32 model batches.
+
+    Few large tasks keep per-task costs small; whole waves of one task per core keep every
+    core busy until the end (3 tasks on 2 cores would leave one idle for the last third).
     """
     cores = spark.sparkContext.defaultParallelism
-    return max(cores, math.ceil(images / (batch_size * 8)))
+    return cores * max(1, math.ceil(images / (cores * batch_size * TASK_BATCHES)))
 
 
 def _inject_fault(fault: tuple[str, int], batch: int, driver_pid: int) -> None:
@@ -350,7 +375,7 @@ def featurize(
             )
         broadcast = spark.sparkContext.broadcast(model.data)
     converted_info = model
-    warm_up.join()
+    warm_up.wait_submitted(spark)
     decoded = spark.sparkContext.accumulator(0)
     with_tensorflow = spark.sparkContext.accumulator(0)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
