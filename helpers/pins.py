@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.paths import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
