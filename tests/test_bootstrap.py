@@ -10,6 +10,7 @@ constraints.txt, and against the format ``python -m helpers.pins lock`` writes.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -342,3 +343,10 @@ def test_no_secret_or_bucket_in_the_script() -> None:
         assert needle not in text
     assert "set -euo pipefail" in text
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_nodes_and_make_setup_pin_the_same_pip() -> None:
+    """The nodes' pip (bootstrap-emr.sh) is the one `make setup` installs (Makefile)."""
+    script = re.search(r'^readonly PIP_VERSION="([^"]+)"$', SCRIPT.read_text(), re.M)
+    makefile = re.search(r'"pip==([^"]+)"', (PROJECT_ROOT / "Makefile").read_text())
+    assert script and makefile and script.group(1) == makefile.group(1)
