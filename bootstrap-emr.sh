@@ -15,7 +15,8 @@
 #   with emr/requirements-py39.txt. --python 3.11: the python3.11 package (installed with dnf
 #   if missing) with emr/requirements-py311.txt, the project's tested set.
 # --requirements: the complete pinned set for that Python (a file from emr/, s3:// or local);
-#   installed with --no-deps --only-binary=:all:, then checked with `pip check`.
+#   installed with --no-deps --only-binary=:all:. The wheel is then installed as any package,
+#   its dependencies (ranges) resolved against that set, and `pip check` checks the whole.
 # --weights: copied to /opt/fruits/weights/FILE; FRUITS_WEIGHTS points there for login shells
 #   (--profile, /etc/profile.d/fruits.sh, which the pipeline step sources too). Spark and Livy get it from
 #   the cluster configurations that `python -m helpers.emr` writes.
@@ -161,20 +162,24 @@ if [[ $DRY_RUN -eq 1 && -f "$REQUIREMENTS" ]]; then
   while IFS= read -r line; do [[ "$line" == *==* && "$line" != \#* ]] && pins=$((pins + 1)); done <"$REQUIREMENTS"
   log "would install $pins pinned packages from $REQUIREMENTS"
 fi
-# the project's own metadata pins the tested set (and pyspark): out of `pip check`'s way
-as_root "$VENV/bin/python" -m pip uninstall --quiet --yes fruits-pipeline
 log "installing the pinned set for Python $PYTHON_VERSION from $REQUIREMENTS"
 as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
   "${pip_index[@]}" --no-deps --only-binary=:all: -r "$requirements" \
   || fail "pip could not install the pinned set $REQUIREMENTS into $VENV (is it the set for Python $PYTHON_VERSION? does the node reach PyPI or --index-url?)"
-run "$VENV/bin/python" -m pip check \
-  || fail "the pinned set $REQUIREMENTS is incomplete or inconsistent: regenerate it (python -m helpers.pins lock)"
 
 # --- the project -----------------------------------------------------------------------------
+# Its dependencies are ranges that the pinned set satisfies (tests/test_bootstrap.py checks),
+# so pip installs it as any package, resolved against the set (-c): nothing else changes. pip
+# keeps an installed wheel of the same version, and `deploy` builds each version's wheel
+# again from newer code: an installed project is removed first, so the new code replaces it.
 wheel="$work/${WHEEL##*/}"
 fetch "$WHEEL" "$wheel"
-as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
-  --force-reinstall "$wheel" || fail "cannot install the project wheel $WHEEL into $VENV"
+as_root "$VENV/bin/python" -m pip uninstall --quiet --yes fruits-pipeline
+as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+  "${pip_index[@]}" --only-binary=:all: -c "$requirements" "$wheel" \
+  || fail "cannot install the project wheel $WHEEL into $VENV with the pinned set $REQUIREMENTS: pip's message above names the package whose pin is outside the project's range"
+run "$VENV/bin/python" -m pip check \
+  || fail "the pinned set $REQUIREMENTS and the project disagree: regenerate the set (python -m helpers.pins lock)"
 
 # --- weights and the login environment ------------------------------------------------------
 profile="export FRUITS_VENV=$VENV"

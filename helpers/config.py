@@ -7,6 +7,7 @@ variables are read here and only here.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,23 @@ RUNTIMES = ("keras", "onnxruntime")
 #: Environment variable of the Python workers' daemon (:mod:`helpers.daemon`): the runtime
 #: its workers run; TensorFlow is imported before the fork only for ``keras``.
 RUNTIME_ENV = "FRUITS_RUNTIME"
+
+#: How every executor, local or on a cluster, runs Python: workers kept across tasks and
+#: forked from a daemon that already imported TensorFlow (they start in milliseconds). Local
+#: and standalone sessions (:mod:`helpers.spark`), the EMR configurations
+#: (:mod:`helpers.emr`) and ``databricks.yml`` carry these settings.
+PYTHON_WORKER_CONF = {
+    "spark.python.worker.reuse": "true",
+    "spark.python.daemon.module": "helpers.daemon",
+}
+
+#: Image files the pipeline reads, by extension (any letter case), with Pillow's format name.
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
+
+#: Scratch folder under ``output_root`` (PCA outputs before they are published); the leading
+#: underscore hides it from Spark readers, and the EMR bucket's lifecycle expires it.
+STAGING = "_staging"
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,19 @@ def defaults() -> dict[str, Any]:
     if os.environ.get(WEIGHTS_ENV):
         values["weights"] = os.environ[WEIGHTS_ENV]
     return values
+
+
+def add_parameter_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """The repeatable ``-p NAME VALUE`` option that passes any pipeline parameter."""
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help=text,
+    )
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -38,13 +38,12 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from helpers.config import FAULT_ENV, PUBLISH_FAULT
+from helpers.config import FAULT_ENV, PUBLISH_FAULT, STAGING
 from helpers.paths import join, spark_uri
 
 log = logging.getLogger(__name__)
 
 FEATURES = "features"
-STAGING = "_staging"  # under output_root; a leading underscore hides it from Spark readers
 COMMITS = "_commits"  # under features/; hidden from Spark and pyarrow readers alike
 FORMAT_RECORD = "_format.json"
 LAYOUT_VERSION = 2

@@ -25,6 +25,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from helpers.config import IMAGE_FORMATS
 from helpers.images import ImageListing, decode_image
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ FILES_PER_TASK = 1000
 BYTES_PER_TASK = 256 * 1024 * 1024
 
 #: Image format each file extension promises (lower case, without the dot).
-EXTENSION_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
+EXTENSION_FORMATS = {ext[1:]: fmt for ext, fmt in IMAGE_FORMATS.items()}
 
 PROPERTIES_SCHEMA = StructType(
     [

@@ -21,14 +21,21 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
 
+from helpers.config import IMAGE_EXTENSIONS
 from helpers.paths import list_files, read_bytes, resolve, spark_uri
 
 log = logging.getLogger(__name__)
 
-#: Extensions read, as a Hadoop glob (case variants spelled out: the glob is case-sensitive).
-IMAGE_GLOB = "*.{jpg,jpeg,png,JPG,JPEG,PNG,Jpg,Jpeg,Png}"
-EXTENSIONS = (".jpg", ".jpeg", ".png")
-EXTENSIONS_TEXT = "*.jpg, *.jpeg, *.png recursively"
+#: Extensions read (any letter case): :data:`helpers.config.IMAGE_EXTENSIONS`.
+EXTENSIONS = IMAGE_EXTENSIONS
+
+#: The same, as a Hadoop glob (case variants spelled out: the glob is case-sensitive):
+#: ``*.{jpg,jpeg,png,JPG,JPEG,PNG,Jpg,Jpeg,Png}``.
+_CASES = (str.lower, str.upper, str.capitalize)
+IMAGE_GLOB = "*.{" + ",".join(case(ext[1:]) for case in _CASES for ext in EXTENSIONS) + "}"
+
+#: The same, for messages: ``*.jpg, *.jpeg, *.png recursively``.
+EXTENSIONS_TEXT = ", ".join(f"*{ext}" for ext in EXTENSIONS) + " recursively"
 
 #: Folder names recognised as a split (compared case-insensitively).
 SPLIT_NAMES = ("training", "test", "validation", "train", "val")
@@ -114,7 +121,7 @@ def list_images(spark: SparkSession, data_root: str) -> ImageListing:
     extra, hidden, empty, ignored, total = [], [], [], {}, 0
     for path, size, modified in list_files(data_root):
         if not is_image_name(path):
-            ignored[path] = "not an image file name (.jpg, .jpeg, .png)"
+            ignored[path] = f"not an image file name ({', '.join(EXTENSIONS)})"
             continue
         total += size
         if _key(path) not in scanned:

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import fsspec
 
-#: The repository checkout this package was installed from (``pip install -e .``).
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from helpers import PROJECT_ROOT
 
 _REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "gs://", "abfss://", "dbfs:/", "hdfs://")
 

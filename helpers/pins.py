@@ -3,14 +3,17 @@
     python -m helpers.pins lock --python 3.9 --interpreter python3.9
     python -m helpers.pins lock --python 3.11 --interpreter python3.11
 
-Each set is complete (transitive packages included: ``bootstrap-emr.sh`` installs it with
-``--no-deps`` and then runs ``pip check``) and resolved for the nodes: CPython of that
-version, manylinux x86_64 wheels up to glibc 2.34 (Amazon Linux 2023, EMR 7). pyspark and
-py4j are EMR's own and never listed. The 3.11 set takes every version from
-``constraints.txt`` (the tested set). The 3.9 set keeps the direct pins written in it (edit
-them there; a ``# project X: reason`` note says why one differs from ``pyproject.toml``) and
-re-resolves the rest. The resolver must run on that Python itself: pip evaluates
-environment markers (``python_version < "3.10"``...) with the running interpreter.
+Exact versions live in these sets and in ``constraints.txt`` (the tested set) only;
+``pyproject.toml`` gives the ranges the code supports, and :func:`check_pins` says which pin
+falls outside them. Each set is complete (transitive packages included: ``bootstrap-emr.sh``
+installs it with ``--no-deps``, then the project wheel against it, then runs ``pip check``)
+and resolved for the nodes: CPython of that version, manylinux x86_64 wheels up to glibc
+2.34 (Amazon Linux 2023, EMR 7). pyspark and py4j are EMR's own and never listed. The 3.11
+set takes every version from ``constraints.txt``. The 3.9 set keeps the direct pins written
+in it (edit them there; a ``# tested X: reason`` note says why one differs from
+``constraints.txt``) and re-resolves the rest. The resolver must run on that Python itself:
+pip evaluates environment markers (``python_version < "3.10"``...) with the running
+interpreter.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from helpers.paths import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +48,17 @@ _HEADERS = {
     "3.9": """\
 # EMR 7.x nodes, Python 3.9 (Amazon Linux 2023's python3, EMR's default for PySpark): every
 # package bootstrap-emr.sh installs, pinned; manylinux x86_64 wheels up to glibc 2.34.
-# pyspark is EMR's own. Where the project's pin (pyproject.toml) needs a newer Python, the
-# newest release for 3.9 is pinned, noted "# project X: reason" (tests/test_bootstrap.py
-# checks X against pyproject.toml). Edit a direct pin here, then regenerate the rest with
-# Python 3.9 itself: python -m helpers.pins lock --python 3.9 --interpreter python3.9
+# pyspark is EMR's own. Where the tested version (constraints.txt) needs a newer Python, the
+# newest release for 3.9 is pinned, noted "# tested X: reason"; every pin stays within
+# pyproject.toml's ranges (tests/test_bootstrap.py checks both). Edit a direct pin here, then
+# regenerate the rest with Python 3.9 itself:
+#   python -m helpers.pins lock --python 3.9 --interpreter python3.9
 """,
     "3.11": """\
 # EMR 7.x nodes, Python 3.11 (Amazon Linux 2023's python3.11 package): the project's tested
 # set, every package bootstrap-emr.sh installs, pinned; manylinux x86_64 wheels up to glibc
-# 2.34. pyspark is EMR's own. Every version is constraints.txt's (tests/test_bootstrap.py
-# checks it). Regenerate after changing pyproject.toml and constraints.txt:
+# 2.34. pyspark is EMR's own. Every version is constraints.txt's, within pyproject.toml's
+# ranges (tests/test_bootstrap.py checks). Regenerate after changing constraints.txt:
 #   python -m helpers.pins lock --python 3.11 --interpreter python3.11
 """,
 }
@@ -91,12 +96,51 @@ def read_pins(path: Path) -> dict[str, Pin]:
     return parse_pins(path.read_text().splitlines())
 
 
-def project_pins(root: Path = PROJECT_ROOT) -> dict[str, Pin]:
-    """The direct dependencies pinned in ``pyproject.toml``."""
+def project_requirements(root: Path = PROJECT_ROOT, extras: bool = False) -> dict[str, Any]:
+    """The project's dependencies as ``packaging`` requirements (ranges), by normalized name.
+
+    ``extras``: the optional ones too (``spark``, ``dev``), as ``constraints.txt`` pins them.
+    """
     import tomllib  # Python 3.11+: this tool runs in the project's environment, not on nodes
 
+    from packaging.requirements import Requirement
+
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    return parse_pins(project["dependencies"])
+    lines = list(project["dependencies"])
+    if extras:
+        lines += [line for group in project["optional-dependencies"].values() for line in group]
+    return {normalize(r.name): r for r in map(Requirement, lines)}
+
+
+def applies(requirement: Any, python: str) -> bool:
+    """Whether ``requirement`` holds on the nodes' ``python`` (its environment marker)."""
+    if requirement.marker is None:
+        return True
+    return requirement.marker.evaluate({"python_version": python, "python_full_version": python})
+
+
+def direct_requirements(python: str, root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """The project's dependencies a node with ``python`` installs (pyspark is EMR's own)."""
+    return {
+        key: req
+        for key, req in project_requirements(root).items()
+        if key not in EMR_OWN and applies(req, python)
+    }
+
+
+def check_pins(pins: dict[str, Pin], python: str, root: Path = PROJECT_ROOT) -> list[str]:
+    """Each pin outside ``pyproject.toml``'s range for it on ``python``, as a sentence.
+
+    Every requirement counts, the extras' too; one whose marker excludes ``python`` does not.
+    """
+    problems = []
+    for key, req in project_requirements(root, extras=True).items():
+        if key in pins and applies(req, python) and pins[key].version not in req.specifier:
+            problems.append(
+                f"{pins[key].name}=={pins[key].version} is outside pyproject.toml's "
+                f"'{req}': move the pin or the range"
+            )
+    return problems
 
 
 def platform_args() -> list[str]:
@@ -106,9 +150,9 @@ def platform_args() -> list[str]:
     return [arg for tag in tags for arg in ("--platform", tag)]
 
 
-def project_note(version: str, reason: str) -> str:
-    """The note of a 3.9 pin that differs from the project's ``version``."""
-    return f"project {version}: {reason}"
+def tested_note(version: str, reason: str) -> str:
+    """The note of a 3.9 pin that differs from the tested ``version`` (constraints.txt)."""
+    return f"tested {version}: {reason}"
 
 
 def render(python: str, pins: dict[str, Pin]) -> str:
@@ -123,16 +167,17 @@ def render(python: str, pins: dict[str, Pin]) -> str:
 def direct_inputs(python: str, root: Path = PROJECT_ROOT) -> list[str]:
     """What the resolver starts from: the project's direct dependencies, pinned for ``python``.
 
-    3.11 takes the project's pins; 3.9 the versions already written in its set (a direct
-    dependency not there yet is left for the resolver to choose).
+    3.11 takes the project's ranges (resolved with ``constraints.txt``); 3.9 the versions
+    already written in its set (a direct dependency not there yet is left for the resolver to
+    choose within its range).
     """
-    project = {k: p for k, p in project_pins(root).items() if k not in EMR_OWN}
+    project = direct_requirements(python, root)
     if python == "3.11":
-        return [f"{p.name}=={p.version}" for p in project.values()]
+        return [str(req) for req in project.values()]
     current = read_pins(root / SETS[python]) if (root / SETS[python]).is_file() else {}
     return [
-        f"{p.name}=={current[key].version}" if key in current else p.name
-        for key, p in project.items()
+        f"{req.name}=={current[key].version}" if key in current else str(req)
+        for key, req in project.items()
     ]
 
 
@@ -175,17 +220,23 @@ def lock(python: str, interpreter: str, root: Path = PROJECT_ROOT) -> Path:
         raise ValueError(f"python '{python}' has no set; use one of {sorted(SETS)}")
     path = root / SETS[python]
     resolved = resolve(python, interpreter, direct_inputs(python, root), root)
-    project = project_pins(root)
+    project = project_requirements(root)  # every direct dependency, for the notes
+    tested = read_pins(root / "constraints.txt")
     current = read_pins(path) if path.is_file() else {}
     pins = {}
     for name, version in resolved.items():
         key = normalize(name)
         note = ""
-        if key in project and project[key].version != version:
+        if key in project and key in tested and tested[key].version != version:
             old = current.get(key)
             reason = old.note.split(":", 1)[1].strip() if old and ":" in old.note else ""
-            note = project_note(project[key].version, reason or "needs a newer Python")
+            note = tested_note(tested[key].version, reason or "needs a newer Python")
         pins[key] = Pin(name, version, note)
+    problems = check_pins(pins, python, root)
+    if problems:
+        raise RuntimeError(
+            "the resolved set breaks pyproject.toml's ranges:\n" + "\n".join(problems)
+        )
     path.write_text(render(python, pins))
     log.info("%s: %d pins for Python %s", path, len(pins), python)
     return path

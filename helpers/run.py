@@ -26,6 +26,7 @@ import papermill as pm
 
 from helpers.config import (
     PARAMETERS,
+    add_parameter_option,
     coerce,
     defaults,
     resolve_hadoop_aws_jars,
@@ -134,19 +135,6 @@ def _execute(values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: P
         log.info("%s done in %.0f s -> %s", name, time.perf_counter() - started, target)
         executed.append(target)
     return executed
-
-
-def add_parameter_option(parser: argparse.ArgumentParser, text: str) -> None:
-    """The repeatable ``-p NAME VALUE`` option that passes any pipeline parameter."""
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help=text,
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

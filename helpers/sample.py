@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-logger = logging.getLogger(__name__)
+from helpers.config import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("Training", "Test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIZE = 100  # Fruits-360 images are 100x100
 _S = 200  # drawing canvas (2x, downscaled at the end for anti-aliasing)
 
@@ -191,7 +192,9 @@ def make_synthetic(
 
 def _images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name so sampling is deterministic."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def make_real_sample(
@@ -224,13 +227,13 @@ def make_real_sample(
                 jobs.append((cls.relative_to(source), images, wanted))
     if not jobs:
         raise ValueError(
-            f"source '{source}' has no images (looked for *.jpg, *.jpeg, *.png "
-            "in <Split>/<Class>/ folders)"
+            f"source '{source}' has no images (looked for "
+            f"{', '.join('*' + ext for ext in IMAGE_EXTENSIONS)} in <Split>/<Class>/ folders)"
         )
     copied = 0
     for rel, images, wanted in jobs:
         if len(images) < wanted:
-            logger.warning(
+            log.warning(
                 "%s has only %d images (asked for %d): copying all", rel, len(images), wanted
             )
         rng = np.random.default_rng((seed, zlib.crc32(rel.as_posix().encode())))
@@ -267,16 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "synthetic":
         n = make_synthetic(args.out, args.train_per_class, args.test_per_class, args.seed)
-        logger.info("wrote %d images to %s", n, args.out)
+        log.info("wrote %d images to %s", n, args.out)
     else:
         try:
             n = make_real_sample(
                 args.source, args.out, args.per_class, args.test_per_class, args.seed
             )
         except (FileNotFoundError, ValueError) as err:
-            logger.error("%s", err)
+            log.error("%s", err)
             return 2
-        logger.info("copied %d images from %s to %s", n, args.source, args.out)
+        log.info("copied %d images from %s to %s", n, args.source, args.out)
     return 0
 
 

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 
 from helpers.config import (
     HADOOP_AWS_JARS_ENV,
+    PYTHON_WORKER_CONF,
     S3_ENDPOINT_ENVS,
     aws_region,
     check_master,
@@ -35,14 +36,6 @@ SESSION_CONF = {
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.adaptive.enabled": "true",
-}
-
-#: How every executor, local or on a cluster, runs Python: workers kept across tasks and
-#: forked from a daemon that already imported TensorFlow (they start in milliseconds). The
-#: EMR configurations (:mod:`helpers.emr`) and ``databricks.yml`` carry the same settings.
-PYTHON_WORKER_CONF = {
-    "spark.python.worker.reuse": "true",
-    "spark.python.daemon.module": "helpers.daemon",
 }
 
 #: Extra settings for a local session, where the driver is also the only executor.

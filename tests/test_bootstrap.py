@@ -10,6 +10,7 @@ constraints.txt, and against the format ``python -m helpers.pins lock`` writes.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -31,9 +32,12 @@ from helpers.pins import (
     EMR_OWN,
     SETS,
     TOOLING,
+    check_pins,
+    direct_requirements,
     normalize,
+    parse_pins,
     platform_args,
-    project_pins,
+    project_requirements,
     read_pins,
     render,
 )
@@ -119,19 +123,24 @@ def test_dry_run_plans_the_install_and_runs_nothing(tmp_path: Path) -> None:
     assert ["aws", "s3", "cp", "--only-show-errors", WHEEL] == commands[
         next(i for i, c in enumerate(commands) if c[:2] == ["aws", "s3"] and WHEEL in c)
     ][:5]
-    wheel_install = next(c for c in commands if "--force-reinstall" in c)
+    # the wheel is installed as any package, its dependencies resolved against the pinned set
+    wheel_install = next(c for c in commands if "install" in c and c[-1].endswith(".whl"))
     assert wheel_install[-1].endswith("fruits_pipeline-0.1.0-py3-none-any.whl")
-    assert "--no-deps" in wheel_install
+    assert "--no-deps" not in wheel_install and "--force-reinstall" not in wheel_install
+    assert wheel_install[wheel_install.index("-c") + 1].endswith("requirements-py39.txt")
+    assert "--only-binary=:all:" in wheel_install
+    replace = [venv_python, "-m", "pip", "uninstall", "--quiet", "--yes", "fruits-pipeline"]
+    assert commands.index(replace) == commands.index(wheel_install) - 1
     weights_file = f"{WEIGHTS_DIR}/mobilenet_v2_no_top.h5"
     assert any(c[0] == "install" and c[-1] == weights_file for c in commands)
     assert f"export FRUITS_WEIGHTS={weights_file}" in result.stdout
     assert ["tee", PROFILE] in commands
     pins = sum(1 for _ in read_pins(PROJECT_ROOT / REQUIREMENTS["3.9"]))
     assert f"would install {pins} pinned packages" in result.stdout
-    # the order matters: pinned set, check, then the project, then the report
-    order = [commands.index(install), commands.index([venv_python, "-m", "pip", "check"])]
+    # the order matters: pinned set, then the project, then the check of both, the report
+    order = [commands.index(install), commands.index(wheel_install)]
     order += [
-        commands.index(wheel_install),
+        commands.index([venv_python, "-m", "pip", "check"]),
         commands.index([venv_python, "-m", "pip", "freeze", "--all"]),
     ]
     assert order == sorted(order)
@@ -238,17 +247,41 @@ def test_step_script_is_valid_bash() -> None:
 # --- the pinned sets ----------------------------------------------------------------------
 
 
-def _project() -> dict:
-    return {k: p for k, p in project_pins().items() if k not in EMR_OWN}
-
-
 @pytest.mark.parametrize("python", sorted(SETS))
 def test_sets_hold_every_direct_dependency_but_pyspark(python: str) -> None:
-    """Each set pins every project dependency except EMR's own pyspark/py4j."""
+    """Each set pins every project dependency its Python needs, except EMR's own pyspark."""
     pins = read_pins(PROJECT_ROOT / SETS[python])
-    assert set(_project()) <= set(pins)
+    assert set(direct_requirements(python)) <= set(pins)
     assert not EMR_OWN & set(pins), "pyspark is EMR's: installing it would shadow EMR's Spark"
     assert len(pins) > 60, "a set is complete: transitive packages included"
+
+
+def test_pyproject_holds_ranges_only() -> None:
+    """Exact versions live in constraints.txt and emr/ only: pyproject.toml gives ranges."""
+    for key, req in project_requirements(extras=True).items():
+        assert not any(s.operator in ("==", "===") for s in req.specifier), f"{req}: a pin"
+        assert req.specifier, f"{key}: no range at all"
+
+
+@pytest.mark.parametrize(
+    ("path", "python"),
+    [("constraints.txt", "3.11"), (SETS["3.11"], "3.11"), (SETS["3.9"], "3.9")],
+)
+def test_every_pin_is_within_pyprojects_ranges(path: str, python: str) -> None:
+    """Every exact pin of the tested set and of the nodes' sets satisfies pyproject.toml."""
+    assert check_pins(read_pins(PROJECT_ROOT / path), python) == []
+
+
+def test_check_pins_names_a_pin_outside_its_range() -> None:
+    """A pin outside a range is named with the range; a marker that excludes the Python
+    (onnxruntime on 3.9) leaves the pin unchecked."""
+    pins = parse_pins(["numpy==2.1.0", "onnxruntime==1.19.2", "pyspark==3.4.1"])
+    assert [p.split(" is ")[0] for p in check_pins(pins, "3.9")] == [
+        "numpy==2.1.0",
+        "pyspark==3.4.1",
+    ]
+    assert any("onnxruntime==1.19.2" in p for p in check_pins(pins, "3.11"))
+    assert "'numpy<2,>=1.26'" in check_pins(pins, "3.11")[0]
 
 
 def test_py311_set_is_the_tested_set() -> None:
@@ -264,25 +297,27 @@ def test_py311_set_is_the_tested_set() -> None:
     assert all(not p.note for p in pins.values())
 
 
-def test_py39_set_agrees_with_the_project_or_says_why() -> None:
-    """A 3.9 direct pin equals the project's, or its note names the project's current pin.
+def test_py39_set_agrees_with_the_tested_set_or_says_why() -> None:
+    """A 3.9 direct pin equals the tested one (constraints.txt), or its note names it.
 
-    When pyproject.toml moves a pin, the note goes stale and this fails until the 3.9 set
-    is revisited (python -m helpers.pins lock --python 3.9).
+    When constraints.txt moves, the note goes stale and this fails until the 3.9 set is
+    revisited (python -m helpers.pins lock --python 3.9).
     """
     pins = read_pins(PROJECT_ROOT / SETS["3.9"])
-    for key, project in _project().items():
-        pin = pins[key]
-        if pin.version == project.version:
-            assert not pin.note, f"{pin.name}: same version as the project, yet a note"
+    tested = read_pins(PROJECT_ROOT / "constraints.txt")
+    direct = {k for k in project_requirements() if k not in EMR_OWN and k in pins}
+    for key in direct:
+        pin, version = pins[key], tested[key].version
+        if pin.version == version:
+            assert not pin.note, f"{pin.name}: same version as the tested set, yet a note"
         else:
-            assert pin.note.startswith(f"project {project.version}: "), (
-                f"{pin.name}=={pin.version} differs from pyproject.toml's {project.version}: "
-                f"note it '# project {project.version}: <why>' or align it"
+            assert pin.note.startswith(f"tested {version}: "), (
+                f"{pin.name}=={pin.version} differs from constraints.txt's {version}: "
+                f"note it '# tested {version}: <why>' or align it"
             )
     shared = {"numpy", "pandas", "pyarrow", "seaborn"}  # the versions both Pythons share
-    assert all(pins[k].version == _project()[k].version for k in shared)
-    assert all(not p.note for k, p in pins.items() if k not in _project())
+    assert all(pins[k].version == tested[k].version for k in shared)
+    assert all(not p.note for k, p in pins.items() if k not in direct)
 
 
 @pytest.mark.parametrize("python", sorted(SETS))
@@ -308,3 +343,10 @@ def test_no_secret_or_bucket_in_the_script() -> None:
         assert needle not in text
     assert "set -euo pipefail" in text
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_nodes_and_make_setup_pin_the_same_pip() -> None:
+    """The nodes' pip (bootstrap-emr.sh) is the one `make setup` installs (Makefile)."""
+    script = re.search(r'^readonly PIP_VERSION="([^"]+)"$', SCRIPT.read_text(), re.M)
+    makefile = re.search(r'"pip==([^"]+)"', (PROJECT_ROOT / "Makefile").read_text())
+    assert script and makefile and script.group(1) == makefile.group(1)

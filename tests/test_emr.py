@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 import tarfile
 import tomllib
 from collections.abc import Iterator
@@ -515,6 +517,8 @@ def test_source_archive_is_reproducible_and_complete(tmp_path: Path) -> None:
         names = tar.getnames()
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
     assert "fruits/pyproject.toml" in names
+    package = {f"fruits/helpers/emr/{p.name}" for p in (PROJECT_ROOT / "helpers/emr").glob("*.py")}
+    assert package and package <= set(names)
     assert {f"fruits/notebooks/{n.name}" for n in (PROJECT_ROOT / "notebooks").glob("*.ipynb")} <= (
         set(names)
     )
@@ -535,3 +539,34 @@ def test_names_agree_with_the_project() -> None:
     artifacts = emr.expected_artifacts(_settings("fruits-eu-names", python="3.11"))
     assert isinstance(artifacts, Artifacts)
     assert artifacts.requirements == PROJECT_ROOT / "emr/requirements-py311.txt"
+
+
+def test_wheel_packages_every_helpers_package() -> None:
+    """pyproject's package list names helpers and each subpackage (helpers.emr): the wheel
+    the nodes install holds them all."""
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["setuptools"]["packages"]
+    found = sorted(
+        ".".join(init.parent.relative_to(PROJECT_ROOT).parts)
+        for init in (PROJECT_ROOT / "helpers").rglob("__init__.py")
+    )
+    assert sorted(packages) == found
+
+
+def test_planning_imports_boto3_alone() -> None:
+    """helpers.emr and its command line load no Spark, TensorFlow, Keras, papermill, Pillow
+    or matplotlib: a laptop plans and deploys with boto3 only, in a fraction of a second."""
+    heavy = ("pyspark", "tensorflow", "keras", "papermill", "PIL", "matplotlib")
+    probe = (
+        "import sys, helpers.emr, helpers.emr.cli; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"imported by helpers.emr: {result.stdout.strip()}"
+    usage = subprocess.run(
+        [sys.executable, "-m", "helpers.emr", "--help"], capture_output=True, text=True
+    )
+    assert usage.returncode == 0, usage.stderr
+    assert "deploy" in usage.stdout and "terminate" in usage.stdout
+    assert "RuntimeWarning" not in usage.stderr

@@ -101,7 +101,7 @@ def test_helpers_compile_on_python_39():
     if not working:
         pytest.skip("python3.9 is not installed here")
     python39 = working[0]
-    sources = sorted(str(p) for p in (PROJECT_ROOT / "helpers").glob("*.py"))
+    sources = sorted(str(p) for p in (PROJECT_ROOT / "helpers").rglob("*.py"))
     code = "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')"
     result = subprocess.run([python39, "-c", code, *sources], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
