@@ -2,7 +2,7 @@
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N] \\
-        [--master spark://127.0.0.1:7077] [--runtime keras|onnxruntime]
+        [--master spark://127.0.0.1:7077] [--runtime auto|keras|onnxruntime]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
@@ -31,10 +31,11 @@ import numpy as np
 import psutil
 from pyspark.sql import SparkSession
 
-from helpers.config import MODELS, RUNTIMES, resolve_weights
+from helpers.config import MODELS, RUNTIME_CHOICES, resolve_weights
 from helpers.dataset import read_features
 from helpers.features import build_model, extract_features
 from helpers.images import decode_image, is_image_name
+from helpers.inference import resolve_runtime
 from helpers.spark import get_spark
 
 
@@ -156,7 +157,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
-    parser.add_argument("--runtime", default="keras", choices=RUNTIMES, help="pipeline's runtime")
+    parser.add_argument(
+        "--runtime", default="auto", choices=RUNTIME_CHOICES, help="pipeline's runtime"
+    )
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for both sides")
     parser.add_argument(
         "--master",
@@ -178,11 +181,12 @@ def main() -> None:
         # executor_conf() reads this at session start: worker reuse stays, the daemon goes
         helpers.spark.PYTHON_WORKER_CONF = {"spark.python.worker.reuse": "true"}
     weights = resolve_weights(args.weights)
+    runtime = resolve_runtime(args.runtime)
     files = pick_files(args.images.resolve(), args.limit)
     size, batch = args.image_size, args.batch_size
     print(
         f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch},"
-        f" {args.cores} cores, pipeline runtime {args.runtime}"
+        f" {args.cores} cores, pipeline runtime {runtime}"
     )
 
     keras_img_s = bare_keras(files, weights, args.model_name, size, batch, args.cores)
@@ -200,7 +204,7 @@ def main() -> None:
         memory.start()
         started = time.perf_counter()
         summary = extract_features(
-            spark, str(data), str(out), args.model_name, weights, size, batch, runtime=args.runtime
+            spark, str(data), str(out), args.model_name, weights, size, batch, runtime=runtime
         )
         elapsed = time.perf_counter() - started
         memory.stopped.set()

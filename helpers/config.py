@@ -34,6 +34,10 @@ MODELS: dict[str, dict[str, Any]] = {
 #: Inference runtimes of the feature step: Keras itself, or the model converted to ONNX.
 RUNTIMES = ("keras", "onnxruntime")
 
+#: What the ``runtime`` parameter takes: a runtime, or ``auto`` (the fastest exact one that
+#: is installed: :func:`helpers.inference.resolve_runtime`).
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+
 #: Environment variable of the Python workers' daemon (:mod:`helpers.daemon`): the runtime
 #: its workers run; TensorFlow is imported before the fork only for ``keras``.
 RUNTIME_ENV = "FRUITS_RUNTIME"
@@ -111,10 +115,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("model_name", "mobilenet_v2", str, "CNN without its top: mobilenet_v2 or resnet50"),
     Parameter(
         "runtime",
-        "keras",
+        "auto",
         str,
-        "inference runtime: keras (TensorFlow) or onnxruntime (the model converted to ONNX "
-        "once per weights, workers without TensorFlow)",
+        "inference runtime: auto (onnxruntime where installed, else keras), keras "
+        "(TensorFlow) or onnxruntime (the model converted to ONNX once per weights, same "
+        "features within 1e-4, workers without TensorFlow)",
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", 64, int, "images per model call inside the pandas UDF"),
@@ -277,9 +282,9 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"model_name '{values['model_name']}' is unknown; use one of {sorted(MODELS)}"
         )
-    if values.get("runtime", "keras") not in RUNTIMES:
+    if values.get("runtime", "auto") not in RUNTIME_CHOICES:
         raise ValueError(
-            f"runtime '{values['runtime']}' is unknown; use one of {list(RUNTIMES)} "
+            f"runtime '{values['runtime']}' is unknown; use one of {list(RUNTIME_CHOICES)} "
             "(parameter 'runtime')"
         )
     variance = values.get("pca_variance", 0.95)

@@ -342,7 +342,7 @@ def featurize(
     batch_size: int = 64,
     count: int | None = None,
     arrays: list[np.ndarray] | None = None,
-    runtime: str = "keras",
+    runtime: str = "auto",
     converted: tuple[inference.ConvertedModel, str] | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
@@ -351,12 +351,13 @@ def featurize(
     Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
     ``arrays`` are the weights from :func:`load_weights`, when the caller loaded them.
-    ``runtime`` runs the model: ``keras``, or ``onnxruntime`` (converted once per weights on
-    the driver, see :mod:`helpers.inference`); ``converted``, the cached model and its
-    weights checksum from :func:`helpers.inference.cached_for_file`, spares loading weights.
+    ``runtime`` runs the model: ``keras``, ``onnxruntime`` (converted once per weights on
+    the driver, see :mod:`helpers.inference`) or ``auto`` (the latter where installed);
+    ``converted``, the cached model and its weights checksum from
+    :func:`helpers.inference.cached_for_file`, spares loading weights.
     """
     _check_model_name(model_name)
-    inference.check_runtime(runtime)
+    runtime = inference.resolve_runtime(runtime)
     warm_up = start_python_workers(spark, model_name, image_size, runtime)
     model: inference.ConvertedModel | None = None
     if converted is not None and runtime != "keras":
@@ -446,7 +447,7 @@ def extract_features(
     image_size: int = 224,
     batch_size: int = 64,
     overwrite: bool = False,
-    runtime: str = "keras",
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """The feature-extraction step: featurize the new or changed images under ``data_root``.
 
@@ -454,10 +455,11 @@ def extract_features(
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
     Returns facts for the manifest: files found, images featurized, decode count, run id,
     and the listing's report (files hidden from Spark read anyway, files not read).
-    ``runtime`` runs the model (:data:`helpers.config.RUNTIMES`).
+    ``runtime`` runs the model (:data:`helpers.config.RUNTIME_CHOICES`; ``auto``:
+    :func:`helpers.inference.resolve_runtime`).
     """
     _check_model_name(model_name)
-    inference.check_runtime(runtime)
+    runtime = inference.resolve_runtime(runtime)
     # the workers' start and the driver's weight loading overlap the listing below
     start_python_workers(spark, model_name, image_size, runtime)
     converted = None

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from helpers import features, inference
-from helpers.config import validate
+from helpers.config import PARAMETERS, validate
 from helpers.features import extract_features, featurize, load_weights, runtime_environment
 from helpers.images import list_images
 
@@ -108,10 +108,23 @@ def test_numpy_preprocessing_equals_keras(module):
 
 def test_unknown_runtime_is_rejected(spark, tiny_root):
     """An unknown runtime names the parameter and the choices, before any work."""
-    with pytest.raises(ValueError, match="runtime 'tensorrt'.*keras.*onnxruntime"):
+    with pytest.raises(ValueError, match="runtime 'tensorrt'.*auto.*keras.*onnxruntime"):
         validate({"runtime": "tensorrt"})
     with pytest.raises(ValueError, match="parameter 'runtime'"):
         featurize(spark, list_images(spark, str(tiny_root)).images, runtime="tensorrt")
+
+
+def test_auto_runtime_is_onnxruntime_where_installed(monkeypatch):
+    """``auto`` (the default) picks ONNX Runtime when it and tf2onnx are installed, Keras
+    when one is missing (as on Python 3.9 nodes); a named runtime is kept as it is."""
+    assert {p.name: p.default for p in PARAMETERS}["runtime"] == "auto"
+    assert inference.resolve_runtime("auto") == "onnxruntime"
+    assert inference.resolve_runtime("keras") == "keras"
+    monkeypatch.setitem(
+        inference._RUNTIME_PACKAGES, "onnxruntime", ("onnxruntime", "no_such_package_xyz")
+    )
+    assert inference.resolve_runtime("auto") == "keras"
+    assert inference.resolve_runtime("onnxruntime") == "onnxruntime"
 
 
 def test_daemon_imports_tensorflow_only_for_keras(spark):
