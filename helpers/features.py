@@ -14,11 +14,13 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,11 +120,54 @@ def load_weights(model_name: str, weights: str, image_size: int) -> list[np.ndar
 
 
 def weights_checksum(arrays: list[np.ndarray]) -> str:
-    """SHA-256 over the weight arrays, recorded in the manifest to tell runs' models apart."""
+    """SHA-256 over the weight arrays (weights that come from no file: imagenet, random)."""
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights as the driver broadcasts them, and their checksum.
+
+    ``payload`` is a weights file's bytes (``checksum``: the file's SHA-256, comparable with
+    published checksums) or the weight arrays (``imagenet`` through Keras' download, and
+    ``random``; ``checksum``: :func:`weights_checksum`). ``source`` names them in messages.
+    """
+
+    payload: bytes | list[np.ndarray]
+    checksum: str
+    source: str
+
+    def arrays(self, model_name: str, image_size: int) -> list[np.ndarray]:
+        """The weight arrays (a file's are loaded on the driver: TensorFlow imported)."""
+        if isinstance(self.payload, bytes):
+            return load_weights(model_name, self.source, image_size)
+        return self.payload
+
+
+def driver_weights(model_name: str, weights: str, image_size: int) -> Weights:
+    """Read the run's weights on the driver, for the broadcast.
+
+    A weights file (a local path, or an ``s3://`` URI downloaded once) goes to the workers
+    as its bytes, which they load into the model they built: the driver neither imports
+    TensorFlow nor builds the model. ``imagenet`` (Keras' download) and ``random`` are
+    loaded into a model on the driver and go as arrays.
+    """
+    resolved = resolve_weights(weights)
+    if resolved in ("imagenet", "random"):
+        arrays = load_weights(model_name, weights, image_size)
+        return Weights(arrays, weights_checksum(arrays), resolved)
+    import h5py
+
+    if not h5py.is_hdf5(resolved):
+        raise ValueError(
+            f"weights file '{resolved}' is not a Keras .h5 weights file for {model_name} "
+            f"without its top (parameter 'weights' or ${WEIGHTS_ENV})"
+        )
+    data = Path(resolved).read_bytes()
+    return Weights(data, hashlib.sha256(data).hexdigest(), resolved)
 
 
 def _built_model(model_name: str, image_size: int, threads: int) -> _WorkerModel:
@@ -151,13 +196,30 @@ def _built_model(model_name: str, image_size: int, threads: int) -> _WorkerModel
     return _WORKER_MODELS[key]
 
 
+def _set_weights(model: Any, payload: bytes | list[np.ndarray], model_name: str, name: str) -> None:
+    """Give ``model`` the broadcast weights: an .h5 file's bytes, or the weight arrays."""
+    if not isinstance(payload, bytes):
+        model.set_weights(payload)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".h5") as handle:
+        handle.write(payload)
+        handle.flush()
+        try:
+            model.load_weights(handle.name)
+        except Exception as exc:
+            raise ValueError(
+                f"weights file '{name}' does not fit {model_name} without its top: {exc}"
+            ) from exc
+
+
 def _worker_model(
-    model_name: str, image_size: int, weights: Broadcast, checksum: str, threads: int
+    model_name: str, image_size: int, weights: Broadcast, checksum: str, threads: int, name: str
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """This Python worker's inference function, holding the broadcast weights."""
+    """This Python worker's inference function, holding the broadcast weights (``name``:
+    where they came from, for messages)."""
     built = _built_model(model_name, image_size, threads)
     if built.checksum != checksum:
-        built.model.set_weights(weights.value)
+        _set_weights(built.model, weights.value, model_name, name)
         built.checksum = checksum
     return built.infer
 
@@ -341,41 +403,35 @@ def featurize(
     image_size: int = 224,
     batch_size: int = 64,
     count: int | None = None,
-    arrays: list[np.ndarray] | None = None,
+    loaded: Weights | None = None,
     runtime: str = "auto",
-    converted: tuple[inference.ConvertedModel, str] | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`).
 
     The result is lazy: computing it (writing it) decodes and featurizes each image once.
     Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
-    ``arrays`` are the weights from :func:`load_weights`, when the caller loaded them.
+    ``loaded`` are the weights from :func:`driver_weights`, when the caller read them.
     ``runtime`` runs the model: ``keras``, ``onnxruntime`` (converted once per weights on
-    the driver, see :mod:`helpers.inference`) or ``auto`` (the latter where installed);
-    ``converted``, the cached model and its weights checksum from
-    :func:`helpers.inference.cached_for_file`, spares loading weights.
+    the driver and cached, see :mod:`helpers.inference`) or ``auto`` (the latter where
+    installed).
     """
     _check_model_name(model_name)
     runtime = inference.resolve_runtime(runtime)
     warm_up = start_python_workers(spark, model_name, image_size, runtime)
+    if loaded is None:
+        loaded = driver_weights(model_name, weights, image_size)
+    checksum = loaded.checksum
     model: inference.ConvertedModel | None = None
-    if converted is not None and runtime != "keras":
-        model, checksum = converted
-    else:
-        if arrays is None:
-            arrays = load_weights(model_name, weights, image_size)
-        checksum = weights_checksum(arrays)
     if runtime == "keras":
-        broadcast = spark.sparkContext.broadcast(arrays)
+        broadcast = spark.sparkContext.broadcast(loaded.payload)
     else:
-        if model is None:
-            model = inference.converted_model(model_name, image_size, arrays, checksum, runtime)
-            inference.remember_file(
-                model_name, image_size, resolve_weights(weights), runtime, checksum
-            )
+        model = inference.converted_model(
+            model_name, image_size, lambda: loaded.arrays(model_name, image_size), checksum, runtime
+        )
         broadcast = spark.sparkContext.broadcast(model.data)
     converted_info = model
+    source = loaded.source
     warm_up.wait_submitted(spark)
     decoded = spark.sparkContext.accumulator(0)
     with_tensorflow = spark.sparkContext.accumulator(0)
@@ -391,7 +447,7 @@ def featurize(
             import keras
 
             preprocess = getattr(keras.applications, module).preprocess_input
-            infer = _worker_model(model_name, image_size, broadcast, checksum, threads)
+            infer = _worker_model(model_name, image_size, broadcast, checksum, threads, source)
         else:
             preprocess = inference.preprocess(module)
             infer = inference.worker_session(session_key, broadcast, threads)
@@ -462,16 +518,9 @@ def extract_features(
     runtime = inference.resolve_runtime(runtime)
     # the workers' start and the driver's weight loading overlap the listing below
     start_python_workers(spark, model_name, image_size, runtime)
-    converted = None
-    if runtime != "keras":  # a cached conversion: no TensorFlow, no weights load on the driver
-        converted = inference.cached_for_file(
-            model_name, image_size, resolve_weights(weights), runtime
-        )
     pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
     try:
-        loading = None
-        if converted is None:
-            loading = pool.submit(load_weights, model_name, weights, image_size)
+        loading = pool.submit(driver_weights, model_name, weights, image_size)
         listing = list_images(spark, data_root)
         files = listing.files
         todo = pending_images(spark, listing.images, output_root, overwrite)
@@ -485,11 +534,11 @@ def extract_features(
         if count == 0:
             log.info("all %d images already featurized under %s", files, output_root)
             return {**summary, "images_decoded": 0, "run_id": None}
-        arrays = loading.result() if loading is not None else None
+        loaded = loading.result()
     finally:
         pool.shutdown(wait=False)
     run = featurize(
-        spark, todo, model_name, weights, image_size, batch_size, count, arrays, runtime, converted
+        spark, todo, model_name, weights, image_size, batch_size, count, loaded, runtime
     )
     run_id = write_features(spark, run.features, output_root, overwrite)
     return {**summary, **run.info, "images_decoded": run.images_decoded, "run_id": run_id}

@@ -2,17 +2,15 @@
 
 The driver converts the Keras model, holding the run's weights, to ONNX once (tf2onnx) and
 caches the file under ``WEIGHTS_CACHE / "onnx"``, keyed by model, image size, weights
-checksum and runtime: a later run with the same weights reads the file instead of
-converting again. The bytes are broadcast; each Python worker builds one ONNX Runtime
+checksum (a weights file's own SHA-256) and runtime: a later run with the same weights file
+reads the cached model without loading the weights or importing TensorFlow. The bytes are broadcast; each Python worker builds one ONNX Runtime
 session from them and keeps it across tasks. Nothing on the worker side imports TensorFlow
 or Keras: the preprocessing is the numpy equivalent of Keras' ``preprocess_input``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import tempfile
@@ -111,16 +109,22 @@ def _to_onnx(model_name: str, image_size: int, arrays: list[np.ndarray]) -> byte
 
 
 def converted_model(
-    model_name: str, image_size: int, arrays: list[np.ndarray], checksum: str, runtime: str
+    model_name: str,
+    image_size: int,
+    arrays: Callable[[], list[np.ndarray]],
+    checksum: str,
+    runtime: str,
 ) -> ConvertedModel:
     """The ONNX model for ``runtime``: from the cache, else converted once and cached.
 
+    ``checksum`` names the weights (a weights file's SHA-256): a cached model needs neither
+    the weight arrays nor TensorFlow on the driver; ``arrays`` is called only to convert.
     The file is written to a temporary name and renamed, so a run interrupted mid-write,
     or two drivers converting at once, never leave a truncated model behind.
     """
     check_runtime(runtime)
-    if runtime == "keras":
-        raise ValueError("runtime 'keras' runs the Keras model itself: nothing to convert")
+    if runtime in ("keras", "auto"):
+        raise ValueError(f"runtime '{runtime}' is no converted runtime: nothing to convert")
     if model_name not in MODELS:
         raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
     path = cache_path(model_name, image_size, checksum, runtime)
@@ -128,7 +132,7 @@ def converted_model(
         log.info("ONNX model from the cache: %s", path)
         return ConvertedModel(path.read_bytes(), path, cached=True)
     log.info("converting %s at %d px to ONNX (once per weights): %s", model_name, image_size, path)
-    data = _to_onnx(model_name, image_size, arrays)
+    data = _to_onnx(model_name, image_size, arrays())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -171,48 +175,3 @@ def worker_session(key: str, model: object, threads: int) -> Callable[[np.ndarra
         _WORKER_SESSIONS.clear()
         _WORKER_SESSIONS[key] = infer
     return _WORKER_SESSIONS[key]
-
-
-def _alias_path(model_name: str, image_size: int, weights_file: str, runtime: str) -> Path:
-    """The note mapping a weights file's own SHA-256 to its weights checksum."""
-    digest = hashlib.sha256()
-    with open(weights_file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    name = f"{model_name}-{image_size}px-file{digest.hexdigest()[:32]}-{runtime}.json"
-    return WEIGHTS_CACHE / "onnx" / name
-
-
-def cached_for_file(
-    model_name: str, image_size: int, weights_file: str, runtime: str
-) -> tuple[ConvertedModel, str] | None:
-    """The cached converted model for ``weights_file`` and its weights checksum, if any.
-
-    Found by the file's own bytes, so a run whose model is cached needs neither TensorFlow
-    nor the Keras model on the driver. ``None`` when the file was never converted.
-    """
-    if not os.path.isfile(weights_file):
-        return None
-    alias = _alias_path(model_name, image_size, weights_file, runtime)
-    if not alias.is_file():
-        return None
-    checksum = json.loads(alias.read_text())["weights_sha256"]
-    path = cache_path(model_name, image_size, checksum, runtime)
-    if not path.is_file():
-        return None
-    log.info("ONNX model from the cache, found by the weights file: %s", path)
-    return ConvertedModel(path.read_bytes(), path, cached=True), checksum
-
-
-def remember_file(
-    model_name: str, image_size: int, weights_file: str, runtime: str, checksum: str
-) -> None:
-    """Note that ``weights_file`` holds the weights ``checksum`` (see :func:`cached_for_file`)."""
-    if not os.path.isfile(weights_file):
-        return
-    alias = _alias_path(model_name, image_size, weights_file, runtime)
-    alias.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=alias.parent, prefix=alias.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        json.dump({"weights_sha256": checksum}, out)
-    os.replace(tmp, alias)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from pyspark.sql import functions as F
 
 from helpers import features, inference
 from helpers.config import PARAMETERS, validate
-from helpers.features import extract_features, featurize, load_weights, runtime_environment
+from helpers.features import driver_weights, extract_features, featurize, runtime_environment
 from helpers.images import list_images
 
 IMAGES = 32
@@ -34,29 +35,29 @@ def real_images(fruits360: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(spark, weights, real_images, tmp_path_factory):
-    """The same images featurized by Keras, then twice by ONNX Runtime (own model cache)."""
+    """The same images featurized by Keras, then twice by ONNX Runtime (own model cache),
+    then by the feature step with each runtime, the driver forbidden to load the weights."""
     patch = pytest.MonkeyPatch()
     patch.setattr(inference, "WEIGHTS_CACHE", tmp_path_factory.mktemp("cache"))
     try:
-        arrays = load_weights("mobilenet_v2", weights, 224)
+        loaded = driver_weights("mobilenet_v2", weights, 224)
         by_runtime = {}
         order = (("keras", "keras"), ("onnx", "onnxruntime"), ("again", "onnxruntime"))
         for name, runtime in order:
             images = list_images(spark, str(real_images)).images
-            run = featurize(spark, images, weights=weights, arrays=arrays, runtime=runtime)
+            run = featurize(spark, images, weights=weights, loaded=loaded, runtime=runtime)
             rows = run.features.toPandas().set_index("path").sort_index()
             by_runtime[name] = (run, rows)
-        found = inference.cached_for_file("mobilenet_v2", 224, weights, "onnxruntime")
-        by_runtime["by_file"] = found
 
         def no_load(*args, **kwargs):
-            raise AssertionError("the driver loaded the weights although the model is cached")
+            raise AssertionError("the driver loaded the weights into a Keras model")
 
         patch.setattr(features, "load_weights", no_load)
-        out = str(tmp_path_factory.mktemp("out"))
-        by_runtime["extract"] = extract_features(
-            spark, str(real_images), out, weights=weights, runtime="onnxruntime"
-        )
+        for runtime in ("onnxruntime", "keras"):
+            out = str(tmp_path_factory.mktemp("out"))
+            by_runtime[f"extract-{runtime}"] = extract_features(
+                spark, str(real_images), out, weights=weights, runtime=runtime
+            )
         yield by_runtime
     finally:
         patch.undo()
@@ -147,13 +148,21 @@ def test_daemon_imports_tensorflow_only_for_keras(spark):
     assert loaded("keras") == {True}
 
 
-def test_cached_model_is_found_by_the_weights_file(runs):
-    """A later driver finds the conversion by the weights file alone: no weights load, no TF."""
+def test_weights_file_needs_no_model_on_the_driver(runs, weights):
+    """A weights file goes to the workers as its bytes, named by its own SHA-256: with a
+    cached conversion (onnxruntime) or none needed (keras), the driver never builds a model."""
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     first, _ = runs["onnx"]
-    found = runs["by_file"]
-    assert found is not None
-    model, checksum = found
-    assert checksum == first.info["weights_sha256"] and model.cached
-    summary = runs["extract"]
-    assert summary["converted_from_cache"] is True and summary["images_decoded"] == IMAGES
-    assert summary["weights_sha256"] == checksum
+    assert first.info["weights_sha256"] == digest
+    for runtime in ("onnxruntime", "keras"):
+        summary = runs[f"extract-{runtime}"]
+        assert summary["images_decoded"] == IMAGES and summary["weights_sha256"] == digest
+    assert runs["extract-onnxruntime"]["converted_from_cache"] is True
+
+
+def test_unfit_weights_file_is_named(spark, tiny_root, tmp_path):
+    """A file that is no .h5 weights file is named before any job runs."""
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not weights")
+    with pytest.raises(ValueError, match="bad.h5.*not a Keras .h5 weights file"):
+        featurize(spark, list_images(spark, str(tiny_root)).images, weights=str(bad))
