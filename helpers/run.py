@@ -41,7 +41,12 @@ from helpers.spark import storage_env
 
 log = logging.getLogger(__name__)
 
-NOTEBOOKS = ("01_eda.ipynb", "02_feature_extraction.ipynb", "03_pca_tsne.ipynb")
+NOTEBOOKS = (
+    "01_eda.ipynb",
+    "02_feature_extraction.ipynb",
+    "03_pca_tsne.ipynb",
+    "04_classifier.ipynb",
+)
 
 
 @contextmanager
