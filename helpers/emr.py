@@ -616,7 +616,7 @@ def step_script(settings: EmrSettings, params: dict[str, Any] | None = None) -> 
 
 
 def pipeline_step(settings: EmrSettings, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The EMR step running the three notebooks with papermill (command-runner.jar)."""
+    """The EMR step running the notebooks with papermill (command-runner.jar)."""
     for name, value in (params or {}).items():
         coerce(name, value)  # an unknown name or bad value fails here, not on the cluster
         if name in ("data_root", "output_root"):
