@@ -115,10 +115,10 @@ def predict(
 
 
 def format_predictions(table: pd.DataFrame, top: int = 3) -> str:
-    """One line per image: ``name: label p, label p, ...`` or ``name: ERROR reason``."""
+    """One line per image: ``path: label p, label p, ...`` or ``path: ERROR reason``."""
     lines = []
     for _, row in table.iterrows():
-        name = str(row["path"]).rsplit("/", 1)[-1]
+        name = str(row["path"]).removeprefix("file://").removeprefix("file:")
         if isinstance(row.get("error"), str):
             lines.append(f"{name}: ERROR {row['error']}")
             continue

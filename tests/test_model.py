@@ -178,7 +178,11 @@ def test_predict_command(built, tmp_path, capsys):
     model = str(out / PIPELINE_MODEL)
     assert predict_main([str(apple), str(photos), "--model", model]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    by_name = dict(line.split(": ", 1) for line in lines)
+    by_name = {}
+    for line in lines:
+        path, said = line.split(": ", 1)
+        assert path.startswith("/")  # the full path: two folders may hold the same name
+        by_name[path.rsplit("/", 1)[1]] = said
     assert by_name["0_100.jpg"].startswith("Apple Red ")
     assert by_name["banana.jpg"].startswith("Banana ")
     assert len(by_name["banana.jpg"].split(", ")) == 3
