@@ -395,6 +395,59 @@ def _mark_progress(folder: str, batch: int) -> None:
         open(os.path.join(folder, name), "w").close()
 
 
+def feature_udf(
+    spark: SparkSession,
+    broadcast: Broadcast,
+    checksum: str,
+    model_name: str = "mobilenet_v2",
+    image_size: int = 224,
+    batch_size: int = 64,
+    runtime: str = "keras",
+    source: str = "",
+) -> tuple[Callable[..., Any], Accumulator, Accumulator]:
+    """The pandas UDF from image bytes to :data:`RESULT_SCHEMA`, and its two counters.
+
+    ``broadcast`` holds the model for ``runtime`` (a resolved one, not ``auto``): the
+    :class:`Weights` payload (``keras``: a weights file's bytes or the arrays) or the
+    converted model's bytes; ``checksum`` names those weights, so a reused worker takes new
+    weights; ``source`` names where they came from in messages. Each Python worker builds
+    the model once and keeps it across tasks.
+    The counters are the images decoded and the Arrow batches a non-Keras runtime ran in a
+    worker with TensorFlow imported. Apply the UDF inside :func:`runtime_environment`.
+    Shared by :func:`featurize` and :class:`helpers.featurizer.ImageFeaturizer`.
+    """
+    decoded = spark.sparkContext.accumulator(0)
+    with_tensorflow = spark.sparkContext.accumulator(0)
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    module = MODELS[model_name]["module"]
+    fault, driver_pid, progress = fault_injection(), os.getpid(), progress_dir()
+
+    session_key = f"{model_name}-{image_size}-{checksum}-{runtime}"
+
+    @F.pandas_udf(RESULT_SCHEMA)
+    def extract(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        if runtime == "keras":
+            import keras
+
+            preprocess = getattr(keras.applications, module).preprocess_input
+            infer = _worker_model(model_name, image_size, broadcast, checksum, threads, source)
+        else:
+            preprocess = inference.preprocess(module)
+            infer = inference.worker_session(session_key, broadcast, threads)
+        for index, contents in enumerate(batches):
+            if runtime != "keras" and "tensorflow" in sys.modules:
+                with_tensorflow.add(1)
+            if fault:
+                _inject_fault(fault, index, driver_pid)
+            decoded.add(len(contents))
+            batch = featurize_batch(infer, preprocess, contents, image_size, batch_size)
+            if progress:
+                _mark_progress(progress, index)
+            yield batch
+
+    return extract, decoded, with_tensorflow
+
+
 def featurize(
     spark: SparkSession,
     images: DataFrame,
@@ -431,36 +484,10 @@ def featurize(
         )
         broadcast = spark.sparkContext.broadcast(model.data)
     converted_info = model
-    source = loaded.source
     warm_up.wait_submitted(spark)
-    decoded = spark.sparkContext.accumulator(0)
-    with_tensorflow = spark.sparkContext.accumulator(0)
-    threads = int(spark.conf.get("spark.task.cpus", "1"))
-    module = MODELS[model_name]["module"]
-    fault, driver_pid, progress = fault_injection(), os.getpid(), progress_dir()
-
-    session_key = f"{model_name}-{image_size}-{checksum}-{runtime}"
-
-    @F.pandas_udf(RESULT_SCHEMA)
-    def extract(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        if runtime == "keras":
-            import keras
-
-            preprocess = getattr(keras.applications, module).preprocess_input
-            infer = _worker_model(model_name, image_size, broadcast, checksum, threads, source)
-        else:
-            preprocess = inference.preprocess(module)
-            infer = inference.worker_session(session_key, broadcast, threads)
-        for index, contents in enumerate(batches):
-            if runtime != "keras" and "tensorflow" in sys.modules:
-                with_tensorflow.add(1)
-            if fault:
-                _inject_fault(fault, index, driver_pid)
-            decoded.add(len(contents))
-            batch = featurize_batch(infer, preprocess, contents, image_size, batch_size)
-            if progress:
-                _mark_progress(progress, index)
-            yield batch
+    extract, decoded, with_tensorflow = feature_udf(
+        spark, broadcast, checksum, model_name, image_size, batch_size, runtime, loaded.source
+    )
 
     count = len(images.inputFiles()) if count is None else count
     tasks = task_count(spark, count, batch_size)

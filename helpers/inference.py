@@ -3,8 +3,9 @@
 The driver converts the Keras model, holding the run's weights, to ONNX once (tf2onnx) and
 caches the file under ``WEIGHTS_CACHE / "onnx"``, keyed by model, image size, weights
 checksum (a weights file's own SHA-256) and runtime: a later run with the same weights file
-reads the cached model without loading the weights or importing TensorFlow. The bytes are broadcast; each Python worker builds one ONNX Runtime
-session from them and keeps it across tasks. Nothing on the worker side imports TensorFlow
+reads the cached model without loading the weights or importing TensorFlow. The bytes are
+broadcast; each Python worker builds one ONNX Runtime session from them and keeps it
+across tasks. Nothing on the worker side imports TensorFlow
 or Keras: the preprocessing is the numpy equivalent of Keras' ``preprocess_input``.
 """
 

@@ -1,4 +1,4 @@
-"""Run the three notebooks in order with papermill, with one set of parameters.
+"""Run the four notebooks in order with papermill, with one set of parameters.
 
     python -m helpers.run --data-root data_sample --output-root outputs [--weights PATH] \\
         [-p name value]...
@@ -42,7 +42,12 @@ from helpers.spark import storage_env
 
 log = logging.getLogger(__name__)
 
-NOTEBOOKS = ("01_eda.ipynb", "02_feature_extraction.ipynb", "03_pca_tsne.ipynb")
+NOTEBOOKS = (
+    "01_eda.ipynb",
+    "02_feature_extraction.ipynb",
+    "03_pca_tsne.ipynb",
+    "04_classifier.ipynb",
+)
 
 
 @contextmanager
@@ -193,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         ("features", "features Parquet"),
         ("pca", "PCA-reduced Parquet"),
         ("pca_model", "fitted scaler + PCA"),
+        ("pipeline_model", "image bytes -> features, pca, predicted_label (PipelineModel)"),
         ("figures", "figures (PNG)"),
         ("manifest.json", "manifest"),
         ("notebooks", "executed notebooks"),
@@ -201,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if "pca" in manifest:
         probe = probe_summary(manifest["pca"].get("probe") or {})
         print(f"  k = {manifest['pca'].get('k')}; Test probe: {probe or 'none'}")
+    if "classifier" in manifest:
+        classifier = probe_summary({"spark_lr": manifest["classifier"]})
+        print(f"  Test accuracy of the Spark ML classifier: {classifier}")
     print(f"  ({len(executed)} notebooks run)")
     return 0
 

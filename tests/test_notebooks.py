@@ -1,4 +1,4 @@
-"""The three notebooks: committed clean, parameters that mirror helpers.config, and an
+"""The notebooks: committed clean, parameters that mirror helpers.config, and an
 end-to-end papermill run on data_sample with the real weights."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _odd_and_bad_files(folder: Path) -> int:
 
 @pytest.fixture(scope="module")
 def outputs(weights, tmp_path_factory) -> tuple[Path, int]:
-    """Run the three notebooks on data_sample plus odd and bad files into a fresh output_root."""
+    """Run the notebooks on data_sample plus odd and bad files into a fresh output_root."""
     data = tmp_path_factory.mktemp("data") / "fruits"
     shutil.copytree(DATA_SAMPLE, data)
     files = len(list(DATA_SAMPLE.rglob("*.jpg"))) + _odd_and_bad_files(data / "Training" / "Odd")
@@ -127,6 +127,11 @@ def test_end_to_end_outputs(outputs):
     reduced = pd.read_parquet(outputs / "pca")
     assert len(reduced) == files - len(BAD) and len(reduced["pca"].iloc[0]) == k
     assert (outputs / "pca_model" / "metadata").is_dir()
+    classifier = manifest["classifier"]
+    assert classifier["accuracy"] >= 0.9 and len(classifier["worst_classes"]) == 5
+    assert classifier["check"]["max_relative_pca_difference"] <= 1e-4
+    assert classifier["weights_sha256"] == manifest["features"]["weights_sha256"]
+    assert (outputs / "pipeline_model" / "metadata").is_dir()
 
     for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
         png = (outputs / "figures" / f"{figure}.png").read_bytes()
@@ -165,3 +170,6 @@ def test_one_class_splits_degrade(weights, tmp_path):
     assert probe["full"] == {"skipped": reason}
     assert len(pd.read_parquet(out / "pca")) == 5 and (out / "figures" / "tsne.png").is_file()
     assert f"skipped: {reason}" in (out / "notebooks" / NOTEBOOKS[2]).read_text()
+    classifier = json.loads((out / "manifest.json").read_text())["classifier"]
+    assert classifier["skipped"].startswith("Training holds a single class ('Apple')")
+    assert classifier["stages"][-2:] == ["PCAModel", "NullOnError"]  # features -> pca only

@@ -597,6 +597,7 @@ def test_notebooks_on_s3_through_s3a_match_local_run(
     success = json.loads(s3.body(f"runs/e2e/features/run={run_id}/_SUCCESS"))
     assert success["committer"] == "magic"  # S3A's committer wrote the Parquet, no rename
     assert "runs/e2e/pca_model/metadata/part-00000" in keys
+    assert "runs/e2e/pipeline_model/metadata/part-00000" in keys  # notebook 04, through S3A
     assert {f"runs/e2e/figures/{f}.png" for f in ("class_balance", "pca_variance", "tsne")} <= set(
         keys
     )

@@ -1,0 +1,361 @@
+"""``ImageFeaturizer``: the feature step as a Spark ML ``Transformer`` for any binary column.
+
+It runs the same pandas UDF as :func:`helpers.features.featurize` (one model per Python
+worker, weights broadcast from the driver, a null vector and an ``error`` for bytes that do
+not decode), on any DataFrame with image bytes, e.g.
+``spark.read.format("binaryFile").load(paths)``: no folder layout is assumed.
+
+Saved alone or inside a ``PipelineModel``, the stage's folder holds its parameters
+(``metadata/``, with the weights' SHA-256) and the weight arrays themselves
+(``weights/``, Parquet): loading it in another session or on another machine needs neither
+the original ``.h5`` file nor internet, and a damaged copy is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
+
+from helpers import inference
+from helpers.config import MODELS, RUNTIME_CHOICES
+from helpers.features import feature_udf, load_weights, runtime_environment, weights_checksum
+
+log = logging.getLogger(__name__)
+
+#: Where a saved stage keeps its weight arrays, inside its folder.
+WEIGHTS_DIR = "weights"
+
+_WEIGHTS_SCHEMA = StructType(
+    [
+        StructField("index", IntegerType(), False),
+        StructField("dtype", StringType(), False),
+        StructField("shape", StringType(), False),
+        StructField("data", BinaryType(), False),
+    ]
+)
+
+
+class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
+    """The parameters of :class:`ImageFeaturizer`, named as the pipeline's (helpers.config)."""
+
+    errorCol: Param[str] = Param(
+        Params._dummy(),
+        "errorCol",
+        "output column: why an image has no features (null when it has)",
+        typeConverter=TypeConverters.toString,
+    )
+    modelName: Param[str] = Param(
+        Params._dummy(),
+        "modelName",
+        f"CNN without its top: one of {sorted(MODELS)}",
+        typeConverter=TypeConverters.toString,
+    )
+    imageSize: Param[int] = Param(
+        Params._dummy(),
+        "imageSize",
+        "side in pixels the images are resized to for the CNN",
+        typeConverter=TypeConverters.toInt,
+    )
+    batchSize: Param[int] = Param(
+        Params._dummy(),
+        "batchSize",
+        "images per model call inside the pandas UDF",
+        typeConverter=TypeConverters.toInt,
+    )
+    runtime: Param[str] = Param(
+        Params._dummy(),
+        "runtime",
+        f"inference runtime: one of {list(RUNTIME_CHOICES)} (auto: onnxruntime where installed)",
+        typeConverter=TypeConverters.toString,
+    )
+    weights: Param[str] = Param(
+        Params._dummy(),
+        "weights",
+        "where the weights came from: 'imagenet', a .h5 path or an s3:// URI ('random': "
+        "tests only); a saved stage carries the arrays themselves",
+        typeConverter=TypeConverters.toString,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(
+            inputCol="content",
+            outputCol="features",
+            errorCol="error",
+            modelName="mobilenet_v2",
+            imageSize=224,
+            batchSize=64,
+            runtime="auto",
+            weights="imagenet",
+        )
+
+    def getErrorCol(self) -> str:
+        """The column that says why a row has no features."""
+        return self.getOrDefault(self.errorCol)
+
+    def getModelName(self) -> str:
+        """The CNN's name (:data:`helpers.config.MODELS`)."""
+        return self.getOrDefault(self.modelName)
+
+    def getImageSize(self) -> int:
+        """Side in pixels fed to the CNN."""
+        return self.getOrDefault(self.imageSize)
+
+    def getBatchSize(self) -> int:
+        """Images per model call."""
+        return self.getOrDefault(self.batchSize)
+
+    def getRuntime(self) -> str:
+        """Inference runtime."""
+        return self.getOrDefault(self.runtime)
+
+    def getWeights(self) -> str:
+        """Where the weights came from."""
+        return self.getOrDefault(self.weights)
+
+
+class ImageFeaturizer(
+    Transformer, _ImageFeaturizerParams, MLReadable["ImageFeaturizer"], MLWritable
+):
+    """Image bytes (``inputCol``) -> CNN features, array<float> (``outputCol``), or a null
+    vector and the reason in ``errorCol``.
+
+    A pretrained CNN without its top and with global average pooling (MobileNetV2: 1280
+    floats), as in notebook 02 and with the same code: features equal
+    :func:`helpers.features.featurize`'s for the same bytes and settings. The weights are
+    loaded on the driver on first use (or from the saved stage) and broadcast once per
+    session; each Python worker builds the model once. The DataFrame's partitioning is
+    kept: many small files in one partition run in one task (repartition first to use
+    every core).
+    """
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCol: str = "content",
+        outputCol: str = "features",
+        errorCol: str = "error",
+        modelName: str = "mobilenet_v2",
+        imageSize: int = 224,
+        batchSize: int = 64,
+        runtime: str = "auto",
+        weights: str = "imagenet",
+    ) -> None:
+        super().__init__()
+        self._arrays: list[np.ndarray] | None = None
+        self._arrays_key: tuple[str, str] | None = None
+        self._checksum: str | None = None
+        self._broadcasts: dict[tuple[str, str, str], Any] = {}
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        inputCol: str = "content",
+        outputCol: str = "features",
+        errorCol: str = "error",
+        modelName: str = "mobilenet_v2",
+        imageSize: int = 224,
+        batchSize: int = 64,
+        runtime: str = "auto",
+        weights: str = "imagenet",
+    ) -> ImageFeaturizer:
+        """Set any of the parameters by name; checked here, before any weights are read."""
+        kwargs = self._input_kwargs
+        self._set(**kwargs)
+        self._check()
+        return self
+
+    def _check(self) -> None:
+        """Fail early, naming the parameter and the choices, on a value the stage cannot run."""
+        if self.getModelName() not in MODELS:
+            raise ValueError(
+                f"modelName '{self.getModelName()}' is unknown; use one of {sorted(MODELS)}"
+            )
+        inference.check_runtime(self.getRuntime())
+        for name in ("imageSize", "batchSize"):
+            value = self.getOrDefault(name)
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+
+    def setInputCol(self, value: str) -> ImageFeaturizer:
+        """Set the column of image bytes."""
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> ImageFeaturizer:
+        """Set the features column."""
+        return self._set(outputCol=value)
+
+    def setErrorCol(self, value: str) -> ImageFeaturizer:
+        """Set the error column."""
+        return self._set(errorCol=value)
+
+    def setBatchSize(self, value: int) -> ImageFeaturizer:
+        """Set the images per model call (does not change the features)."""
+        return self._set(batchSize=value)
+
+    def setRuntime(self, value: str) -> ImageFeaturizer:
+        """Set the inference runtime (same features within 1e-4 relative)."""
+        self._set(runtime=value)
+        self._check()
+        return self
+
+    @property
+    def featureDim(self) -> int:
+        """Width of the features: 1280 for MobileNetV2, 2048 for ResNet50."""
+        return int(MODELS[self.getModelName()]["dim"])
+
+    def weightsArrays(self) -> tuple[list[np.ndarray], str]:
+        """The weight arrays the stage runs with, and their SHA-256 (recorded in manifests).
+
+        Read on the driver on first use from ``weights`` (a saved stage has them already).
+        """
+        key = (self.getModelName(), self.getWeights())
+        if self._arrays is None or self._arrays_key != key:
+            self._set_arrays(load_weights(key[0], key[1], self.getImageSize()), key)
+        assert self._arrays is not None and self._checksum is not None
+        return self._arrays, self._checksum
+
+    def _set_arrays(self, arrays: list[np.ndarray], key: tuple[str, str]) -> None:
+        self._arrays, self._arrays_key = arrays, key
+        self._checksum = weights_checksum(arrays)
+        self._broadcasts = {}
+
+    def _broadcast(self, spark: SparkSession) -> tuple[Any, str]:
+        """This session's broadcast of the model for ``runtime``, made once per session."""
+        arrays, checksum = self.weightsArrays()
+        runtime = inference.resolve_runtime(self.getRuntime())
+        key = (spark.sparkContext.applicationId, checksum, runtime)
+        if key not in self._broadcasts:
+            if runtime == "keras":
+                value: Any = arrays
+            else:
+                model_name, size = self.getModelName(), self.getImageSize()
+                converted = inference.converted_model(
+                    model_name, size, lambda: arrays, checksum, runtime
+                )
+                value = converted.data
+            self._broadcasts[key] = spark.sparkContext.broadcast(value)
+        return self._broadcasts[key], checksum
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        self._check()
+        column = self.getInputCol()
+        if column not in dataset.columns:
+            raise ValueError(
+                f"ImageFeaturizer: inputCol '{column}' is not a column of the DataFrame "
+                f"({', '.join(dataset.columns)}); set inputCol to its column of image bytes "
+                f"(binaryFile's is 'content')"
+            )
+        if not isinstance(dataset.schema[column].dataType, BinaryType):
+            raise ValueError(
+                f"ImageFeaturizer: inputCol '{column}' is "
+                f"{dataset.schema[column].dataType.simpleString()}, not binary: pass image "
+                f"bytes, e.g. spark.read.format('binaryFile').load(paths)"
+            )
+        spark = dataset.sparkSession
+        broadcast, checksum = self._broadcast(spark)
+        runtime = inference.resolve_runtime(self.getRuntime())
+        batch_size = self.getBatchSize()
+        extract, _, _ = feature_udf(
+            spark,
+            broadcast,
+            checksum,
+            self.getModelName(),
+            self.getImageSize(),
+            batch_size,
+            runtime,
+            self.getWeights(),
+        )
+        # Arrow batches of a few model batches: bounded memory even for large photos
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))
+        result = f"_{self.uid}_result"
+        with runtime_environment(spark, runtime):
+            featurized = dataset.withColumn(result, extract(F.col(column)))
+        return (
+            featurized.withColumn(self.getOutputCol(), F.col(f"{result}.features"))
+            .withColumn(self.getErrorCol(), F.col(f"{result}.error"))
+            .drop(result)
+        )
+
+    def write(self) -> MLWriter:
+        """A writer that saves the parameters and the weight arrays in the stage's folder."""
+        return _ImageFeaturizerWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader[ImageFeaturizer]:
+        """A reader of folders written by :meth:`write` (alone or inside a PipelineModel)."""
+        return _ImageFeaturizerReader(cls)
+
+
+class _ImageFeaturizerWriter(MLWriter):
+    """Saves ``metadata/`` (parameters, weights checksum) and ``weights/`` (Parquet)."""
+
+    def __init__(self, instance: ImageFeaturizer) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        arrays, checksum = self.instance.weightsArrays()
+        extra = {"weights_sha256": checksum, "weights_arrays": len(arrays)}
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata=extra)
+        rows = [
+            (i, a.dtype.str, ",".join(map(str, a.shape)), np.ascontiguousarray(a).tobytes())
+            for i, a in enumerate(arrays)
+        ]
+        frame = self.sparkSession.createDataFrame(rows, _WEIGHTS_SCHEMA)
+        frame.coalesce(1).write.mode("overwrite").parquet(f"{path}/{WEIGHTS_DIR}")
+        log.info("saved %s with %d weight arrays (sha256 %s)", path, len(arrays), checksum[:12])
+
+
+class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
+    """Loads a stage saved by :class:`_ImageFeaturizerWriter`, checking its weights."""
+
+    def __init__(self, cls: type[ImageFeaturizer]) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> ImageFeaturizer:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        instance._check()
+        rows = self.sparkSession.read.parquet(f"{path}/{WEIGHTS_DIR}").collect()
+        rows.sort(key=lambda row: row["index"])
+        arrays = [
+            np.frombuffer(row["data"], dtype=np.dtype(row["dtype"]))
+            .reshape([int(n) for n in row["shape"].split(",") if n])
+            .copy()
+            for row in rows
+        ]
+        recorded = metadata.get("weights_sha256")
+        found = weights_checksum(arrays)
+        if found != recorded or len(arrays) != metadata.get("weights_arrays"):
+            raise ValueError(
+                f"ImageFeaturizer at '{path}': its {WEIGHTS_DIR}/ hold {len(arrays)} arrays "
+                f"with SHA-256 {found[:12]}..., not the {metadata.get('weights_arrays')} "
+                f"arrays {str(recorded)[:12]}... its metadata records: the folder is damaged "
+                f"or incomplete; copy or save the model again"
+            )
+        instance._set_arrays(arrays, (instance.getModelName(), instance.getWeights()))
+        return instance
