@@ -496,10 +496,12 @@ def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> dict[str, Any]:
 
 @contextmanager
 def livy_server(
-    master: str = "local[2]", state_dir: Path | str = DEFAULT_STATE_DIR
+    master: str = "local[2]",
+    state_dir: Path | str = DEFAULT_STATE_DIR,
+    sparkmagic_conf_dir: str | Path | None = None,
 ) -> Iterator[LivyServer]:
     """A Livy server for the ``with`` block (tests' session fixture): always stopped after."""
-    server = start(master, state_dir)
+    server = start(master, state_dir, sparkmagic_conf_dir=sparkmagic_conf_dir)
     try:
         yield server
     finally:
