@@ -12,7 +12,7 @@ ifneq ($(wildcard $(OFFLINE_WEIGHTS)),)
 export FRUITS_WEIGHTS ?= $(OFFLINE_WEIGHTS)
 endif
 
-.PHONY: setup jars run test lint clean
+.PHONY: setup jars livy run test lint clean
 
 # The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://,
 # from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them.
@@ -21,6 +21,11 @@ setup: $(STAMP)
 
 jars: $(STAMP)
 	$(BIN)/python -m helpers.jars fetch
+
+# Apache Livy for tests/test_livy.py (sparkmagic's PySpark kernel): cached in ~/.cache/fruits/livy,
+# from a binary zip ($$FRUITS_LIVY_DIST, ../shared/livy/) or a source tree ($$FRUITS_LIVY_SOURCE).
+livy: $(STAMP)
+	$(BIN)/python -m helpers.livy install
 
 $(STAMP):
 	@command -v java >/dev/null || { echo "Java 17 is required (Spark): apt-get install openjdk-17-jre-headless" >&2; exit 1; }

@@ -103,7 +103,7 @@ SPARKMAGIC_SETTINGS: dict[str, Any] = {
     "heartbeat_refresh_seconds": 30,
     "heartbeat_retry_seconds": 10,
     "livy_server_heartbeat_timeout_seconds": 0,
-    "shutdown_session_on_spark_statement_errors": False,
+    "shutdown_session_on_spark_statement_errors": True,
     "cleanup_all_sessions_on_exit": True,
     "use_auto_viz": False,
     "coerce_dataframe": True,
