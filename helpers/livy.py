@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.cluster import _alive, _terminate, free_port, spark_home, wait_until
+from helpers.config import check_master
 from helpers.jars import MAVEN_CENTRAL, REPO_ENV, Artifact
 from helpers.paths import PROJECT_ROOT
 from helpers.spark import LOCAL_CONF, executor_conf
@@ -266,6 +267,59 @@ class LivyServer:
         with urllib.request.urlopen(f"{self.url}/sessions", timeout=10) as response:  # noqa: S310
             return json.loads(response.read()).get("sessions", [])
 
+    def _request(self, path: str, body: dict[str, Any] | None = None, method: str = "") -> Any:
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method=method or ("GET" if body is None else "POST"),
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (127.0.0.1)
+            return json.loads(response.read() or b"null")
+
+    def run_code(self, code: str, timeout: float = 300.0) -> dict[str, Any]:
+        """Run ``code`` in a new PySpark session, as sparkmagic does; Livy's output dict.
+
+        The session is deleted afterwards. Fails with the session's log if it dies first.
+        """
+        session = self._request("/sessions", {"kind": "pyspark"})["id"]
+        try:
+
+            def started() -> str | None:
+                state = self._request(f"/sessions/{session}")["state"]
+                return None if state in STARTING else state
+
+            state = wait_until(
+                started,
+                f"Livy session {session} to start",
+                timeout,
+                {"livy-server": self.pid},
+                Path(self.state_dir),
+            )
+            if state != "idle":
+                log_lines = self._request(f"/sessions/{session}/log?size=40")["log"]
+                raise RuntimeError(f"Livy session {session} is {state}:\n" + "\n".join(log_lines))
+            statement = self._request(f"/sessions/{session}/statements", {"code": code})["id"]
+            path = f"/sessions/{session}/statements/{statement}"
+
+            def finished() -> dict[str, Any] | None:
+                reply = self._request(path)
+                return reply["output"] if reply["state"] == "available" else None
+
+            return wait_until(
+                finished,
+                f"statement {statement} of Livy session {session}",
+                timeout,
+                {"livy-server": self.pid},
+                Path(self.state_dir),
+            )
+        finally:
+            self._request(f"/sessions/{session}", method="DELETE")
+
+
+#: Livy session states before it can take code.
+STARTING = ("not_started", "starting")
+
 
 def _jar_list(folder: Path) -> str:
     return ",".join(str(jar) for jar in sorted(folder.glob("*.jar")))
@@ -361,6 +415,7 @@ def start(
     """
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise FileNotFoundError("Livy needs Java 17: apt-get install openjdk-17-jre-headless")
+    master = check_master(master)  # a malformed URL fails here, not in each session
     state_dir = Path(state_dir).resolve()
     running = read_state(state_dir)
     if running is not None and _alive(running.pid):
@@ -537,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("no Livy server recorded in %s", args.state_dir)
         else:
             sys.stdout.write(json.dumps(status(args.state_dir), indent=2) + "\n")
-    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
         log.error("%s", exc)
         return 1
     return 0

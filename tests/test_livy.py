@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -132,6 +133,29 @@ def test_livy_kernel_without_server_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="python -m helpers.livy start"):
         run_notebooks({"output_root": str(tmp_path / "out")}, kernel="pysparkkernel")
     assert not (tmp_path / "out" / "notebooks").exists()
+
+
+def test_livy_sessions_on_the_standalone_cluster(cluster, tmp_path_factory):
+    """Given a master URL (helpers.cluster), Livy's sessions run there: executors in their
+    own JVMs run the project's Python, pandas UDFs included."""
+    state = tmp_path_factory.mktemp("livy-cluster")
+    code = (
+        "import sys\n"
+        "from pyspark.sql import functions as F\n"
+        "from helpers.spark import get_spark\n"
+        "session = get_spark()\n"
+        "pythons = session.sparkContext.parallelize(range(4), 2)"
+        ".map(lambda _: sys.executable).distinct().collect()\n"
+        "doubled = session.range(4).select(F.pandas_udf(lambda c: c * 2, 'long')('id'))\n"
+        "print(session is spark, session.sparkContext.master, pythons,"
+        " sorted(r[0] for r in doubled.collect()))"
+    )
+    with livy_server(cluster.master_url, state, sparkmagic_conf_dir=state / "sparkmagic") as server:
+        output = server.run_code(code)
+    assert output["status"] == "ok", output
+    assert output["data"]["text/plain"] == (
+        f"True {cluster.master_url} {[sys.executable]} [0, 2, 4, 6]"
+    )
 
 
 def test_livy_status_without_server(tmp_path):
