@@ -12,7 +12,7 @@ ifneq ($(wildcard $(OFFLINE_WEIGHTS)),)
 export FRUITS_WEIGHTS ?= $(OFFLINE_WEIGHTS)
 endif
 
-.PHONY: setup jars run test lint clean
+.PHONY: setup jars livy run test lint clean
 
 # The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://,
 # from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them.
@@ -21,6 +21,13 @@ setup: $(STAMP)
 
 jars: $(STAMP)
 	$(BIN)/python -m helpers.jars fetch
+
+# sparkmagic (the extra 'livy'; needs libkrb5-dev) and Apache Livy for tests/test_livy.py, cached
+# in ~/.cache/fruits/livy from a binary zip ($$FRUITS_LIVY_DIST, ../shared/livy/): Maven Central
+# has no Livy repl jar. Without them the Livy tests skip, saying why.
+livy: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[spark,dev,livy]"
+	$(BIN)/python -m helpers.livy install
 
 $(STAMP):
 	@command -v java >/dev/null || { echo "Java 17 is required (Spark): apt-get install openjdk-17-jre-headless" >&2; exit 1; }

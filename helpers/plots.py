@@ -7,9 +7,12 @@ points, moving names apart so none overlap.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
+import sys
 import textwrap
+from types import ModuleType
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,6 +39,73 @@ def save_figure(fig: Figure, output_root: str, name: str) -> str:
     write_bytes(uri, buffer.getvalue())
     log.info("figure saved: %s", uri)
     return uri
+
+
+def show(fig: Figure) -> None:
+    """Show ``fig`` as the cell's image, then close it, wherever the notebook runs.
+
+    In an IPython kernel (Jupyter, papermill, Databricks) this is ``display(fig)``. Under
+    sparkmagic's PySpark kernel the cell runs in Apache Livy's Python shell (its
+    ``fake_shell.py``), whose replies carry only printed text unless a ``%matplot`` magic
+    returns an ``image/png``; there the PNG is added to the reply of the statement being
+    run, as that magic does, and sparkmagic displays it. Only one image per statement
+    reaches the notebook (the last shown). Elsewhere (a script) the figure is only closed.
+    """
+    shell = _livy_shell()
+    if shell is not None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        _livy_images(shell).append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    else:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            get_ipython = None  # noqa: N806 (no IPython: nothing to show in)
+        if get_ipython is not None and get_ipython() is not None:
+            display(fig)
+    plt.close(fig)
+
+
+def _livy_shell() -> ModuleType | None:
+    """Livy's Python shell (the ``__main__`` running this code under Livy), or ``None``."""
+    main = sys.modules.get("__main__")
+    if main is not None and all(
+        callable(getattr(main, name, None))
+        for name in ("execute_request", "execute_reply_ok", "execute_reply_error", "magic_matplot")
+    ):
+        return main
+    return None
+
+
+def _livy_images(shell: ModuleType) -> list[str]:
+    """The images waiting for the current statement's reply in Livy's ``shell``.
+
+    The first call wraps the shell's reply functions: a successful reply takes the last
+    waiting PNG as its ``image/png`` (next to the printed text), an error reply drops them.
+    """
+    if not hasattr(shell, "_fruits_images"):
+        images: list[str] = []
+        reply_ok, reply_error = shell.execute_reply_ok, shell.execute_reply_error
+
+        def ok_with_image(data: dict) -> dict:
+            if images:
+                if len(images) > 1:
+                    log.warning(
+                        "%d figures in one Livy statement: only the last shows", len(images)
+                    )
+                data = {**data, "image/png": images[-1]}
+                images.clear()
+            return reply_ok(data)
+
+        def error_without_image(*args: object) -> dict:
+            images.clear()
+            return reply_error(*args)
+
+        shell._fruits_images = images
+        shell.execute_reply_ok = ok_with_image
+        shell.execute_reply_error = error_without_image
+    return shell._fruits_images
 
 
 def class_balance(counts: pd.DataFrame) -> Figure:

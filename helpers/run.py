@@ -4,11 +4,18 @@
         [-p name value]...
     python -m helpers.run --data-root s3://bucket/fruits --output-root s3://bucket/out
     python -m helpers.run --data-root data_sample --spark-master spark://127.0.0.1:7077
+    python -m helpers.run --kernel pysparkkernel ...   # through sparkmagic + Livy (helpers.livy)
 
 Each notebook gets the parameters its ``parameters`` cell declares; executed copies go to
 ``<output_root>/notebooks/`` (papermill writes ``s3://`` itself). ``s3_endpoint`` and
 ``hadoop_aws_jars`` reach the notebooks' kernels through the environment, where
 :func:`helpers.spark.get_spark` and every S3 client read them.
+
+``kernel`` is the Jupyter kernel the notebooks run in: ``python3`` (the code runs in the
+kernel), or ``pysparkkernel``, sparkmagic's PySpark kernel as on EMR's JupyterHub: each cell
+runs in an Apache Livy session (``python -m helpers.livy start``), whose driver writes the
+outputs; the kernel finds Livy through ``$SPARKMAGIC_CONF_DIR`` (default: the config of
+the server ``helpers.livy`` started). The kernel's environment does not reach that session.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ NOTEBOOKS = (
     "03_pca_tsne.ipynb",
     "04_classifier.ipynb",
 )
+#: The plain Python kernel, and sparkmagic's PySpark kernel (cells run in Apache Livy).
+KERNELS = ("python3", "pysparkkernel")
 
 
 @contextmanager
@@ -69,24 +78,60 @@ def run_notebooks(
     params: dict[str, Any],
     notebooks: tuple[str, ...] = NOTEBOOKS,
     notebook_dir: Path = PROJECT_ROOT / "notebooks",
+    kernel: str = "python3",
 ) -> list[str]:
-    """Execute ``notebooks`` in order; return the URIs of the executed copies.
+    """Execute ``notebooks`` in order in ``kernel``; return the URIs of the executed copies.
 
     Parameters are checked first, so a typo fails in a second rather than mid-run; so are
-    the buckets of ``s3://`` roots and the credentials that reach them.
+    the buckets of ``s3://`` roots and the credentials that reach them, and the kernel.
     """
+    kernel_env = _kernel_env(kernel)
     values = validate({**defaults(), **params})
     resolve_weights(values["weights"])  # a missing weights file fails before any notebook
     resolve_s3_endpoint(values["s3_endpoint"])  # a malformed endpoint too
     resolve_hadoop_aws_jars(values["hadoop_aws_jars"])  # and a missing jar
     values["data_root"] = resolve(values["data_root"])
     values["output_root"] = resolve(values["output_root"])
-    with _environment(storage_env(values["s3_endpoint"], values["hadoop_aws_jars"])):
+    env = {**storage_env(values["s3_endpoint"], values["hadoop_aws_jars"]), **kernel_env}
+    with _environment(env):
         for root in (values["data_root"], values["output_root"]):
             check_access(root)
         if not is_remote(values["data_root"]):
             _check_local_roots(values["data_root"], values["output_root"])
-        return _execute(values, notebooks, notebook_dir)
+        return _execute(values, notebooks, notebook_dir, kernel)
+
+
+def _kernel_env(kernel: str) -> dict[str, str]:
+    """Check that ``kernel`` can run; the environment variables it needs.
+
+    sparkmagic's kernel needs its kernel spec and a ``config.json`` naming a Livy server.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel '{kernel}' is not one of {', '.join(KERNELS)}")
+    if kernel == "python3":
+        return {}
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    from helpers.livy import CONF_DIR_ENV, read_state
+
+    try:
+        KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        raise ValueError(
+            f"kernel '{kernel}' is not installed: python -m helpers.livy start installs it "
+            "(sparkmagic's, into this environment)"
+        ) from None
+    conf_dir = os.environ.get(CONF_DIR_ENV)
+    if not conf_dir:
+        server = read_state()
+        conf_dir = server.sparkmagic_conf_dir if server is not None else ""
+    if not conf_dir or not Path(conf_dir, "config.json").is_file():
+        raise ValueError(
+            f"kernel '{kernel}' needs a Livy server: python -m helpers.livy start, then "
+            f"export {CONF_DIR_ENV}=<the folder it prints> (no sparkmagic config.json in "
+            f"'{conf_dir or '$' + CONF_DIR_ENV}')"
+        )
+    return {CONF_DIR_ENV: conf_dir}
 
 
 def _check_local_roots(data_root: str, output_root: str) -> None:
@@ -116,8 +161,10 @@ def _check_local_roots(data_root: str, output_root: str) -> None:
         ) from exc
 
 
-def _execute(values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: Path) -> list[str]:
-    """Run ``notebooks`` with checked ``values``; executed copies under ``output_root``."""
+def _execute(
+    values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: Path, kernel: str
+) -> list[str]:
+    """Run ``notebooks`` with checked ``values`` in ``kernel``; copies under ``output_root``."""
     output_dir = io_uri(join(values["output_root"], "notebooks"))
     if not is_remote(output_dir):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -135,7 +182,7 @@ def _execute(values: dict[str, Any], notebooks: tuple[str, ...], notebook_dir: P
             parameters=given,
             cwd=str(notebook_dir),
             progress_bar=False,
-            kernel_name="python3",
+            kernel_name=kernel,
         )
         log.info("%s done in %.0f s -> %s", name, time.perf_counter() - started, target)
         executed.append(target)
@@ -166,6 +213,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_parameter_option(parser, "any other parameter, repeatable")
     parser.add_argument("--only", nargs="+", choices=NOTEBOOKS, help="run only these notebooks")
+    parser.add_argument(
+        "--kernel",
+        default="python3",
+        choices=KERNELS,
+        help="python3, or pysparkkernel: sparkmagic through Apache Livy (python -m helpers.livy)",
+    )
     return parser
 
 
@@ -185,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     try:
-        executed = run_notebooks(params, tuple(args.only or NOTEBOOKS))
+        executed = run_notebooks(params, tuple(args.only or NOTEBOOKS), kernel=args.kernel)
     except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
         log.error("%s", exc)
         return 2

@@ -1,0 +1,167 @@
+"""The notebooks as EMR's JupyterHub runs them: sparkmagic's PySpark kernel sends each cell to
+a real Apache Livy server (helpers.livy), whose PySpark session runs it and writes the outputs.
+
+The server is a session fixture on 127.0.0.1; without sparkmagic (``make livy``) or a Livy
+distribution (none cached, no zip: Maven Central has no Livy repl jar) the tests skip, naming
+how to get them. Small data and random weights keep them short: what is checked is the
+chain. Notebook 04 (the classifier) is not run through Livy yet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import write_jpeg
+from papermill.exceptions import PapermillExecutionError
+
+from helpers.livy import CONF_DIR_ENV, LivyServer, install, livy_server, status
+from helpers.run import NOTEBOOKS, run_notebooks
+
+LIVY_NOTEBOOKS = NOTEBOOKS[:3]  # EDA, features, PCA + t-SNE
+
+CLASSES = {"Apple Red": (200, 20, 30), "Banana": (230, 210, 40), "Lime": (60, 200, 40)}
+SMALL = {  # parameters that keep each notebook to seconds on 2 cores
+    "weights": "random",
+    "image_size": 96,
+    "batch_size": 8,
+    "grid_per_class": 2,
+    "eda_sample_per_class": 4,
+    "tsne_sample": 18,
+    "tsne_perplexity": 4.0,
+}
+
+
+@pytest.fixture(scope="session")
+def livy(tmp_path_factory) -> LivyServer:
+    """A Livy server with local[2] sessions for the whole run, always stopped after it."""
+    if importlib.util.find_spec("sparkmagic") is None:
+        pytest.skip("sparkmagic is not installed: make livy (needs libkrb5-dev)")
+    try:
+        install()
+    except FileNotFoundError as exc:
+        pytest.skip(f"no Livy distribution: {exc}")
+    state = tmp_path_factory.mktemp("livy")
+    with livy_server("local[2]", state, sparkmagic_conf_dir=state / "sparkmagic") as server:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONF_DIR_ENV, server.sparkmagic_conf_dir)
+            yield server
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory) -> Path:
+    """3 classes (one with a space) x Training 4 + Test 2 JPEGs."""
+    root = tmp_path_factory.mktemp("livy-data") / "fruits"
+    for c, (label, color) in enumerate(CLASSES.items()):
+        for split, count in (("Training", 4), ("Test", 2)):
+            for i in range(count):
+                write_jpeg(root / split / label / f"{i}_100.jpg", color, seed=10 * c + i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def livy_run(livy, small_tree, tmp_path_factory) -> Path:
+    """The three notebooks through sparkmagic and Livy; their output_root."""
+    output = tmp_path_factory.mktemp("livy-out")
+    run_notebooks(
+        {"data_root": str(small_tree), "output_root": str(output), **SMALL},
+        LIVY_NOTEBOOKS,
+        kernel="pysparkkernel",
+    )
+    return output
+
+
+def test_livy_server_answers_and_sparkmagic_is_configured(livy):
+    """Livy listens on 127.0.0.1; sparkmagic's config names it with EMR's settings."""
+    assert livy.url.startswith("http://127.0.0.1:")
+    assert livy.sessions() is not None
+    config = json.loads(Path(livy.sparkmagic_conf_dir, "config.json").read_text())
+    assert config["kernel_python_credentials"]["url"] == livy.url
+    assert config["all_errors_are_fatal"] is True
+    assert config["livy_session_startup_timeout_seconds"] >= 120
+
+
+def test_livy_notebooks_write_the_outputs(livy_run, small_tree):
+    """The Livy session, not the kernel, wrote features, PCA, figures and the manifest."""
+    manifest = json.loads((livy_run / "manifest.json").read_text())
+    images = sum(1 for _ in small_tree.rglob("*.jpg"))
+    assert manifest["features"]["rows"] == images and manifest["features"]["errors"] == 0
+    assert manifest["eda"]["images"] == images
+    assert manifest["pca"]["k"] >= 1
+    assert any((livy_run / "features").rglob("*.parquet"))
+    assert any((livy_run / "pca").rglob("*.parquet"))
+    for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
+        assert (livy_run / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_livy_notebooks_show_figures_and_tables(livy_run):
+    """Every figure cell has an image/png output under sparkmagic; tables come back as text."""
+    shown = {}
+    for name in LIVY_NOTEBOOKS:
+        notebook = nbformat.read(livy_run / "notebooks" / name, as_version=4)
+        assert notebook.metadata["papermill"]["exception"] in (None, False)
+        outputs = [out for cell in notebook.cells for out in cell.get("outputs", [])]
+        shown[name] = sum("image/png" in out.get("data", {}) for out in outputs)
+        if name == "01_eda.ipynb":  # the per-class table, as pandas prints it
+            text = "".join(out.get("text", "") for out in outputs)
+            assert "Apple Red" in text and "Banana" in text
+    assert shown == {"01_eda.ipynb": 5, "02_feature_extraction.ipynb": 0, "03_pca_tsne.ipynb": 2}
+
+
+def test_livy_spark_error_fails_the_run_with_its_message(livy, livy_run, tmp_path):
+    """A Spark failure inside the Livy session (a corrupt Parquet file) stops papermill with
+    Spark's own message, and the session is not left behind."""
+    broken = tmp_path / "out"
+    shutil.copytree(livy_run / "features", broken / "features")
+    parquet = next((broken / "features").rglob("*.parquet"))
+    parquet.write_bytes(b"not parquet at all")
+    with pytest.raises(PapermillExecutionError) as failure:
+        run_notebooks(
+            {"output_root": str(broken), **SMALL},
+            notebooks=("03_pca_tsne.ipynb",),
+            kernel="pysparkkernel",
+        )
+    message = str(failure.value)
+    assert parquet.name in message and "Parquet" in message, message[-2000:]
+    assert all(s["state"] in ("dead", "killed", "shutting_down") for s in livy.sessions())
+
+
+def test_livy_kernel_without_server_names_the_fix(tmp_path, monkeypatch):
+    """Without a sparkmagic config, the run stops before any notebook, naming the command."""
+    monkeypatch.setenv(CONF_DIR_ENV, str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="python -m helpers.livy start"):
+        run_notebooks({"output_root": str(tmp_path / "out")}, kernel="pysparkkernel")
+    assert not (tmp_path / "out" / "notebooks").exists()
+
+
+def test_livy_sessions_on_the_standalone_cluster(livy, cluster, tmp_path_factory):
+    """Given a master URL (helpers.cluster), Livy's sessions run there: executors in their
+    own JVMs run the project's Python, pandas UDFs included."""
+    state = tmp_path_factory.mktemp("livy-cluster")
+    code = (
+        "import sys\n"
+        "from pyspark.sql import functions as F\n"
+        "from helpers.spark import get_spark\n"
+        "session = get_spark()\n"
+        "pythons = session.sparkContext.parallelize(range(4), 2)"
+        ".map(lambda _: sys.executable).distinct().collect()\n"
+        "doubled = session.range(4).select(F.pandas_udf(lambda c: c * 2, 'long')('id'))\n"
+        "print(session is spark, session.sparkContext.master, pythons,"
+        " sorted(r[0] for r in doubled.collect()))"
+    )
+    with livy_server(cluster.master_url, state, sparkmagic_conf_dir=state / "sparkmagic") as server:
+        output = server.run_code(code)
+    assert output["status"] == "ok", output
+    assert output["data"]["text/plain"] == (
+        f"True {cluster.master_url} {[sys.executable]} [0, 2, 4, 6]"
+    )
+
+
+def test_livy_status_without_server(tmp_path):
+    """status of a folder where no server was started says so."""
+    assert status(tmp_path) == {"running": False, "state_dir": str(tmp_path)}
