@@ -12,8 +12,10 @@ bytes do not decode keep their ``error`` and get nulls, never a failed job.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from helpers.config import resolve_weights
 from helpers.dataset import STAGING, new_run_id, publish, remove
 from helpers.featurizer import ImageFeaturizer
 from helpers.paths import join, spark_uri
@@ -207,10 +210,15 @@ def check_weights(featurizer: ImageFeaturizer, expected: str | None) -> str:
     """The featurizer's weights checksum, after checking it is ``expected`` (the manifest's).
 
     A pipeline whose CNN differs from the one that made ``features/`` would feed the PCA
-    vectors it was not fitted on.
+    vectors it was not fitted on. The manifest names a weights file by the file's SHA-256
+    (:func:`helpers.features.driver_weights`), other weights by their arrays' digest.
     """
     _, checksum = featurizer.weightsArrays()
-    if expected and checksum != expected:
+    accepted = {checksum}
+    resolved = resolve_weights(featurizer.getWeights())
+    if resolved not in ("imagenet", "random"):
+        accepted.add(hashlib.sha256(Path(resolved).read_bytes()).hexdigest())
+    if expected and expected not in accepted:
         raise ValueError(
             f"weights '{featurizer.getWeights()}' (sha256 {checksum[:12]}...) are not those "
             f"that made features/ (sha256 {expected[:12]}... in manifest.json): pass the "
