@@ -207,7 +207,8 @@ def train_classifier(reduced: DataFrame, max_iter: int = 300) -> Classification:
 
 
 def check_weights(featurizer: ImageFeaturizer, expected: str | None) -> str:
-    """The featurizer's weights checksum, after checking it is ``expected`` (the manifest's).
+    """The weights checksum to record: ``expected`` (the manifest's) once the featurizer's
+    weights are checked to be those, else the featurizer's own.
 
     A pipeline whose CNN differs from the one that made ``features/`` would feed the PCA
     vectors it was not fitted on. The manifest names a weights file by the file's SHA-256
@@ -224,7 +225,7 @@ def check_weights(featurizer: ImageFeaturizer, expected: str | None) -> str:
             f"that made features/ (sha256 {expected[:12]}... in manifest.json): pass the "
             f"same 'weights' as notebook 02, or run it again with overwrite=True"
         )
-    return checksum
+    return expected or checksum
 
 
 def pipeline_model(
