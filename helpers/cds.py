@@ -5,9 +5,9 @@ during the first DataFrame operations and the first jobs; on these 2 cores that 
 seconds of every notebook run, competing with the Python workers. A dynamic AppCDS archive
 (JDK 13+, ``-XX:ArchiveClassesAtExit``) records those classes once; later JVMs map it
 (``-XX:SharedArchiveFile``) instead of loading them again. Measured with
-``bench/featurize.py``'s workload (2,575 images, fresh session each time): feature step
-25.3 s without, 21.0 s with the archive; session start 3.4 s against 2.3 s (bench/README,
-"Start-up").
+``bench/featurize.py`` (2,575 images, a fresh session each run, same machine): the
+feature step took 21.0-23.2 s with the archive against 24.3-27.1 s without (ONNX Runtime),
+41.2 s against 45.5 s (Keras); bench/README, "Start-up".
 
 ``python -m helpers.cds`` (run by ``make setup``) makes the archive once: a child process
 runs a small Spark workload like the notebooks' (binaryFile listing, a pandas UDF, Parquet
