@@ -175,12 +175,15 @@ def make_archive(cache: Path = CDS_CACHE, timeout: float = 300.0) -> Path | None
         _wait_exit(int(pids[-1]), timeout)
         if not staged.exists():
             raise RuntimeError(f"the JVM wrote no class archive ({staged}):\n{output}")
-        code, output = _run_child(f"-Xshare:on {USE_OPTION}{staged}", timeout, "check")
+        # a JVM that crashes on a bad archive leaves its hs_err file with the staged one
+        check = f"-Xshare:on -XX:ErrorFile={staged}.hs_err_%p.log {USE_OPTION}{staged}"
+        code, output = _run_child(check, timeout, "check")
         if code:
             raise RuntimeError(f"the class archive {staged} is not usable (exit {code}):\n{output}")
         staged.replace(target)
     finally:
-        staged.unlink(missing_ok=True)
+        for leftover in staged.parent.glob(f"{staged.name}*"):
+            leftover.unlink()
     log.info(
         "class archive %s made in %.0f s (%.0f MB)",
         target,

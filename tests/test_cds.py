@@ -51,8 +51,11 @@ def test_damaged_archive_is_refused(tmp_path: Path) -> None:
     assert path is not None
     damaged = tmp_path / "damaged.jsa"
     damaged.write_bytes(path.read_bytes()[:1_000_000])
-    code, _ = cds._run_child(f"-Xshare:on {cds.USE_OPTION}{damaged}", 300, "check")
+    crash = tmp_path / "hs_err_%p.log"
+    check = f"-Xshare:on -XX:ErrorFile={crash} {cds.USE_OPTION}{damaged}"
+    code, _ = cds._run_child(check, 300, "check")
     assert code != 0
+    assert not list(PROJECT_ROOT.glob("hs_err_pid*.log"))
 
 
 def test_archive_names_pyspark_and_java(tmp_path: Path) -> None:
