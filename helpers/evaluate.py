@@ -21,7 +21,7 @@ def _matrix(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.stack(frame[column].to_numpy()).astype(np.float32)
 
 
-def stratified_sample(df: DataFrame, column: str, size: int, seed: int = 42) -> pd.DataFrame:
+def stratified_sample(df: DataFrame, column: str, *, size: int, seed: int = 42) -> pd.DataFrame:
     """About ``size`` rows spread evenly over classes: ``label`` and the array ``column``."""
     classes = df.select("label").distinct().count()
     per_class = max(1, math.ceil(size / max(classes, 1)))
@@ -35,7 +35,7 @@ def stratified_sample(df: DataFrame, column: str, size: int, seed: int = 42) -> 
 
 
 def tsne_embedding(
-    sample: pd.DataFrame, column: str, perplexity: float = 30.0, seed: int = 42
+    sample: pd.DataFrame, column: str, *, perplexity: float = 30.0, seed: int = 42
 ) -> np.ndarray:
     """2-D t-SNE of the arrays in ``sample[column]`` (seeded; perplexity capped for few rows)."""
     matrix = _matrix(sample, column)
@@ -46,7 +46,7 @@ def tsne_embedding(
 
 
 def linear_probe(
-    df: DataFrame, column: str, seed: int = 42, standardize: bool = True
+    df: DataFrame, column: str, *, seed: int = 42, standardize: bool = True
 ) -> dict[str, Any]:
     """Logistic regression trained on Training rows, scored on Test rows, on the driver.
 
