@@ -140,11 +140,6 @@ class Weights:
     checksum: str
     source: str
 
-    @property
-    def is_file(self) -> bool:
-        """True for a weights file's bytes, False for weight arrays."""
-        return isinstance(self.payload, bytes)
-
     def arrays(self, model_name: str, image_size: int) -> list[np.ndarray]:
         """The weight arrays (a file's bytes are loaded on the driver: TensorFlow imported).
 

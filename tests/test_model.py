@@ -125,6 +125,20 @@ def test_saved_model_is_self_contained_and_checked(spark, built, weights, tmp_pa
         ImageFeaturizer.load(str(damaged))
 
 
+def test_arrays_weights_have_their_own_checksum_name(spark, tmp_path):
+    """Weights from no file (here 'random') are kept as arrays, their digest under
+    weights_arrays_sha256, never weights_sha256 (a file's SHA-256); they load back whole."""
+    featurizer = ImageFeaturizer(weights="random", batchSize=4)
+    folder = tmp_path / "stage"
+    featurizer.save(str(folder))
+    metadata = json.loads((folder / "metadata" / "part-00000").read_text())
+    assert metadata["weights_format"] == "arrays" and "weights_sha256" not in metadata
+    assert metadata["weights_arrays_sha256"] == featurizer.weightsChecksum()
+    loaded = ImageFeaturizer.load(str(folder))
+    assert loaded.weightsChecksum() == featurizer.weightsChecksum()
+    assert len(loaded.loadedWeights().payload) == metadata["weights_arrays"]
+
+
 FRESH = """
 import json, sys
 from pyspark.ml import PipelineModel
