@@ -29,6 +29,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from helpers.dataset import STAGING, new_run_id, publish, remove
+from helpers.evaluate import Score
 from helpers.featurizer import ImageFeaturizer
 from helpers.paths import join, spark_uri
 
@@ -108,13 +109,13 @@ class NullOnError(Transformer, DefaultParamsReadable, DefaultParamsWritable):
 class Classification:
     """A trained classifier (or why there is none) and its scores on Test.
 
-    ``labels[i]`` is the class of prediction ``i``. ``result`` has the probe's shape
-    (accuracy, train_rows, test_rows, worst_classes, note) or ``{"skipped": reason}``.
+    ``labels[i]`` is the class of prediction ``i``. ``result`` is a :class:`Score`, as the
+    probe's (accuracy, rows, worst classes, note, iterations), or ``skipped`` with the reason.
     """
 
     model: LogisticRegressionModel | None
     labels: list[str]
-    result: dict[str, Any]
+    result: Score
     params: dict[str, Any] = field(default_factory=dict)
 
     #: What the manifest names as the estimator.
@@ -123,15 +124,15 @@ class Classification:
     def to_manifest(self) -> dict[str, Any]:
         """The ``classifier`` section's keys for the training: the scores (or ``skipped``),
         the estimator and its parameters."""
-        return {**self.result, "estimator": self.ESTIMATOR, "params": self.params}
+        return {**self.result.to_manifest(), "estimator": self.ESTIMATOR, "params": self.params}
 
     def summary(self) -> str:
         """One line: Test accuracy and rows, or why there is no classifier."""
-        if "skipped" in self.result:
-            return f"no classifier: {self.result['skipped']}"
+        if self.result.skipped is not None:
+            return f"no classifier: {self.result.skipped}"
         return (
-            f"Spark ML logistic regression: Test accuracy {self.result['accuracy']:.3f} "
-            f"({self.result['test_rows']} Test images, {len(self.labels)} classes)"
+            f"Spark ML logistic regression: Test accuracy {self.result.accuracy:.3f} "
+            f"({self.result.test_rows} Test images, {len(self.labels)} classes)"
         )
 
 
@@ -167,7 +168,7 @@ def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classificati
     The L2 penalty matches scikit-learn's ``C=1`` of the probe (``regParam = 1/rows``) and,
     like the probe on PCA components, the columns are not rescaled: they already share one
     scale. Test rows of classes Training lacks are left out of the score, with a ``note``;
-    fewer than two Training classes, or no Test rows, give ``{"skipped": reason}``.
+    fewer than two Training classes, or no Test rows, give a ``skipped`` score.
     """
     rows = reduced.select(F.lower("split").alias("_split"), "label", "pca")
     train = rows.where("_split = 'training'").cache()
@@ -186,7 +187,7 @@ def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classificati
     if reason:
         train.unpersist()
         log.warning("classifier skipped: %s", reason)
-        return Classification(None, classes, {"skipped": reason})
+        return Classification(None, classes, Score(skipped=reason))
     train_rows = sum(counts.values())
     indexer = StringIndexer(
         inputCol="label",
@@ -218,20 +219,22 @@ def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classificati
     )
     test_rows = sum(test_counts[r["label"]] for r in per_class)
     correct = sum(r["acc"] * test_counts[r["label"]] for r in per_class)
-    result: dict[str, Any] = {
-        "accuracy": float(correct / test_rows),
-        "train_rows": train_rows,
-        "test_rows": test_rows,
-        "worst_classes": {r["label"]: float(r["acc"]) for r in per_class[:5]},
-        "iterations": int(model.summary.totalIterations),
-    }
+    note = None
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        result["note"] = (
+        note = (
             f"{sum(test_counts[u] for u in unknown)} Test images of {len(unknown)} classes "
             f"that Training lacks are left out of the score ({shown})"
         )
-    log.info("Spark ML logistic regression: Test accuracy %.4f", result["accuracy"])
+    result = Score(
+        accuracy=float(correct / test_rows),
+        train_rows=train_rows,
+        test_rows=test_rows,
+        worst_classes={r["label"]: float(r["acc"]) for r in per_class[:5]},
+        note=note,
+        iterations=int(model.summary.totalIterations),
+    )
+    log.info("Spark ML logistic regression: Test accuracy %.4f", result.accuracy)
     return Classification(model, labels, result, params)
 
 

@@ -92,8 +92,8 @@ def test_featurizer_rejects_bad_params_and_columns(spark, built):
 def test_classifier_scores_test_like_the_probe(built):
     """Spark ML logistic regression: accuracy and worst classes in the probe's shape."""
     result = built[4].result
-    assert result["train_rows"] == 15 and result["test_rows"] == 6
-    assert result["accuracy"] == 1.0 and set(result["worst_classes"]) <= set(COLORS)
+    assert result.train_rows == 15 and result.test_rows == 6
+    assert result.accuracy == 1.0 and set(result.worst_classes) <= set(COLORS)
     assert built[4].labels == sorted(COLORS)
 
 

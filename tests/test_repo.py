@@ -156,7 +156,7 @@ def test_step_functions_take_options_by_keyword():
         given = [p.name for p in params if p.kind is not p.KEYWORD_ONLY]
         assert given == names, f"{function.__name__}: {given} not keyword-only"
     steps = (extract_features, fit_reduction, train_classifier, check_pipeline_model)
-    for function in (*steps, eda_summary, feature_counts):
+    for function in (*steps, eda_summary, feature_counts, linear_probe):
         returned = typing.get_type_hints(function)["return"]
         assert dataclasses.is_dataclass(returned), function.__name__
         assert callable(getattr(returned, "to_manifest", None)), returned.__name__
