@@ -87,7 +87,7 @@ def test_crashed_worker_is_retried_and_result_identical(
     ]
     assert sum(s.numFailedTasks for s in stages if s) >= 1  # the worker did crash
     # accumulators count successful attempts only: still one decode per image
-    assert crashed["featurized"] == crashed["images_decoded"] == 10
+    assert crashed.featurized == crashed.images_decoded == 10
     expected, got = _rows(spark, tmp_path / "clean"), _rows(spark, tmp_path / "crashed")
     assert list(got.index) == list(expected.index)
     np.testing.assert_array_equal(np.stack(got["features"]), np.stack(expected["features"]))
