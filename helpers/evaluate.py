@@ -12,9 +12,6 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.manifold import TSNE
-from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +86,8 @@ def tsne_embedding(
     sample: pd.DataFrame, column: str, *, perplexity: float = 30.0, seed: int = 42
 ) -> np.ndarray:
     """2-D t-SNE of the arrays in ``sample[column]`` (seeded; perplexity capped for few rows)."""
+    from sklearn.manifold import TSNE  # here: helpers.classify imports Score from this module
+
     matrix = _matrix(sample, column)
     # scikit-learn needs perplexity < n_samples: cap it for small samples (2 rows: 1.0)
     perplexity = min(perplexity, max(2.0, (len(matrix) - 1) / 3), len(matrix) - 1)
@@ -141,6 +140,9 @@ def linear_probe(df: DataFrame, column: str, *, seed: int = 42, standardize: boo
         return Score(skipped=reason)
     if note:
         log.warning("linear probe: %s", note)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     x_train, x_test = _matrix(train, column), _matrix(test, column)
     if standardize:
         scaler = StandardScaler().fit(x_train)
