@@ -15,9 +15,11 @@ endif
 .PHONY: setup jars livy run test lint clean
 
 # The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://,
-# from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them.
+# from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them. Then the
+# Spark driver's class archive (helpers.cds, ~/.cache/fruits/cds; about a minute, once).
 setup: $(STAMP)
 	@$(BIN)/python -m helpers.jars fetch >/dev/null || echo "warning: S3A jars not fetched (no Maven Central?): local Spark on s3:// needs them (make jars, or hadoop_aws_jars)" >&2
+	@$(BIN)/python -m helpers.cds >/dev/null || echo "warning: no class archive for the Spark driver (python -m helpers.cds says why): sessions start slower" >&2
 
 jars: $(STAMP)
 	$(BIN)/python -m helpers.jars fetch

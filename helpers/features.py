@@ -41,7 +41,7 @@ from helpers.config import (
     resolve_weights,
 )
 from helpers.dataset import pending_images, write_features
-from helpers.images import decode_image, list_images
+from helpers.images import decode_image, input_files, list_images
 
 log = logging.getLogger(__name__)
 
@@ -538,7 +538,7 @@ def featurize(
         source=loaded.source,
     )
 
-    count = len(images.inputFiles()) if count is None else count
+    count = len(input_files(images)) if count is None else count
     tasks = task_count(spark, count, batch_size)
     # Arrow batches of a few model batches: bounded memory even for large photos
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))

@@ -95,6 +95,21 @@ def _read_file(path: str) -> bytes:
     return read_bytes(path)
 
 
+def input_files(frame: DataFrame) -> list[str]:
+    """The files a file-scan DataFrame reads, as ``DataFrame.inputFiles()`` gives them.
+
+    In one py4j call (the JVM joins the names; Hadoop's ``StringUtils.join`` takes the
+    ``String[]`` as it is): pyspark's ``inputFiles()`` fetches the array one element per
+    call, about 0.2 ms each, 1.6 s for 7,725 images. A DataFrame without a JVM side
+    (Spark Connect) uses ``inputFiles()``.
+    """
+    jdf = getattr(frame, "_jdf", None)
+    if jdf is None:
+        return frame.inputFiles()
+    names = frame.sparkSession._jvm.org.apache.hadoop.util.StringUtils.join("\0", jdf.inputFiles())
+    return names.split("\0") if names else []
+
+
 def list_images(spark: SparkSession, data_root: str) -> ImageListing:
     """Every file under ``data_root``: the images as a DataFrame, the other files named.
 
@@ -117,7 +132,7 @@ def list_images(spark: SparkSession, data_root: str) -> ImageListing:
                 f"data_root '{data_root}' does not exist (resolved to {resolve(data_root)})"
             ) from exc
         raise
-    scanned = {_key(unquote(u)) for u in raw.inputFiles()}  # the listing Spark made: no job runs
+    scanned = {_key(unquote(u)) for u in input_files(raw)}  # the listing Spark made: no job
     extra, hidden, empty, ignored, total = [], [], [], {}, 0
     for path, size, modified in list_files(data_root):
         if not is_image_name(path):

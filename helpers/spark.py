@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from helpers.cds import driver_java_options
 from helpers.config import (
     HADOOP_AWS_JARS_ENV,
     PYTHON_WORKER_CONF,
@@ -277,7 +278,9 @@ def get_spark(
     session runs its Python workers with the interpreter running this code, so the notebook
     kernel, the driver and the pandas UDFs see the same packages; a session on another
     master (``spark://...``, ``yarn``) gets :func:`executor_conf`, so that its executors do
-    too, with the TensorFlow-preloading daemon.
+    too, with the TensorFlow-preloading daemon. A driver started here maps the class
+    archive of :mod:`helpers.cds` when ``make setup`` made it (a faster JVM start and
+    first jobs).
 
     ``data_root`` and ``output_root`` are the notebook's parameters: when one is ``s3://`` or
     ``s3a://`` and this is not EMR or Databricks, the session is configured for S3A
@@ -319,6 +322,9 @@ def get_spark(
         builder = builder.master(master)
         if not on_cluster():  # a cluster's spark-defaults size its own driver
             builder = builder.config("spark.driver.memory", driver_memory)
+            java_options = driver_java_options()  # the class archive, once made
+            if java_options:
+                builder = builder.config("spark.driver.extraJavaOptions", java_options)
         extra = LOCAL_CONF if master.startswith("local") else executor_conf()
         if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
             # a cluster on this machine (helpers.cluster): executors reach the driver there

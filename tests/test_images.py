@@ -18,7 +18,7 @@ from conftest import (
 )
 from PIL import Image
 
-from helpers.images import decode_image, list_images
+from helpers.images import decode_image, input_files, list_images
 
 SIZE = 32
 
@@ -189,6 +189,17 @@ def test_decode_rejects_truncated_jpeg() -> None:
     jpeg = (DATA_SAMPLE / "Test" / "Banana" / "0_100.jpg").read_bytes()
     with pytest.raises(ValueError, match="cannot decode image"):
         decode_image(jpeg[: len(jpeg) // 2], SIZE)
+
+
+def test_input_files_in_one_call(spark, tmp_path: Path) -> None:
+    """``input_files`` gives what ``DataFrame.inputFiles()`` gives, odd names and none alike."""
+    write_odd_names(tmp_path / "Odd")
+    scan = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+    frame = scan.load(str(tmp_path))
+    assert len(frame.inputFiles()) > 5
+    assert input_files(frame) == frame.inputFiles()
+    empty = scan.option("pathGlobFilter", "*.none").load(str(tmp_path))
+    assert input_files(empty) == empty.inputFiles() == []
 
 
 def test_list_images_odd_names(spark, tmp_path: Path) -> None:

@@ -1,0 +1,209 @@
+"""Class data sharing for local Spark drivers: the JVM maps its classes from an archive.
+
+A local session's JVM loads, parses and verifies some ten thousand classes, most of them
+during the first DataFrame operations and the first jobs; on these 2 cores that is a few
+seconds of every notebook run, competing with the Python workers. A dynamic AppCDS archive
+(JDK 13+, ``-XX:ArchiveClassesAtExit``) records those classes once; later JVMs map it
+(``-XX:SharedArchiveFile``) instead of loading them again. Measured with
+``bench/featurize.py``'s workload (2,575 images, fresh session each time): feature step
+25.3 s without, 21.0 s with the archive; session start 3.4 s against 2.3 s (bench/README,
+"Start-up").
+
+``python -m helpers.cds`` (run by ``make setup``) makes the archive once: a child process
+runs a small Spark workload like the notebooks' (binaryFile listing, a pandas UDF, Parquet
+written and read, an aggregation, a Spark ML model saved and loaded) with
+``-XX:ArchiveClassesAtExit``, the JVM writes the archive as it exits, a second child checks
+it with ``-Xshare:on`` (a JVM that cannot map it refuses to start), and only then is it
+renamed into place: a JVM given a truncated archive can crash. The file name carries the
+pyspark version, its location and the Java runtime, so another pyspark, virtual
+environment or JDK finds no archive and runs as before. :func:`helpers.spark.get_spark`
+adds :func:`driver_java_options` to the drivers it starts on this machine (local mode, or
+client mode on ``spark://``); on EMR and Databricks the cluster starts its JVMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from helpers.config import WEIGHTS_CACHE
+from helpers.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+CDS_CACHE = WEIGHTS_CACHE / "cds"
+CDS_ENV = "FRUITS_CLASS_ARCHIVE"
+
+#: JVM options of the child that records the archive, and of the one that checks it.
+RECORD_OPTION = "-XX:ArchiveClassesAtExit="
+USE_OPTION = "-XX:SharedArchiveFile="
+
+
+def java_home() -> Path | None:
+    """The Java installation spark-submit starts (``$JAVA_HOME``, else ``java`` on the PATH)."""
+    if os.environ.get("JAVA_HOME"):
+        return Path(os.environ["JAVA_HOME"]).resolve()
+    java = shutil.which("java")
+    return Path(java).resolve().parents[1] if java else None
+
+
+def archive_path(cache: Path = CDS_CACHE) -> Path | None:
+    """Where the archive of this pyspark installation and this Java runtime lives
+    (``None``: no Java)."""
+    import pyspark
+
+    home = java_home()
+    if home is None:
+        return None
+    release = home / "release"
+    # the JVM checks the class path the archive was made with: one archive per pyspark copy
+    identity = f"{home}\n{release.read_text() if release.exists() else ''}\n{pyspark.__file__}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return cache / f"spark-{pyspark.__version__}-java-{digest}.jsa"
+
+
+def driver_java_options(cache: Path = CDS_CACHE) -> str:
+    """``-XX:SharedArchiveFile=<archive>`` when the archive exists, else nothing (also
+    with ``$FRUITS_CLASS_ARCHIVE=off``, to measure or rule it out)."""
+    if os.environ.get(CDS_ENV, "").lower() in ("0", "off", "false", "no"):
+        return ""
+    path = archive_path(cache)
+    return f"{USE_OPTION}{path}" if path is not None and path.exists() else ""
+
+
+def _workload(java_options: str, full: bool = True) -> None:
+    """Child process: a small session loading the classes the notebooks use, then exit
+    (not ``full``: start the session and run one job, to check an archive)."""
+    import pandas as pd
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import PCA, StandardScaler, VectorAssembler
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from helpers.images import list_images
+    from helpers.spark import LOCAL_CONF
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as get_spark does
+    builder = SparkSession.builder.master("local[2]").appName("fruits-cds")
+    conf = {
+        **LOCAL_CONF,
+        "spark.python.daemon.module": "pyspark.daemon",  # same JVM classes, no TensorFlow
+        "spark.driver.extraJavaOptions": java_options,
+    }
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if not full:  # checking an archive: the JVM started with it, a job runs
+        spark.range(10).count()
+        spark.stop()
+        return
+
+    def lengths(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            yield frame.assign(n=frame["content"].str.len()).drop(columns="content")
+
+    with tempfile.TemporaryDirectory() as folder:
+        images = list_images(spark, str(PROJECT_ROOT / "data_sample")).images
+        rows = images.select("path", "label", "content").mapInPandas(
+            lengths, "path string, label string, n long"
+        )
+        rows = rows.withColumn("x", F.rand(0))
+        rows.write.parquet(f"{folder}/rows")
+        back = spark.read.parquet(f"{folder}/rows").withColumn("y", F.col("x") * F.col("n"))
+        back.groupBy("label").agg(F.sum("n"), F.avg("y")).collect()
+        stages = [
+            VectorAssembler(inputCols=["x", "y"], outputCol="v"),
+            StandardScaler(inputCol="v", outputCol="s"),
+            PCA(k=1, inputCol="s", outputCol="p"),
+        ]
+        Pipeline(stages=stages).fit(back).write().save(f"{folder}/model")
+        PipelineModel.load(f"{folder}/model").transform(back).count()
+    print(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid(), flush=True)
+    spark.stop()
+
+
+def _run_child(java_options: str, timeout: float, mode: str = "workload") -> tuple[int, str]:
+    """Run :func:`_workload` (``mode``: ``workload`` or ``check``) in a child process; its
+    exit code and output."""
+    child = subprocess.run(
+        [sys.executable, "-m", "helpers.cds", f"--{mode}={java_options}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return child.returncode, child.stdout + child.stderr
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait until the JVM ``pid`` has exited (it writes the archive on its way out)."""
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def make_archive(cache: Path = CDS_CACHE, timeout: float = 300.0) -> Path | None:
+    """Record, check and install the archive of this pyspark and Java; return its path.
+
+    Nothing is done when it exists already; ``None`` when there is no Java. Raises
+    ``RuntimeError``, with the JVM's output, when the archive cannot be made or checked
+    (sessions then start without one, as before).
+    """
+    target = archive_path(cache)
+    if target is None or target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    started = time.perf_counter()
+    try:
+        code, output = _run_child(f"{RECORD_OPTION}{staged}", timeout)
+        pids = [line for line in output.splitlines() if line.strip().isdigit()]
+        if code or not pids:
+            raise RuntimeError(f"the class archive workload failed (exit {code}):\n{output}")
+        _wait_exit(int(pids[-1]), timeout)
+        if not staged.exists():
+            raise RuntimeError(f"the JVM wrote no class archive ({staged}):\n{output}")
+        code, output = _run_child(f"-Xshare:on {USE_OPTION}{staged}", timeout, "check")
+        if code:
+            raise RuntimeError(f"the class archive {staged} is not usable (exit {code}):\n{output}")
+        staged.replace(target)
+    finally:
+        staged.unlink(missing_ok=True)
+    log.info(
+        "class archive %s made in %.0f s (%.0f MB)",
+        target,
+        time.perf_counter() - started,
+        target.stat().st_size / 1e6,
+    )
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", metavar="JAVA_OPTIONS", help=argparse.SUPPRESS)
+    parser.add_argument("--check", metavar="JAVA_OPTIONS", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.workload is not None or args.check is not None:
+        _workload(args.workload or args.check, full=args.check is None)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = make_archive()
+    if path is None:
+        raise SystemExit("no Java found ($JAVA_HOME or java on the PATH): Spark needs Java 17")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

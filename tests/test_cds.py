@@ -1,0 +1,63 @@
+"""The class archive of local Spark drivers (helpers.cds): made once, checked, used."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyspark
+
+from helpers import cds
+from helpers.paths import PROJECT_ROOT
+
+SESSION = """
+from helpers.spark import get_spark
+spark = get_spark("cds-test", master="local[1]")
+jvm = spark.sparkContext._jvm
+print(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+print(spark.range(5).count())
+"""
+
+
+def _session(**env: str) -> str:
+    """Start a session in a fresh process (a fresh JVM); its JVM arguments and a count."""
+    child = subprocess.run(
+        [sys.executable, "-c", SESSION],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    return child.stdout
+
+
+def test_archive_is_made_and_used() -> None:
+    """make_archive (a no-op once `make setup` made it) gives the archive that get_spark maps."""
+    path = cds.make_archive()
+    assert path is not None and path.exists() and path.stat().st_size > 10_000_000
+    assert cds.driver_java_options() == f"-XX:SharedArchiveFile={path}"
+    output = _session()
+    assert f"-XX:SharedArchiveFile={path}" in output and output.split()[-1] == "5"
+    assert "SharedArchiveFile" not in _session(FRUITS_CLASS_ARCHIVE="off")
+
+
+def test_damaged_archive_is_refused(tmp_path: Path) -> None:
+    """A truncated archive fails the check that comes before installing one."""
+    path = cds.make_archive()
+    assert path is not None
+    damaged = tmp_path / "damaged.jsa"
+    damaged.write_bytes(path.read_bytes()[:1_000_000])
+    code, _ = cds._run_child(f"-Xshare:on {cds.USE_OPTION}{damaged}", 300, "check")
+    assert code != 0
+
+
+def test_archive_names_pyspark_and_java(tmp_path: Path) -> None:
+    """Another cache, another name; no Java at all, no archive."""
+    path = cds.archive_path(tmp_path)
+    assert path is not None and path.parent == tmp_path
+    assert path.name.startswith(f"spark-{pyspark.__version__}-java-")
+    assert cds.driver_java_options(tmp_path) == ""  # nothing made there
