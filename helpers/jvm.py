@@ -27,7 +27,7 @@ import numpy as np
 from pyspark import SparkContext
 from pyspark.ml.common import _py2java
 from pyspark.ml.linalg import DenseVector
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from helpers.paths import spark_uri
 
@@ -111,6 +111,25 @@ def fs_children(spark: SparkSession, uri: str) -> list[tuple[str, bool, int]]:
     ]
 
 
+# --- file listings ------------------------------------------------------------------------
+
+
+def input_files(frame: DataFrame) -> list[str]:
+    """The files a file-scan DataFrame reads, as ``DataFrame.inputFiles()`` gives them.
+
+    In one py4j call (the JVM joins the names; Hadoop's ``StringUtils.join`` takes the
+    ``String[]`` as it is): pyspark's ``inputFiles()`` fetches the array one element per
+    call, about 0.2 ms each, 1.6 s for 7,725 images. A DataFrame without a JVM side
+    (Spark Connect) uses ``inputFiles()``.
+    """
+    jdf = getattr(frame, "_jdf", None)
+    if jdf is None:
+        return frame.inputFiles()
+    jvm = _context(frame.sparkSession)._jvm
+    names = jvm.org.apache.hadoop.util.StringUtils.join("\0", jdf.inputFiles())
+    return names.split("\0") if names else []
+
+
 # --- Hadoop configuration ------------------------------------------------------------------
 
 
@@ -144,7 +163,12 @@ def filesystem_class_error(spark: SparkSession, scheme: str) -> Exception | None
     return None
 
 
-# --- the driver's status store -------------------------------------------------------------
+# --- the driver ---------------------------------------------------------------------------
+
+
+def jvm_pid(spark: SparkSession) -> int:
+    """The process id of the driver's JVM."""
+    return int(_context(spark)._jvm.java.lang.ProcessHandle.current().pid())
 
 
 def executor_cores(spark: SparkSession) -> tuple[int, int]:

@@ -110,7 +110,7 @@ def test_helpers_compile_on_python_39():
 def test_py4j_calls_live_in_helpers_jvm():
     """Spark's JVM is reached through helpers.jvm only (its docstring states the Spark Connect
     limit): no other module, script or notebook touches py4j's private attributes."""
-    private = re.compile(r"\._jvm\b|\._jsc\b|\._gateway\b|_py2java|_java2py")
+    private = re.compile(r"\._jvm\b|\._jsc\b|\._jdf\b|\._gateway\b|_py2java|_java2py")
     files = [
         *(PROJECT_ROOT / "helpers").rglob("*.py"),
         *(PROJECT_ROOT / "bench").glob("*.py"),
