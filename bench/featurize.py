@@ -36,6 +36,7 @@ from helpers.dataset import read_features
 from helpers.features import build_model, extract_features
 from helpers.images import decode_image, is_image_name
 from helpers.inference import resolve_runtime
+from helpers.jvm import executor_cores
 from helpers.spark import get_spark
 
 
@@ -74,14 +75,6 @@ def bare_keras(
         )
         model.predict_on_batch(preprocess(pixels.astype(np.float32)))
     return len(files) / (time.perf_counter() - started)
-
-
-def executor_cores(spark: SparkSession) -> tuple[int, int]:
-    """(executors, their cores in all) registered with ``spark``, from the driver's status store."""
-    summaries = spark.sparkContext._jsc.sc().statusStore().executorList(True)
-    executors = [summaries.apply(i) for i in range(summaries.size())]
-    executors = [e for e in executors if e.id() != "driver"]
-    return len(executors), sum(e.totalCores() for e in executors)
 
 
 def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) -> int:
@@ -204,22 +197,31 @@ def main() -> None:
         memory.start()
         started = time.perf_counter()
         summary = extract_features(
-            spark, str(data), str(out), args.model_name, weights, size, batch, runtime=runtime
+            spark,
+            str(data),
+            str(out),
+            model_name=args.model_name,
+            weights=weights,
+            image_size=size,
+            batch_size=batch,
+            runtime=runtime,
         )
         elapsed = time.perf_counter() - started
         memory.stopped.set()
         rows = read_features(spark, str(out))
         written, errors = rows.count(), rows.where("error IS NOT NULL").count()
         spark.stop()
-    decoded = summary["images_decoded"]
+    decoded = summary.images_decoded
+    assert summary.info is not None, "a fresh output folder: every image is featurized"
     pipeline_img_s = len(files) / elapsed
     print(
-        f"Spark pipeline: {pipeline_img_s:7.1f} images/s ({elapsed:.1f} s, {summary['tasks']}"
+        f"Spark pipeline: {pipeline_img_s:7.1f} images/s ({elapsed:.1f} s, {summary.info.tasks}"
         f" tasks; rows {written}, errors {errors}, images decoded {decoded})"
     )
     print(f"peak RSS of the Python workers: {memory.peak / 2**20:.0f} MiB")
-    if "converted_from_cache" in summary:
-        print(f"ONNX model from the cache (no conversion timed): {summary['converted_from_cache']}")
+    cached = summary.info.converted_from_cache
+    if cached is not None:
+        print(f"ONNX model from the cache (no conversion timed): {cached}")
     if written != len(files) or decoded != len(files):
         raise SystemExit(f"expected {len(files)} rows decoded once, got {written} / {decoded}")
     print(

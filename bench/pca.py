@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     reductions: list[Reduction] = []
 
     def spark_fit() -> np.ndarray:
-        reductions.append(fit_reduction(frame, VARIANCE))
+        reductions.append(fit_reduction(frame, variance=VARIANCE))
         return reductions[-1].explained_variance
 
     fits = {

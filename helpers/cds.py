@@ -90,6 +90,7 @@ def _workload(java_options: str, full: bool = True) -> None:
     from pyspark.sql import functions as F
 
     from helpers.images import list_images
+    from helpers.jvm import jvm_pid
     from helpers.spark import LOCAL_CONF
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as get_spark does
@@ -127,7 +128,7 @@ def _workload(java_options: str, full: bool = True) -> None:
         ]
         Pipeline(stages=stages).fit(back).write().save(f"{folder}/model")
         PipelineModel.load(f"{folder}/model").transform(back).count()
-    print(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid(), flush=True)
+    print(jvm_pid(spark), flush=True)
     spark.stop()
 
 

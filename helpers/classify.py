@@ -12,10 +12,8 @@ bytes do not decode keep their ``error`` and get nulls, never a failed job.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,8 +28,8 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from helpers.config import resolve_weights
 from helpers.dataset import STAGING, new_run_id, publish, remove
+from helpers.evaluate import Score
 from helpers.featurizer import ImageFeaturizer
 from helpers.paths import join, spark_uri
 
@@ -111,14 +109,46 @@ class NullOnError(Transformer, DefaultParamsReadable, DefaultParamsWritable):
 class Classification:
     """A trained classifier (or why there is none) and its scores on Test.
 
-    ``labels[i]`` is the class of prediction ``i``. ``result`` has the probe's shape
-    (accuracy, train_rows, test_rows, worst_classes, note) or ``{"skipped": reason}``.
+    ``labels[i]`` is the class of prediction ``i``. ``result`` is a :class:`Score`, as the
+    probe's (accuracy, rows, worst classes, note, iterations), or ``skipped`` with the reason.
     """
 
     model: LogisticRegressionModel | None
     labels: list[str]
-    result: dict[str, Any]
+    result: Score
     params: dict[str, Any] = field(default_factory=dict)
+
+    #: What the manifest names as the estimator.
+    ESTIMATOR = "pyspark.ml LogisticRegression"
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``classifier`` section's keys for the training: the scores (or ``skipped``),
+        the estimator and its parameters."""
+        return {**self.result.to_manifest(), "estimator": self.ESTIMATOR, "params": self.params}
+
+    def summary(self) -> str:
+        """One line: Test accuracy and rows, or why there is no classifier."""
+        if self.result.skipped is not None:
+            return f"no classifier: {self.result.skipped}"
+        return (
+            f"Spark ML logistic regression: Test accuracy {self.result.accuracy:.3f} "
+            f"({self.result.test_rows} Test images, {len(self.labels)} classes)"
+        )
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """The saved pipeline model loaded back and run on a few images of ``pca/``: the
+    largest difference from their ``pca/`` rows, absolute and relative (None without
+    images to check)."""
+
+    images: int
+    max_abs_pca_difference: float | None = None
+    max_relative_pca_difference: float | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's ``check`` keys (only ``images`` when none was checked)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def read_reduced(spark: SparkSession, output_root: str) -> DataFrame:
@@ -132,13 +162,13 @@ def load_reduction_model(output_root: str) -> PipelineModel:
     return PipelineModel.load(spark_uri(join(output_root, "pca_model")))
 
 
-def train_classifier(reduced: DataFrame, max_iter: int = 300) -> Classification:
+def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classification:
     """Multinomial logistic regression on ``pca`` (a vector column), Training -> Test.
 
     The L2 penalty matches scikit-learn's ``C=1`` of the probe (``regParam = 1/rows``) and,
     like the probe on PCA components, the columns are not rescaled: they already share one
     scale. Test rows of classes Training lacks are left out of the score, with a ``note``;
-    fewer than two Training classes, or no Test rows, give ``{"skipped": reason}``.
+    fewer than two Training classes, or no Test rows, give a ``skipped`` score.
     """
     rows = reduced.select(F.lower("split").alias("_split"), "label", "pca")
     train = rows.where("_split = 'training'").cache()
@@ -157,7 +187,7 @@ def train_classifier(reduced: DataFrame, max_iter: int = 300) -> Classification:
     if reason:
         train.unpersist()
         log.warning("classifier skipped: %s", reason)
-        return Classification(None, classes, {"skipped": reason})
+        return Classification(None, classes, Score(skipped=reason))
     train_rows = sum(counts.values())
     indexer = StringIndexer(
         inputCol="label",
@@ -189,43 +219,41 @@ def train_classifier(reduced: DataFrame, max_iter: int = 300) -> Classification:
     )
     test_rows = sum(test_counts[r["label"]] for r in per_class)
     correct = sum(r["acc"] * test_counts[r["label"]] for r in per_class)
-    result: dict[str, Any] = {
-        "accuracy": float(correct / test_rows),
-        "train_rows": train_rows,
-        "test_rows": test_rows,
-        "worst_classes": {r["label"]: float(r["acc"]) for r in per_class[:5]},
-        "iterations": int(model.summary.totalIterations),
-    }
+    note = None
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        result["note"] = (
+        note = (
             f"{sum(test_counts[u] for u in unknown)} Test images of {len(unknown)} classes "
             f"that Training lacks are left out of the score ({shown})"
         )
-    log.info("Spark ML logistic regression: Test accuracy %.4f", result["accuracy"])
+    result = Score(
+        accuracy=float(correct / test_rows),
+        train_rows=train_rows,
+        test_rows=test_rows,
+        worst_classes={r["label"]: float(r["acc"]) for r in per_class[:5]},
+        note=note,
+        iterations=int(model.summary.totalIterations),
+    )
+    log.info("Spark ML logistic regression: Test accuracy %.4f", result.accuracy)
     return Classification(model, labels, result, params)
 
 
 def check_weights(featurizer: ImageFeaturizer, expected: str | None) -> str:
-    """The weights checksum to record: ``expected`` (the manifest's) once the featurizer's
-    weights are checked to be those, else the featurizer's own.
+    """The featurizer's weights checksum, once checked to be ``expected`` (the manifest's
+    ``weights_sha256``) when that is known.
 
     A pipeline whose CNN differs from the one that made ``features/`` would feed the PCA
-    vectors it was not fitted on. The manifest names a weights file by the file's SHA-256
-    (:func:`helpers.features.driver_weights`), other weights by their arrays' digest.
+    vectors it was not fitted on. One checksum names the weights everywhere
+    (:attr:`helpers.features.Weights.checksum`: a weights file's own SHA-256).
     """
-    _, checksum = featurizer.weightsArrays()
-    accepted = {checksum}
-    resolved = resolve_weights(featurizer.getWeights())
-    if resolved not in ("imagenet", "random"):
-        accepted.add(hashlib.sha256(Path(resolved).read_bytes()).hexdigest())
-    if expected and expected not in accepted:
+    checksum = featurizer.weightsChecksum()
+    if expected and expected != checksum:
         raise ValueError(
             f"weights '{featurizer.getWeights()}' (sha256 {checksum[:12]}...) are not those "
             f"that made features/ (sha256 {expected[:12]}... in manifest.json): pass the "
             f"same 'weights' as notebook 02, or run it again with overwrite=True"
         )
-    return expected or checksum
+    return checksum
 
 
 def pipeline_model(
@@ -278,8 +306,8 @@ def pipeline_labels(model: PipelineModel) -> list[str]:
 
 
 def check_pipeline_model(
-    spark: SparkSession, model_uri: str, reduced: DataFrame, images: int = 4
-) -> dict[str, Any]:
+    spark: SparkSession, model_uri: str, reduced: DataFrame, *, images: int = 4
+) -> ModelCheck:
     """Load the saved model and run it on a few images of ``pca/``: the largest difference
     from their ``pca/`` rows, absolute and relative to their largest component (the CNN's
     floats vary by about 1e-6 with the batch an image is in; PCA of standardized columns
@@ -292,7 +320,7 @@ def check_pipeline_model(
         reduced.where(plain).orderBy(F.xxhash64("path")).limit(images).select("path", "pca")
     ).collect()
     if not sample:
-        return {"images": 0}
+        return ModelCheck(images=0)
     model = PipelineModel.load(model_uri)
     files = spark.read.format("binaryFile").load([row["path"] for row in sample])
     out = model.transform(files).select("path", "error", vector_to_array("pca").alias("pca_array"))
@@ -306,8 +334,8 @@ def check_pipeline_model(
         expected_rows.append(row["pca"].toArray())
     difference = float(np.max(np.abs(np.stack(got_rows) - np.stack(expected_rows))))
     scale = float(np.max(np.abs(np.stack(expected_rows)))) or 1.0
-    return {
-        "images": len(sample),
-        "max_abs_pca_difference": difference,
-        "max_relative_pca_difference": difference / scale,
-    }
+    return ModelCheck(
+        images=len(sample),
+        max_abs_pca_difference=difference,
+        max_relative_pca_difference=difference / scale,
+    )

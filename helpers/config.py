@@ -290,9 +290,12 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     variance = values.get("pca_variance", 0.95)
     if not 0 < variance <= 1:
         raise ValueError(f"pca_variance must be in (0, 1], got {variance}")
-    for name in ("image_size", "batch_size", "tsne_sample"):
+    for name in ("image_size", "batch_size", "tsne_sample", "grid_per_class", "eda_image_size"):
         if name in values and values[name] < 1:
             raise ValueError(f"{name} must be a positive integer, got {values[name]}")
+    for name in ("grid_classes", "eda_sample_per_class"):
+        if name in values and values[name] < 0:
+            raise ValueError(f"{name} must be 0 (all) or a positive integer, got {values[name]}")
     if values.get("spark_master", "").strip():
         values["spark_master"] = check_master(values["spark_master"])
     if values.get("pca_k", 0) < 0:

@@ -33,12 +33,15 @@ import os
 import signal
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from helpers.config import FAULT_ENV, PUBLISH_FAULT, STAGING
+from helpers.jvm import fs_children, fs_delete, fs_move, fs_read_text, fs_scheme, fs_write
 from helpers.paths import join, spark_uri
 
 log = logging.getLogger(__name__)
@@ -59,18 +62,9 @@ def fault_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
-    """The Hadoop FileSystem and Path for ``uri`` (local, HDFS, S3A, EMRFS, DBFS alike)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(spark_uri(uri))
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
-
-
 def remove(spark: SparkSession, uri: str) -> None:
     """Delete ``uri`` and everything under it, if it exists."""
-    fs, path = _hadoop_path(spark, uri)
-    if fs.exists(path):
-        fs.delete(path, True)
+    fs_delete(spark, uri)
 
 
 def publish(spark: SparkSession, staged: str, target: str) -> None:
@@ -78,13 +72,7 @@ def publish(spark: SparkSession, staged: str, target: str) -> None:
 
     Atomic on local disk and HDFS only: on S3 a rename is a copy and a delete per file.
     """
-    fs, source = _hadoop_path(spark, staged)
-    _, destination = _hadoop_path(spark, target)
-    fs.mkdirs(destination.getParent())
-    if fs.exists(destination):
-        fs.delete(destination, True)
-    if not fs.rename(source, destination):
-        raise OSError(f"could not move {staged} to {target}")
+    fs_move(spark, staged, target)
 
 
 def write_whole(spark: SparkSession, uri: str, data: bytes) -> None:
@@ -93,47 +81,23 @@ def write_whole(spark: SparkSession, uri: str, data: bytes) -> None:
     On an object store one create-close is one PUT; elsewhere a hidden temporary file is
     renamed over the target (atomic on local disk and HDFS).
     """
-    fs, path = _hadoop_path(spark, uri)
-    if fs.getUri().getScheme() in OBJECT_STORES:
-        stream = fs.create(path, True)
-        try:
-            stream.write(bytearray(data))
-        finally:
-            stream.close()
+    if fs_scheme(spark, uri) in OBJECT_STORES:
+        fs_write(spark, uri, data)
         return
-    tmp = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(
-        path.getParent(), f".{path.getName()}.{uuid.uuid4().hex[:8]}.tmp"
-    )
-    stream = fs.create(tmp, True)
-    try:
-        stream.write(bytearray(data))
-    finally:
-        stream.close()
+    parent, name = uri.rstrip("/").rsplit("/", 1)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    fs_write(spark, tmp, data)
     fault_point("record-written-not-renamed")
-    if fs.exists(path):
-        fs.delete(path, False)
-    if not fs.rename(tmp, path):
-        raise OSError(f"could not move {tmp.toString()} to {uri}")
+    fs_move(spark, tmp, uri)
 
 
 def _read_text(spark: SparkSession, uri: str) -> str:
-    fs, path = _hadoop_path(spark, uri)
-    stream = fs.open(path)
-    try:
-        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-    finally:
-        stream.close()
+    return fs_read_text(spark, uri)
 
 
 def _children(spark: SparkSession, uri: str) -> list[tuple[str, bool, int]]:
     """Name, is-folder and size of each entry directly under ``uri`` (none if missing)."""
-    fs, path = _hadoop_path(spark, uri)
-    if not fs.exists(path):
-        return []
-    return [
-        (status.getPath().getName(), status.isDirectory(), status.getLen())
-        for status in fs.listStatus(path)
-    ]
+    return fs_children(spark, uri)
 
 
 def _data_files(spark: SparkSession, run_uri: str) -> list[dict[str, Any]]:
@@ -230,7 +194,7 @@ def read_features(spark: SparkSession, output_root: str) -> DataFrame:
 
 
 def pending_images(
-    spark: SparkSession, images: DataFrame, output_root: str, overwrite: bool = False
+    spark: SparkSession, images: DataFrame, output_root: str, *, overwrite: bool = False
 ) -> DataFrame:
     """The images of ``images`` that still need features: new, or changed since featurized."""
     if overwrite or not _runs(spark, output_root):
@@ -290,7 +254,7 @@ def _prepare(spark: SparkSession, output_root: str) -> set[str]:
 
 
 def write_features(
-    spark: SparkSession, features: DataFrame, output_root: str, overwrite: bool = False
+    spark: SparkSession, features: DataFrame, output_root: str, *, overwrite: bool = False
 ) -> str:
     """Write ``features`` as a new run and commit it; return its id.
 
@@ -317,7 +281,34 @@ def write_features(
     return run_id
 
 
-def feature_counts(features: DataFrame) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureCounts:
+    """Rows of the features dataset: in all, with features (``ok``), with an ``error``; per
+    split (``{split: {"rows": n, "ok": n}}``); up to 100 sample errors by path."""
+
+    rows: int
+    ok: int
+    errors: int
+    by_split: dict[str, dict[str, int]]
+    error_examples: dict[str, str]
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's keys for these counts."""
+        return asdict(self)
+
+    def table(self) -> pd.DataFrame:
+        """Rows, with features and with an error, per split and in all: a small table."""
+        table = pd.DataFrame(
+            [
+                {"split": split, "rows": c["rows"], "ok": c["ok"], "errors": c["rows"] - c["ok"]}
+                for split, c in sorted(self.by_split.items())
+            ]
+            + [{"split": "total", "rows": self.rows, "ok": self.ok, "errors": self.errors}]
+        )
+        return table.set_index("split")
+
+
+def feature_counts(features: DataFrame) -> FeatureCounts:
     """Rows with features and rows with an error, in total and per split, plus sample errors."""
     by_split = (
         features.groupBy(F.coalesce("split", F.lit("(none)")).alias("split"))
@@ -327,10 +318,10 @@ def feature_counts(features: DataFrame) -> dict[str, Any]:
     errors = features.where(F.col("error").isNotNull()).select("path", "error").limit(100).collect()
     rows = sum(r["rows"] for r in by_split)
     ok = sum(r["ok"] for r in by_split)
-    return {
-        "rows": rows,
-        "ok": ok,
-        "errors": rows - ok,
-        "by_split": {r["split"]: {"rows": r["rows"], "ok": r["ok"]} for r in by_split},
-        "error_examples": {r["path"]: r["error"] for r in errors},
-    }
+    return FeatureCounts(
+        rows=rows,
+        ok=ok,
+        errors=rows - ok,
+        by_split={r["split"]: {"rows": r["rows"], "ok": r["ok"]} for r in by_split},
+        error_examples={r["path"]: r["error"] for r in errors},
+    )

@@ -11,6 +11,7 @@ import io
 import logging
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ PROPERTIES_SCHEMA = StructType(
 
 def eda_images(
     listing: ImageListing,
+    *,
     files_per_task: int = FILES_PER_TASK,
     bytes_per_task: int = BYTES_PER_TASK,
 ) -> DataFrame:
@@ -262,7 +264,7 @@ def _reasons(common: dict[str, Any]) -> Column:
 
 
 def unusual_images(
-    properties: DataFrame, iqr_factor: float = 3.0, limit: int = 1000
+    properties: DataFrame, *, iqr_factor: float = 3.0, limit: int = 1000
 ) -> pd.DataFrame:
     """Readable images that differ from the collection, each with the reason, by path.
 
@@ -296,7 +298,7 @@ def unusual_images(
     return table
 
 
-def unreadable(properties: DataFrame, limit: int = 1000) -> pd.DataFrame:
+def unreadable(properties: DataFrame, *, limit: int = 1000) -> pd.DataFrame:
     """Files that cannot be read as images, with the reason (at most ``limit``)."""
     return (
         properties.where(F.col("error").isNotNull())
@@ -326,7 +328,9 @@ def _duplicates(hashed: DataFrame, paths_shown: int) -> DataFrame:
     )
 
 
-def duplicate_groups(hashed: DataFrame, limit: int = 1000, paths_shown: int = 20) -> pd.DataFrame:
+def duplicate_groups(
+    hashed: DataFrame, *, limit: int = 1000, paths_shown: int = 20
+) -> pd.DataFrame:
     """Files with identical bytes (same sha256), one row per group, leakage first.
 
     ``hashed`` has ``path, split, label, sha256`` (e.g. :func:`image_properties`). A group
@@ -394,7 +398,7 @@ def spread_labels(labels: list[str], count: int) -> list[str]:
 
 
 def sample_images(
-    images: DataFrame, per_class: int, max_classes: int = 0, seed: int = 42, size: int = 100
+    images: DataFrame, *, per_class: int, max_classes: int = 0, seed: int = 42, size: int = 100
 ) -> pd.DataFrame:
     """A seeded sample of ``per_class`` decoded images per class, as ``label, path, pixels``.
 
@@ -456,7 +460,7 @@ def _class_mean(partials: pd.DataFrame) -> pd.DataFrame:
 
 
 def class_variability(
-    images: DataFrame, per_class: int = 30, size: int = 50, seed: int = 42
+    images: DataFrame, *, per_class: int = 30, size: int = 50, seed: int = 42
 ) -> pd.DataFrame:
     """Per class: its mean image and how far its images are from it, on a seeded sample.
 
@@ -496,8 +500,55 @@ def class_variability(
     return table.sort_values(["mse", "label"], ascending=[False, True]).reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class EdaSummary:
+    """The numbers of an EDA run (:func:`eda_summary`), JSON-ready: images, bytes and
+    classes in all, per split and per class; classes missing from a split; image property
+    combinations; unusual and unreadable files by path with the reason; duplicate counts
+    and Training/Test leakage; the most and least variable classes."""
+
+    images: int
+    bytes: int
+    classes: int
+    by_split: dict[str, int]
+    classes_by_split: dict[str, int]
+    by_class: dict[str, dict[str, int]]
+    split_mismatches: dict[str, list[str]]
+    properties: list[dict[str, Any]]
+    unusual: dict[str, str]
+    unreadable: dict[str, str]
+    duplicates: dict[str, int]
+    duplicate_groups: int
+    leakage: int
+    variability_classes: int
+    most_variable: list[dict[str, Any]]
+    least_variable: list[dict[str, Any]]
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``eda`` section's keys for these numbers."""
+        return asdict(self)
+
+    def table(self) -> pd.DataFrame:
+        """A few lines for the end of the notebook: what the inventory found."""
+        most = self.most_variable[0]["label"] if self.most_variable else "-"
+        splits = ", ".join(f"{split} {n}" for split, n in sorted(self.by_split.items()))
+        rows = {
+            "images": f"{self.images} ({splits})",
+            "classes": str(self.classes),
+            "bytes": f"{self.bytes / 2**20:.1f} MiB",
+            "classes missing from a split": str(sum(map(len, self.split_mismatches.values()))),
+            "unreadable files": str(len(self.unreadable)),
+            "unusual images": str(len(self.unusual)),
+            "duplicate groups": str(self.duplicate_groups),
+            "Test images leaking from Training": str(self.leakage),
+            "most variable class": most,
+        }
+        return pd.DataFrame({"value": list(rows.values())}, index=list(rows))
+
+
 def eda_summary(
     counts: pd.DataFrame,
+    *,
     mismatches: dict[str, list[str]],
     properties: pd.DataFrame,
     unusual: pd.DataFrame,
@@ -505,26 +556,31 @@ def eda_summary(
     duplicates: dict[str, int],
     variability: pd.DataFrame,
     shown: int = 5,
-) -> dict[str, Any]:
-    """The numbers of an EDA run, JSON-ready, for the ``eda`` section of the manifest."""
+) -> EdaSummary:
+    """The numbers of an EDA run, for the ``eda`` section of the manifest.
+
+    ``counts`` is the :func:`inventory`, ``mismatches`` :func:`split_mismatches`,
+    ``properties`` :func:`property_summary`, ``unusual`` :func:`unusual_images`,
+    ``bad_files`` :func:`unreadable`, ``duplicates`` :func:`duplicate_summary` and
+    ``variability`` :func:`class_variability`; ``shown`` classes at each end of the
+    variability ranking are named.
+    """
 
     def extremes(table: pd.DataFrame) -> list[dict[str, Any]]:
         return [{"label": r.label, "mse": round(r.mse, 5)} for r in table.itertuples()]
 
-    return {
-        "images": int(counts["images"].sum()),
-        "bytes": int(counts["bytes"].sum()),
-        "classes": int(counts["label"].nunique()),
-        "by_split": {k: int(v) for k, v in counts.groupby("split")["images"].sum().items()},
-        "classes_by_split": {
-            k: int(v) for k, v in counts.groupby("split")["label"].nunique().items()
-        },
-        "by_class": {
+    return EdaSummary(
+        images=int(counts["images"].sum()),
+        bytes=int(counts["bytes"].sum()),
+        classes=int(counts["label"].nunique()),
+        by_split={k: int(v) for k, v in counts.groupby("split")["images"].sum().items()},
+        classes_by_split={k: int(v) for k, v in counts.groupby("split")["label"].nunique().items()},
+        by_class={
             label: {r.split: int(r.images) for r in group.itertuples()}
             for label, group in counts.groupby("label")
         },
-        "split_mismatches": mismatches,
-        "properties": [
+        split_mismatches=mismatches,
+        properties=[
             {
                 "size": f"{r.width}x{r.height}",
                 "mode": r.mode,
@@ -533,12 +589,12 @@ def eda_summary(
             }
             for r in properties.itertuples()
         ],
-        "unusual": dict(zip(unusual["path"], unusual["reason"])),
-        "unreadable": dict(zip(bad_files["path"], bad_files["error"])),
-        "duplicates": duplicates,
-        "duplicate_groups": duplicates["groups"],
-        "leakage": duplicates["leakage_images"],
-        "variability_classes": len(variability),
-        "most_variable": extremes(variability.head(shown)),
-        "least_variable": extremes(variability.tail(shown).iloc[::-1]),
-    }
+        unusual=dict(zip(unusual["path"], unusual["reason"])),
+        unreadable=dict(zip(bad_files["path"], bad_files["error"])),
+        duplicates=duplicates,
+        duplicate_groups=duplicates["groups"],
+        leakage=duplicates["leakage_images"],
+        variability_classes=len(variability),
+        most_variable=extremes(variability.head(shown)),
+        least_variable=extremes(variability.tail(shown).iloc[::-1]),
+    )

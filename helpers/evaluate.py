@@ -4,24 +4,72 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.manifold import TSNE
-from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model trained on Training and scored on Test (the linear probe, the Spark ML
+    classifier), or why there is none (``skipped``).
+
+    ``worst_classes``: the five classes with the lowest Test accuracy; ``note``: what was
+    left out of the score; ``iterations``: the optimizer's, where it reports them.
+    """
+
+    accuracy: float | None = None
+    train_rows: int | None = None
+    test_rows: int | None = None
+    worst_classes: dict[str, float] = field(default_factory=dict)
+    note: str | None = None
+    iterations: int | None = None
+    skipped: str | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's keys: ``{"skipped": reason}``, or the scores (``note`` and
+        ``iterations`` only when set)."""
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        values: dict[str, Any] = {
+            "accuracy": self.accuracy,
+            "train_rows": self.train_rows,
+            "test_rows": self.test_rows,
+            "worst_classes": self.worst_classes,
+        }
+        if self.iterations is not None:
+            values["iterations"] = self.iterations
+        if self.note is not None:
+            values["note"] = self.note
+        return values
+
+    @classmethod
+    def from_manifest(cls, values: Mapping[str, Any]) -> Score:
+        """A score as the manifest recorded it (other keys of its section are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+#: A score, or a score as read back from manifest.json.
+ScoreLike = Union[Score, Mapping[str, Any]]
+
+
+def _score(value: ScoreLike) -> Score:
+    return value if isinstance(value, Score) else Score.from_manifest(value)
 
 
 def _matrix(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.stack(frame[column].to_numpy()).astype(np.float32)
 
 
-def stratified_sample(df: DataFrame, column: str, size: int, seed: int = 42) -> pd.DataFrame:
+def stratified_sample(df: DataFrame, column: str, *, size: int, seed: int = 42) -> pd.DataFrame:
     """About ``size`` rows spread evenly over classes: ``label`` and the array ``column``."""
     classes = df.select("label").distinct().count()
     per_class = max(1, math.ceil(size / max(classes, 1)))
@@ -35,9 +83,11 @@ def stratified_sample(df: DataFrame, column: str, size: int, seed: int = 42) -> 
 
 
 def tsne_embedding(
-    sample: pd.DataFrame, column: str, perplexity: float = 30.0, seed: int = 42
+    sample: pd.DataFrame, column: str, *, perplexity: float = 30.0, seed: int = 42
 ) -> np.ndarray:
     """2-D t-SNE of the arrays in ``sample[column]`` (seeded; perplexity capped for few rows)."""
+    from sklearn.manifold import TSNE  # here: helpers.classify imports Score from this module
+
     matrix = _matrix(sample, column)
     # scikit-learn needs perplexity < n_samples: cap it for small samples (2 rows: 1.0)
     perplexity = min(perplexity, max(2.0, (len(matrix) - 1) / 3), len(matrix) - 1)
@@ -45,9 +95,7 @@ def tsne_embedding(
     return tsne.fit_transform(matrix)
 
 
-def linear_probe(
-    df: DataFrame, column: str, seed: int = 42, standardize: bool = True
-) -> dict[str, Any]:
+def linear_probe(df: DataFrame, column: str, *, seed: int = 42, standardize: bool = True) -> Score:
     """Logistic regression trained on Training rows, scored on Test rows, on the driver.
 
     ``standardize`` scales each column to unit variance on Training first: right for raw
@@ -57,10 +105,10 @@ def linear_probe(
     full standardized features, restricted to the subspace PCA kept, so it judges the
     reduction and nothing else.
 
-    Returns accuracy, row counts and the five worst classes. Test images of classes that
-    Training lacks cannot be named by the model: they are left out of the score and
-    ``note`` says so. Without a probe to make (no Training or Test rows, fewer than two
-    Training classes) it returns ``{"skipped": reason}``.
+    Returns accuracy, row counts and the five worst classes (:class:`Score`). Test images
+    of classes that Training lacks cannot be named by the model: they are left out of the
+    score and ``note`` says so. Without a probe to make (no Training or Test rows, fewer
+    than two Training classes) the score is ``skipped``, with the reason.
     """
     frame = (
         df.where(F.lower("split").isin("training", "test"))
@@ -89,9 +137,12 @@ def linear_probe(
         reason = None
     if reason:
         log.warning("linear probe skipped: %s", reason)
-        return {"skipped": reason}
+        return Score(skipped=reason)
     if note:
         log.warning("linear probe: %s", note)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     x_train, x_test = _matrix(train, column), _matrix(test, column)
     if standardize:
         scaler = StandardScaler().fit(x_train)
@@ -101,38 +152,39 @@ def linear_probe(
     predicted = model.predict(x_test)
     correct = pd.Series(predicted == test["label"].to_numpy(), index=test["label"].to_numpy())
     per_class = correct.groupby(level=0).mean().sort_values(kind="stable")
-    result = {
-        "accuracy": float(correct.mean()),
-        "train_rows": len(train),
-        "test_rows": len(test),
-        "worst_classes": {k: float(v) for k, v in per_class.head(5).items()},
-    }
-    return {**result, "note": note} if note else result
+    return Score(
+        accuracy=float(correct.mean()),
+        train_rows=len(train),
+        test_rows=len(test),
+        worst_classes={k: float(v) for k, v in per_class.head(5).items()},
+        note=note,
+    )
 
 
-def probe_table(probes: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def probe_table(probes: Mapping[str, ScoreLike]) -> pd.DataFrame:
     """One row per probe (``full``, ``pca_<k>``...): accuracy, rows, worst classes, and a
-    ``note`` saying what was left out or why the probe was skipped."""
+    ``note`` saying what was left out or why the probe was skipped. Scores may come as
+    :class:`Score` or as read back from the manifest."""
     rows = {}
-    for name, result in probes.items():
-        if "skipped" in result:
-            rows[name] = {"note": f"skipped: {result['skipped']}"}
+    for name, value in probes.items():
+        score = _score(value)
+        if score.skipped is not None:
+            rows[name] = {"note": f"skipped: {score.skipped}"}
             continue
         rows[name] = {
-            "accuracy": result["accuracy"],
-            "train_rows": result["train_rows"],
-            "test_rows": result["test_rows"],
-            "worst_classes": ", ".join(
-                f"{k} ({v:.0%})" for k, v in result["worst_classes"].items()
-            ),
-            "note": result.get("note", ""),
+            "accuracy": score.accuracy,
+            "train_rows": score.train_rows,
+            "test_rows": score.test_rows,
+            "worst_classes": ", ".join(f"{k} ({v:.0%})" for k, v in score.worst_classes.items()),
+            "note": score.note or "",
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def probe_summary(probes: dict[str, dict[str, Any]]) -> str:
+def probe_summary(probes: Mapping[str, ScoreLike]) -> str:
     """One line for a log or a terminal: each probe's accuracy, or why it was skipped."""
+    scores = {name: _score(value) for name, value in probes.items()}
     return "; ".join(
-        f"{name} skipped ({r['skipped']})" if "skipped" in r else f"{name} {r['accuracy']:.3f}"
-        for name, r in probes.items()
+        f"{name} skipped ({s.skipped})" if s.skipped is not None else f"{name} {s.accuracy:.3f}"
+        for name, s in scores.items()
     )

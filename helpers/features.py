@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +141,22 @@ class Weights:
     source: str
 
     def arrays(self, model_name: str, image_size: int) -> list[np.ndarray]:
-        """The weight arrays (a file's are loaded on the driver: TensorFlow imported)."""
-        if isinstance(self.payload, bytes):
-            return load_weights(model_name, self.source, image_size)
-        return self.payload
+        """The weight arrays (a file's bytes are loaded on the driver: TensorFlow imported).
+
+        The bytes are loaded through a temporary file, so this works where ``source`` is
+        not there any more (a saved :class:`helpers.featurizer.ImageFeaturizer`).
+        """
+        if not isinstance(self.payload, bytes):
+            return self.payload
+        with tempfile.NamedTemporaryFile(suffix=".h5") as handle:
+            handle.write(self.payload)
+            handle.flush()
+            try:
+                return build_model(model_name, handle.name, image_size).get_weights()
+            except ValueError as exc:
+                raise ValueError(
+                    f"weights file '{self.source}' does not fit {model_name} without its top: {exc}"
+                ) from exc
 
 
 def driver_weights(model_name: str, weights: str, image_size: int) -> Weights:
@@ -255,12 +267,40 @@ def featurize_batch(
     return pd.DataFrame({"features": features, "error": errors})
 
 
+@dataclass(frozen=True)
+class FeatureInfo:
+    """How a featurization runs: the model, its weights and the tasks (manifest facts).
+
+    ``weights_sha256`` names the weights everywhere (:attr:`Weights.checksum`: a weights
+    file's own SHA-256). ``converted_model`` and ``converted_from_cache`` are set for a
+    converted runtime (``onnxruntime``) only.
+    """
+
+    model_name: str
+    feature_dim: int
+    image_size: int
+    batch_size: int
+    weights: str
+    weights_sha256: str
+    runtime: str
+    tasks: int
+    converted_model: str | None = None
+    converted_from_cache: bool | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's keys for these facts (the conversion's only when there was one)."""
+        values = asdict(self)
+        if self.converted_model is None:
+            del values["converted_model"], values["converted_from_cache"]
+        return values
+
+
 @dataclass
 class Featurization:
     """A lazy featurization: the DataFrame to write, facts for the manifest, a decode count."""
 
     features: DataFrame
-    info: dict[str, Any]
+    info: FeatureInfo
     decoded: Accumulator
     with_tensorflow: Accumulator | None = None
 
@@ -399,6 +439,7 @@ def feature_udf(
     spark: SparkSession,
     broadcast: Broadcast,
     checksum: str,
+    *,
     model_name: str = "mobilenet_v2",
     image_size: int = 224,
     batch_size: int = 64,
@@ -451,6 +492,7 @@ def feature_udf(
 def featurize(
     spark: SparkSession,
     images: DataFrame,
+    *,
     model_name: str = "mobilenet_v2",
     weights: str = "imagenet",
     image_size: int = 224,
@@ -486,7 +528,14 @@ def featurize(
     converted_info = model
     warm_up.wait_submitted(spark)
     extract, decoded, with_tensorflow = feature_udf(
-        spark, broadcast, checksum, model_name, image_size, batch_size, runtime, loaded.source
+        spark,
+        broadcast,
+        checksum,
+        model_name=model_name,
+        image_size=image_size,
+        batch_size=batch_size,
+        runtime=runtime,
+        source=loaded.source,
     )
 
     count = len(input_files(images)) if count is None else count
@@ -504,42 +553,91 @@ def featurize(
         F.col("length").alias("size"),
         F.col("modificationTime").alias("modified"),
     )
-    info = {
-        "model_name": model_name,
-        "feature_dim": MODELS[model_name]["dim"],
-        "image_size": image_size,
-        "batch_size": batch_size,
-        "weights": weights,
-        "weights_sha256": checksum,
-        "runtime": runtime,
-        "tasks": tasks,
-    }
-    if converted_info is not None:
-        info["converted_model"] = converted_info.path.name
-        info["converted_from_cache"] = converted_info.cached
+    info = FeatureInfo(
+        model_name=model_name,
+        feature_dim=int(MODELS[model_name]["dim"]),
+        image_size=image_size,
+        batch_size=batch_size,
+        weights=weights,
+        weights_sha256=checksum,
+        runtime=runtime,
+        tasks=tasks,
+        converted_model=None if converted_info is None else converted_info.path.name,
+        converted_from_cache=None if converted_info is None else converted_info.cached,
+    )
     log.info("featurizing %d files in %d tasks with %s (%s)", count, tasks, model_name, runtime)
     return Featurization(out, info, decoded, with_tensorflow)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What the feature-extraction step did (:func:`extract_features`), for the manifest.
+
+    ``files`` found under ``data_root``; ``featurized`` of them new or changed, the others
+    ``skipped``; ``images_decoded`` by the UDF (once per image, plus any retries);
+    ``run_id`` of the committed run (None when nothing was new); ``listing``: the files
+    read specially or not read (:meth:`helpers.images.ImageListing.report`); ``info``: the
+    model, weights and tasks (None when nothing was featurized).
+    """
+
+    files: int
+    featurized: int
+    skipped: int
+    listing: dict[str, Any]
+    images_decoded: int = 0
+    run_id: str | None = None
+    info: FeatureInfo | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``features`` section's keys for this step (flat, as the manifest has them)."""
+        values = {
+            "files": self.files,
+            "featurized": self.featurized,
+            "skipped": self.skipped,
+            "listing": self.listing,
+        }
+        if self.info is not None:
+            values.update(self.info.to_manifest())
+        return {**values, "images_decoded": self.images_decoded, "run_id": self.run_id}
+
+    def summary(self) -> pd.DataFrame:
+        """A few lines for the notebook: files, featurized, skipped, model, weights, run."""
+        rows: dict[str, Any] = {
+            "files found": self.files,
+            "featurized now": self.featurized,
+            "already featurized (skipped)": self.skipped,
+            "images decoded": self.images_decoded,
+        }
+        if self.info is not None:
+            rows["model"] = (
+                f"{self.info.model_name} ({self.info.feature_dim} features, "
+                f"{self.info.image_size} px, {self.info.runtime})"
+            )
+            rows["weights sha256"] = self.info.weights_sha256[:16] + "..."
+        rows["run"] = self.run_id or "none (nothing new)"
+        return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
 
 
 def extract_features(
     spark: SparkSession,
     data_root: str,
     output_root: str,
+    *,
     model_name: str = "mobilenet_v2",
     weights: str = "imagenet",
     image_size: int = 224,
     batch_size: int = 64,
     overwrite: bool = False,
     runtime: str = "auto",
-) -> dict[str, Any]:
+) -> Extraction:
     """The feature-extraction step: featurize the new or changed images under ``data_root``.
 
     Images already featurized under ``output_root`` (same path, size and modification time)
     are skipped unless ``overwrite``; the new rows are published atomically as one run.
-    Returns facts for the manifest: files found, images featurized, decode count, run id,
-    and the listing's report (files hidden from Spark read anyway, files not read).
-    ``runtime`` runs the model (:data:`helpers.config.RUNTIME_CHOICES`; ``auto``:
-    :func:`helpers.inference.resolve_runtime`).
+    Returns what it did (:class:`Extraction`): files found, images featurized, decode
+    count, run id, and the listing's report (files hidden from Spark read anyway, files
+    not read). ``runtime`` runs the model (:data:`helpers.config.RUNTIME_CHOICES`;
+    ``auto``: :func:`helpers.inference.resolve_runtime`).
     """
     _check_model_name(model_name)
     runtime = inference.resolve_runtime(runtime)
@@ -550,22 +648,27 @@ def extract_features(
         loading = pool.submit(driver_weights, model_name, weights, image_size)
         listing = list_images(spark, data_root)
         files = listing.files
-        todo = pending_images(spark, listing.images, output_root, overwrite)
+        todo = pending_images(spark, listing.images, output_root, overwrite=overwrite)
         count = files if todo is listing.images else todo.count()  # first run: no job
-        summary: dict[str, Any] = {
-            "files": files,
-            "featurized": count,
-            "skipped": files - count,
-            "listing": listing.report(),
-        }
+        found = Extraction(
+            files=files, featurized=count, skipped=files - count, listing=listing.report()
+        )
         if count == 0:
             log.info("all %d images already featurized under %s", files, output_root)
-            return {**summary, "images_decoded": 0, "run_id": None}
+            return found
         loaded = loading.result()
     finally:
         pool.shutdown(wait=False)
     run = featurize(
-        spark, todo, model_name, weights, image_size, batch_size, count, loaded, runtime
+        spark,
+        todo,
+        model_name=model_name,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        count=count,
+        loaded=loaded,
+        runtime=runtime,
     )
-    run_id = write_features(spark, run.features, output_root, overwrite)
-    return {**summary, **run.info, "images_decoded": run.images_decoded, "run_id": run_id}
+    run_id = write_features(spark, run.features, output_root, overwrite=overwrite)
+    return replace(found, images_decoded=run.images_decoded, run_id=run_id, info=run.info)

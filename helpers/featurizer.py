@@ -6,13 +6,17 @@ not decode), on any DataFrame with image bytes, e.g.
 ``spark.read.format("binaryFile").load(paths)``: no folder layout is assumed.
 
 Saved alone or inside a ``PipelineModel``, the stage's folder holds its parameters
-(``metadata/``, with the weights' SHA-256) and the weight arrays themselves
-(``weights/``, Parquet): loading it in another session or on another machine needs neither
-the original ``.h5`` file nor internet, and a damaged copy is refused.
+(``metadata/``) and the weights themselves (``weights/``, Parquet): a weights file's bytes,
+with the file's SHA-256 as ``weights_sha256`` in the metadata (the checksum the manifest
+records, :func:`helpers.features.driver_weights`), or, for ``imagenet`` and ``random``,
+the weight arrays with their digest as ``weights_arrays_sha256``. Loading it in another
+session or on another machine needs neither the original ``.h5`` file nor internet, and
+a damaged copy is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -35,12 +39,21 @@ from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, 
 
 from helpers import inference
 from helpers.config import MODELS, RUNTIME_CHOICES
-from helpers.features import feature_udf, load_weights, runtime_environment, weights_checksum
+from helpers.features import (
+    Weights,
+    driver_weights,
+    feature_udf,
+    runtime_environment,
+    weights_checksum,
+)
 
 log = logging.getLogger(__name__)
 
-#: Where a saved stage keeps its weight arrays, inside its folder.
+#: Where a saved stage keeps its weights, inside its folder.
 WEIGHTS_DIR = "weights"
+#: ``weights_format`` in a saved stage's metadata: a weights file's bytes (one row), or the
+#: weight arrays (one row each; stages saved before this key existed hold arrays).
+FILE_FORMAT, ARRAYS_FORMAT = "h5-file", "arrays"
 
 _WEIGHTS_SCHEMA = StructType(
     [
@@ -89,7 +102,7 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
         Params._dummy(),
         "weights",
         "where the weights came from: 'imagenet', a .h5 path or an s3:// URI ('random': "
-        "tests only); a saved stage carries the arrays themselves",
+        "tests only); a saved stage carries the weights themselves",
         typeConverter=TypeConverters.toString,
     )
 
@@ -160,9 +173,8 @@ class ImageFeaturizer(
         weights: str = "imagenet",
     ) -> None:
         super().__init__()
-        self._arrays: list[np.ndarray] | None = None
-        self._arrays_key: tuple[str, str] | None = None
-        self._checksum: str | None = None
+        self._loaded: Weights | None = None
+        self._loaded_key: tuple[str, str] | None = None
         self._broadcasts: dict[tuple[str, str, str], Any] = {}
         self.setParams(**self._input_kwargs)
 
@@ -224,38 +236,50 @@ class ImageFeaturizer(
         """Width of the features: 1280 for MobileNetV2, 2048 for ResNet50."""
         return int(MODELS[self.getModelName()]["dim"])
 
-    def weightsArrays(self) -> tuple[list[np.ndarray], str]:
-        """The weight arrays the stage runs with, and their SHA-256 (recorded in manifests).
+    def loadedWeights(self) -> Weights:
+        """The weights the stage runs with (:class:`helpers.features.Weights`): a weights
+        file's bytes named by the file's SHA-256, or the arrays of ``imagenet``/``random``.
 
         Read on the driver on first use from ``weights`` (a saved stage has them already).
         """
         key = (self.getModelName(), self.getWeights())
-        if self._arrays is None or self._arrays_key != key:
-            self._set_arrays(load_weights(key[0], key[1], self.getImageSize()), key)
-        assert self._arrays is not None and self._checksum is not None
-        return self._arrays, self._checksum
+        if self._loaded is None or self._loaded_key != key:
+            self._set_loaded(driver_weights(key[0], key[1], self.getImageSize()), key)
+        assert self._loaded is not None
+        return self._loaded
 
-    def _set_arrays(self, arrays: list[np.ndarray], key: tuple[str, str]) -> None:
-        self._arrays, self._arrays_key = arrays, key
-        self._checksum = weights_checksum(arrays)
+    def weightsChecksum(self) -> str:
+        """The checksum naming the weights, as the manifest's ``weights_sha256``."""
+        return self.loadedWeights().checksum
+
+    def _set_loaded(self, loaded: Weights, key: tuple[str, str]) -> None:
+        self._loaded, self._loaded_key = loaded, key
         self._broadcasts = {}
 
     def _broadcast(self, spark: SparkSession) -> tuple[Any, str]:
-        """This session's broadcast of the model for ``runtime``, made once per session."""
-        arrays, checksum = self.weightsArrays()
+        """This session's broadcast of the model for ``runtime``, made once per session.
+
+        ``keras``: the weights as they are (a file's bytes or the arrays); a converted
+        runtime: the converted model, cached under the same checksum as notebook 02's.
+        """
+        loaded = self.loadedWeights()
         runtime = inference.resolve_runtime(self.getRuntime())
-        key = (spark.sparkContext.applicationId, checksum, runtime)
+        key = (spark.sparkContext.applicationId, loaded.checksum, runtime)
         if key not in self._broadcasts:
             if runtime == "keras":
-                value: Any = arrays
+                value: Any = loaded.payload
             else:
                 model_name, size = self.getModelName(), self.getImageSize()
                 converted = inference.converted_model(
-                    model_name, size, lambda: arrays, checksum, runtime
+                    model_name,
+                    size,
+                    lambda: loaded.arrays(model_name, size),
+                    loaded.checksum,
+                    runtime,
                 )
                 value = converted.data
             self._broadcasts[key] = spark.sparkContext.broadcast(value)
-        return self._broadcasts[key], checksum
+        return self._broadcasts[key], loaded.checksum
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         self._check()
@@ -280,11 +304,11 @@ class ImageFeaturizer(
             spark,
             broadcast,
             checksum,
-            self.getModelName(),
-            self.getImageSize(),
-            batch_size,
-            runtime,
-            self.getWeights(),
+            model_name=self.getModelName(),
+            image_size=self.getImageSize(),
+            batch_size=batch_size,
+            runtime=runtime,
+            source=self.getWeights(),
         )
         # Arrow batches of a few model batches: bounded memory even for large photos
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))
@@ -298,7 +322,7 @@ class ImageFeaturizer(
         )
 
     def write(self) -> MLWriter:
-        """A writer that saves the parameters and the weight arrays in the stage's folder."""
+        """A writer that saves the parameters and the weights in the stage's folder."""
         return _ImageFeaturizerWriter(self)
 
     @classmethod
@@ -315,16 +339,34 @@ class _ImageFeaturizerWriter(MLWriter):
         self.instance = instance
 
     def saveImpl(self, path: str) -> None:
-        arrays, checksum = self.instance.weightsArrays()
-        extra = {"weights_sha256": checksum, "weights_arrays": len(arrays)}
+        loaded = self.instance.loadedWeights()
+        if isinstance(loaded.payload, bytes):
+            extra: dict[str, Any] = {
+                "weights_format": FILE_FORMAT,
+                "weights_sha256": loaded.checksum,
+                "weights_bytes": len(loaded.payload),
+            }
+            rows = [(0, FILE_FORMAT, "", loaded.payload)]
+        else:
+            arrays = loaded.payload
+            extra = {
+                "weights_format": ARRAYS_FORMAT,
+                "weights_arrays_sha256": loaded.checksum,
+                "weights_arrays": len(arrays),
+            }
+            rows = [
+                (i, a.dtype.str, ",".join(map(str, a.shape)), np.ascontiguousarray(a).tobytes())
+                for i, a in enumerate(arrays)
+            ]
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata=extra)
-        rows = [
-            (i, a.dtype.str, ",".join(map(str, a.shape)), np.ascontiguousarray(a).tobytes())
-            for i, a in enumerate(arrays)
-        ]
         frame = self.sparkSession.createDataFrame(rows, _WEIGHTS_SCHEMA)
         frame.coalesce(1).write.mode("overwrite").parquet(f"{path}/{WEIGHTS_DIR}")
-        log.info("saved %s with %d weight arrays (sha256 %s)", path, len(arrays), checksum[:12])
+        log.info(
+            "saved %s with its weights (%s, sha256 %s)",
+            path,
+            extra["weights_format"],
+            loaded.checksum[:12],
+        )
 
 
 class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
@@ -342,20 +384,31 @@ class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
         instance._check()
         rows = self.sparkSession.read.parquet(f"{path}/{WEIGHTS_DIR}").collect()
         rows.sort(key=lambda row: row["index"])
-        arrays = [
-            np.frombuffer(row["data"], dtype=np.dtype(row["dtype"]))
-            .reshape([int(n) for n in row["shape"].split(",") if n])
-            .copy()
-            for row in rows
-        ]
-        recorded = metadata.get("weights_sha256")
-        found = weights_checksum(arrays)
-        if found != recorded or len(arrays) != metadata.get("weights_arrays"):
+        if metadata.get("weights_format") == FILE_FORMAT:
+            data = bytes(rows[0]["data"]) if len(rows) == 1 else b""
+            found = hashlib.sha256(data).hexdigest()
+            recorded = metadata.get("weights_sha256")
+            whole = len(rows) == 1 and len(data) == metadata.get("weights_bytes")
+            what = f"a weights file of {len(data)} bytes"
+            loaded = Weights(data, found, instance.getWeights())
+        else:  # the arrays; stages saved before weights_format recorded their digest as
+            # weights_sha256
+            arrays = [
+                np.frombuffer(row["data"], dtype=np.dtype(row["dtype"]))
+                .reshape([int(n) for n in row["shape"].split(",") if n])
+                .copy()
+                for row in rows
+            ]
+            found = weights_checksum(arrays)
+            recorded = metadata.get("weights_arrays_sha256", metadata.get("weights_sha256"))
+            whole = len(arrays) == metadata.get("weights_arrays")
+            what = f"{len(arrays)} weight arrays"
+            loaded = Weights(arrays, found, instance.getWeights())
+        if found != recorded or not whole:
             raise ValueError(
-                f"ImageFeaturizer at '{path}': its {WEIGHTS_DIR}/ hold {len(arrays)} arrays "
-                f"with SHA-256 {found[:12]}..., not the {metadata.get('weights_arrays')} "
-                f"arrays {str(recorded)[:12]}... its metadata records: the folder is damaged "
-                f"or incomplete; copy or save the model again"
+                f"ImageFeaturizer at '{path}': its {WEIGHTS_DIR}/ hold {what} with SHA-256 "
+                f"{found[:12]}..., not the weights {str(recorded)[:12]}... its metadata "
+                f"records: the folder is damaged or incomplete; copy or save the model again"
             )
-        instance._set_arrays(arrays, (instance.getModelName(), instance.getWeights()))
+        instance._set_loaded(loaded, (instance.getModelName(), instance.getWeights()))
         return instance

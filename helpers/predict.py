@@ -85,7 +85,7 @@ def image_frame(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 
 def predict(
-    spark: SparkSession, model: PipelineModel, images: DataFrame, top: int = 3
+    spark: SparkSession, model: PipelineModel, images: DataFrame, *, top: int = 3
 ) -> pd.DataFrame:
     """The ``top`` classes and probabilities of each image of ``images`` (``path, content``).
 
@@ -114,7 +114,7 @@ def predict(
     return pd.DataFrame(rows)
 
 
-def format_predictions(table: pd.DataFrame, top: int = 3) -> str:
+def format_predictions(table: pd.DataFrame, *, top: int = 3) -> str:
     """One line per image: ``path: label p, label p, ...`` or ``path: ERROR reason``."""
     lines = []
     for _, row in table.iterrows():
@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             output_root=model_path,
         )
         model = load_pipeline_model(model_path)
-        table = predict(spark, model, image_frame(spark, args.paths), args.top)
+        table = predict(spark, model, image_frame(spark, args.paths), top=args.top)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_predictions(table, args.top))
+    print(format_predictions(table, top=args.top))
     return 0
 
 

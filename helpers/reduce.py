@@ -21,7 +21,6 @@ Python. Memory: every task and the driver hold a few d x d float64 matrices (13 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +29,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark import SparkContext, TaskContext
+from pyspark import TaskContext
 from pyspark.ml import PipelineModel
-from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.linalg import DenseVector
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from threadpoolctl import threadpool_limits
 
 from helpers.dataset import STAGING, new_run_id, publish, remove
+from helpers.jvm import java_pca_model, java_standard_scaler_model
 from helpers.paths import join, spark_uri
 
 log = logging.getLogger(__name__)
@@ -79,6 +77,26 @@ class Reduction:
         """Cumulative share of variance kept by the first ``k`` components."""
         return float(self.explained_variance[: min(k, len(self.explained_variance))].sum())
 
+    def to_manifest(self) -> dict[str, Any]:
+        """What the manifest keeps of a fit: rows used and left out, width, k, variance
+        kept, the variance table and the whole explained-variance spectrum."""
+        return {
+            "rows": self.rows,
+            "excluded": self.excluded,
+            "dim": self.dim,
+            "k": self.k,
+            "variance_kept": self.variance_at(self.k),
+            "variance_table": variance_table(self).to_dict("records"),
+            "explained_variance": self.explained_variance,
+        }
+
+    def summary(self) -> str:
+        """One line: rows used and left out, width, k and the variance it keeps."""
+        return (
+            f"fitted on {self.rows} rows x {self.dim} features, {self.excluded} rows with an "
+            f"error left out; k = {self.k} keeps {self.variance_at(self.k):.3f} of the variance"
+        )
+
 
 def _usable() -> Column:
     """True for rows that have features: ``error`` null and ``features`` present."""
@@ -110,42 +128,10 @@ def _principal_axes(correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return axes * np.where(largest < 0, -1.0, 1.0), values
 
 
-def _jvm_doubles(values: np.ndarray) -> Any:
-    """``values`` as a JVM ``double[]``, passed through a temporary file on the driver.
-
-    Py4J sends a byte array as base64 text, about 0.1 s for the 6 MB of a 1280 x 584
-    PCA matrix; the file takes a fifth of that. The driver's Python and JVM share a host.
-    """
-    spark_context = SparkContext.getOrCreate()
-    jvm = spark_context._jvm
-    data = np.ascontiguousarray(values, dtype="<f8").ravel()
-    raw = jvm.java.nio.ByteBuffer.allocate(data.nbytes)
-    with tempfile.NamedTemporaryFile(suffix=".f64") as handle:
-        data.tofile(handle.name)
-        channel = jvm.java.io.RandomAccessFile(handle.name, "r").getChannel()
-        try:
-            while raw.hasRemaining() and channel.read(raw) >= 0:
-                pass
-        finally:
-            channel.close()
-    doubles = spark_context._gateway.new_array(jvm.double, data.size)
-    raw.flip()  # (on Java 8 flip() returns a Buffer, which has no order())
-    raw.order(jvm.java.nio.ByteOrder.LITTLE_ENDIAN).asDoubleBuffer().get(doubles)
-    return doubles
-
-
 def _pca_model(axes: np.ndarray, explained: np.ndarray, k: int) -> PCAModel:
     """A Spark ML PCAModel (``scaled`` -> ``pca``) keeping the first ``k`` of ``axes``."""
-    spark_context = SparkContext.getOrCreate()
-    jvm = spark_context._jvm
-    matrix = jvm.org.apache.spark.ml.linalg.DenseMatrix(
-        axes.shape[0], k, _jvm_doubles(axes[:, :k].ravel(order="F"))
-    )
     estimator = PCA(k=k, inputCol="scaled", outputCol="pca")
-    java_model = jvm.org.apache.spark.ml.feature.PCAModel(
-        estimator.uid, matrix, _py2java(spark_context, DenseVector(explained[:k]))
-    )
-    model = PCAModel(java_model)
+    model = PCAModel(java_pca_model(estimator.uid, axes[:, :k], explained[:k]))
     model._set(k=k, inputCol="scaled", outputCol="pca")
     return model
 
@@ -254,19 +240,13 @@ def _correlation(scatter: np.ndarray, std: np.ndarray, rows: int) -> np.ndarray:
 
 def _scaler_model(mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
     """A Spark ML StandardScalerModel (``vector`` -> ``scaled``, mean and std)."""
-    spark_context = SparkContext.getOrCreate()
     estimator = StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
-    java_model = spark_context._jvm.org.apache.spark.ml.feature.StandardScalerModel(
-        estimator.uid,
-        _py2java(spark_context, DenseVector(std)),
-        _py2java(spark_context, DenseVector(mean)),
-    )
-    model = StandardScalerModel(java_model)
+    model = StandardScalerModel(java_standard_scaler_model(estimator.uid, mean, std))
     model._set(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
     return model
 
 
-def fit_reduction(features: DataFrame, variance: float = 0.95, k: int = 0) -> Reduction:
+def fit_reduction(features: DataFrame, *, variance: float = 0.95, k: int = 0) -> Reduction:
     """Fit StandardScaler (mean and std) and PCA on rows with features; choose k.
 
     Rows with an ``error`` are left out and counted in ``Reduction.excluded``. ``k=0``
@@ -324,20 +304,6 @@ def variance_table(
             "chosen": [k == reduction.k for k in chosen],
         }
     )
-
-
-def reduction_summary(reduction: Reduction) -> dict[str, Any]:
-    """What the manifest keeps of a fit: rows used and left out, width, k, variance kept,
-    the variance table and the whole explained-variance spectrum."""
-    return {
-        "rows": reduction.rows,
-        "excluded": reduction.excluded,
-        "dim": reduction.dim,
-        "k": reduction.k,
-        "variance_kept": reduction.variance_at(reduction.k),
-        "variance_table": variance_table(reduction).to_dict("records"),
-        "explained_variance": reduction.explained_variance,
-    }
 
 
 def save_reduction(reduction: Reduction, reduced: DataFrame, output_root: str) -> str:

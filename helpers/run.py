@@ -77,6 +77,7 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def run_notebooks(
     params: dict[str, Any],
     notebooks: tuple[str, ...] = NOTEBOOKS,
+    *,
     notebook_dir: Path = PROJECT_ROOT / "notebooks",
     kernel: str = "python3",
 ) -> list[str]:

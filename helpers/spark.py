@@ -28,6 +28,7 @@ from helpers.config import (
     resolve_hadoop_aws_jars,
     resolve_s3_endpoint,
 )
+from helpers.jvm import filesystem_class_error, hadoop_conf_set, jvm_hadoop_version
 
 log = logging.getLogger(__name__)
 
@@ -245,23 +246,18 @@ def require_s3a(spark: SparkSession, roots: Sequence[str]) -> None:
     Without this check the first read would fail minutes later with a bare
     ``ClassNotFoundException`` deep in a Java stack trace.
     """
-    jvm = spark.sparkContext._jvm
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
-    version = jvm.org.apache.hadoop.util.VersionInfo.getVersion()
+    version = jvm_hadoop_version(spark)
     for root in roots:
         scheme = root.split("://", 1)[0].lower()
-        try:
-            jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, hadoop_conf)
-        except Exception as exc:  # Py4JJavaError: ClassNotFound or UnsupportedFileSystem
-            raise RuntimeError(_missing_s3a_message([root], version)) from exc
+        error = filesystem_class_error(spark, scheme)
+        if error is not None:
+            raise RuntimeError(_missing_s3a_message([root], version)) from error
 
 
 def _configure_active(spark: SparkSession, roots: list[str], conf: dict[str, str]) -> None:
     """Apply the Hadoop part of ``conf`` to a running local session, then check S3A is there."""
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
-    for key, value in conf.items():
-        if key.startswith("spark.hadoop."):
-            hadoop_conf.set(key[len("spark.hadoop.") :], value)
+    prefix = "spark.hadoop."
+    hadoop_conf_set(spark, {k[len(prefix) :]: v for k, v in conf.items() if k.startswith(prefix)})
     require_s3a(spark, roots)
 
 

@@ -86,6 +86,11 @@ def test_validate_accepts_defaults_and_coerces() -> None:
         ({"batch_size": -4}, "batch_size"),
         ({"tsne_sample": 0}, "tsne_sample"),
         ({"pca_k": -1}, "pca_k"),
+        ({"grid_per_class": 0}, "grid_per_class"),
+        ({"grid_classes": -1}, "grid_classes"),
+        ({"eda_sample_per_class": -2}, "eda_sample_per_class"),
+        ({"eda_image_size": 0}, "eda_image_size"),
+        ({"seed": "x"}, "seed"),
     ],
 )
 def test_validate_rejects_bad_values(params: dict, name: str) -> None:

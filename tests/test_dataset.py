@@ -11,7 +11,7 @@ import numpy as np
 from conftest import write_jpeg
 
 from helpers.dataset import COMMITS, read_features, write_features
-from helpers.features import extract_features
+from helpers.features import Extraction, extract_features
 
 
 def _add_images(root: Path, label: str, count: int, start: int = 0) -> None:
@@ -19,7 +19,7 @@ def _add_images(root: Path, label: str, count: int, start: int = 0) -> None:
         write_jpeg(root / "Training" / label / f"{i}_100.jpg", (30, 160, 40), seed=1000 + i)
 
 
-def _extract(spark, root: Path, out: Path, weights: str, **kwargs) -> dict:
+def _extract(spark, root: Path, out: Path, weights: str, **kwargs) -> Extraction:
     return extract_features(spark, str(root), str(out), weights=weights, batch_size=8, **kwargs)
 
 
@@ -39,24 +39,24 @@ def test_rerun_featurizes_only_new_and_changed_images(spark, weights, tiny_root,
     """Run, add 5 images, run again: exactly 5 featurized, no duplicates; then a changed file."""
     out = tmp_path / "out"
     first = _extract(spark, tiny_root, out, weights)
-    assert first["featurized"] == first["images_decoded"] == 10
+    assert first.featurized == first.images_decoded == 10
 
     _add_images(tiny_root, "Kiwi", 5)
     second = _extract(spark, tiny_root, out, weights)
-    assert (second["featurized"], second["images_decoded"], second["skipped"]) == (5, 5, 10)
+    assert (second.featurized, second.images_decoded, second.skipped) == (5, 5, 10)
     rows = _rows(spark, out)
     assert len(rows) == rows.index.nunique() == 15
 
     changed = tiny_root / "Training" / "Kiwi" / "0_100.jpg"
     write_jpeg(changed, (90, 60, 20), size=120, seed=7)  # new content and size
     third = _extract(spark, tiny_root, out, weights)
-    assert third["featurized"] == 1
+    assert third.featurized == 1
     rows_after = _rows(spark, out)
     assert len(rows_after) == 15
     assert rows_after.loc[f"file:{changed}", "size"] == changed.stat().st_size
 
     nothing = _extract(spark, tiny_root, out, weights)
-    assert nothing["featurized"] == 0 and nothing["run_id"] is None
+    assert nothing.featurized == 0 and nothing.run_id is None
 
 
 def test_overwrite_recomputes_everything_and_keeps_one_run(spark, weights, tiny_root, tmp_path):
@@ -64,9 +64,9 @@ def test_overwrite_recomputes_everything_and_keeps_one_run(spark, weights, tiny_
     out = tmp_path / "out"
     _extract(spark, tiny_root, out, weights)
     again = _extract(spark, tiny_root, out, weights, overwrite=True)
-    assert again["featurized"] == 10
-    assert _run_folders(out) == [f"run={again['run_id']}"]
-    assert _records(out) == [f"run={again['run_id']}.json"]
+    assert again.featurized == 10
+    assert _run_folders(out) == [f"run={again.run_id}"]
+    assert _records(out) == [f"run={again.run_id}.json"]
     assert len(_rows(spark, out)) == 10
 
 
@@ -87,7 +87,7 @@ def test_crashed_worker_is_retried_and_result_identical(
     ]
     assert sum(s.numFailedTasks for s in stages if s) >= 1  # the worker did crash
     # accumulators count successful attempts only: still one decode per image
-    assert crashed["featurized"] == crashed["images_decoded"] == 10
+    assert crashed.featurized == crashed.images_decoded == 10
     expected, got = _rows(spark, tmp_path / "clean"), _rows(spark, tmp_path / "crashed")
     assert list(got.index) == list(expected.index)
     np.testing.assert_array_equal(np.stack(got["features"]), np.stack(expected["features"]))
@@ -125,7 +125,7 @@ def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root,
     after = _rows(spark, out)
     assert list(after.index) == list(before.index)
     resumed = _extract(spark, tiny_root, out, weights)
-    assert resumed["featurized"] == 3
+    assert resumed.featurized == 3
     assert len(_rows(spark, out)) == 13
     assert [f"{name}.json" for name in _run_folders(out)] == _records(out)  # debris gone
 
@@ -136,7 +136,7 @@ def test_empty_file_gets_a_row_with_an_error(spark, weights, tiny_root, tmp_path
     empty.write_bytes(b"")
     summary = _extract(spark, tiny_root, tmp_path / "out", weights)
     rows = _rows(spark, tmp_path / "out")
-    assert summary["files"] == len(rows) == 11
+    assert summary.files == len(rows) == 11
     assert rows.loc[f"file:{empty}", "error"] == "empty file"
     assert rows.loc[f"file:{empty}", "features"] is None
 

@@ -401,14 +401,14 @@ def test_eda_summary_is_json_ready(sample_images_df, sample_properties, sample_v
     counts = inventory(sample_images_df)
     summary = eda_summary(
         counts,
-        split_mismatches(counts),
-        property_summary(sample_properties),
-        unusual_images(sample_properties),
-        unreadable(sample_properties),
-        duplicate_summary(sample_properties),
-        sample_variability,
+        mismatches=split_mismatches(counts),
+        properties=property_summary(sample_properties),
+        unusual=unusual_images(sample_properties),
+        bad_files=unreadable(sample_properties),
+        duplicates=duplicate_summary(sample_properties),
+        variability=sample_variability,
         shown=3,
-    )
+    ).to_manifest()
     json.dumps(summary)
     assert summary["images"] == 320 and summary["classes"] == 8
     assert summary["by_split"] == {"Test": 80, "Training": 240}

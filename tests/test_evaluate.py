@@ -69,16 +69,16 @@ def test_stratified_sample_seeded(clusters) -> None:
 def test_linear_probe_separable_clusters(clusters) -> None:
     """Separable clusters are classified perfectly, with row counts and worst classes reported."""
     result = linear_probe(clusters, "pca")
-    assert set(result) == {"accuracy", "train_rows", "test_rows", "worst_classes"}
-    assert result["accuracy"] == 1.0
-    assert result["train_rows"] == PER_SPLIT["Training"] * len(CLASSES)
-    assert result["test_rows"] == PER_SPLIT["Test"] * len(CLASSES)
-    assert result["worst_classes"] == dict.fromkeys(CLASSES, 1.0)
+    assert set(result.to_manifest()) == {"accuracy", "train_rows", "test_rows", "worst_classes"}
+    assert result.accuracy == 1.0 and result.skipped is None and result.note is None
+    assert result.train_rows == PER_SPLIT["Training"] * len(CLASSES)
+    assert result.test_rows == PER_SPLIT["Test"] * len(CLASSES)
+    assert result.worst_classes == dict.fromkeys(CLASSES, 1.0)
 
 
 def test_linear_probe_unstandardized(clusters) -> None:
     """standardize=False fits on the columns as given (PCA components keep their scale)."""
-    result = linear_probe(clusters, "pca", standardize=False)
+    result = linear_probe(clusters, "pca", standardize=False).to_manifest()
     assert result["accuracy"] == 1.0
     assert result["test_rows"] == PER_SPLIT["Test"] * len(CLASSES)
 
@@ -109,21 +109,21 @@ def test_probe_table_one_row_per_probe(clusters) -> None:
 )
 def test_linear_probe_skipped(clusters, where: str, reason: str) -> None:
     """Without two splits or without two Training classes the probe says why, and no more."""
-    result = linear_probe(clusters.where(where), "pca")
+    result = linear_probe(clusters.where(where), "pca").to_manifest()
     assert list(result) == ["skipped"] and reason in result["skipped"]
 
 
 def test_linear_probe_test_classes_unknown_to_training(clusters) -> None:
     """Test images of classes Training lacks are left out of the score, and the note says so."""
     rows = clusters.where("NOT (split = 'Training' AND label = 'Kiwi')")
-    result = linear_probe(rows, "pca")
+    result = linear_probe(rows, "pca").to_manifest()
     assert result["accuracy"] == 1.0 and result["test_rows"] == 2 * PER_SPLIT["Test"]
     assert result["note"] == (
         f"{PER_SPLIT['Test']} Test images of 1 classes that Training lacks are left out of "
         "the score (Kiwi)"
     )
     unknown_only = "split = 'Training' AND label != 'Kiwi' OR split = 'Test' AND label = 'Kiwi'"
-    assert linear_probe(clusters.where(unknown_only), "pca") == {
+    assert linear_probe(clusters.where(unknown_only), "pca").to_manifest() == {
         "skipped": "no Test image belongs to a class that Training holds"
     }
 
@@ -137,7 +137,7 @@ def test_linear_probe_single_image_class(clusters, spark) -> None:
         ],
         SCHEMA,
     )
-    result = linear_probe(clusters.unionByName(one), "pca")
+    result = linear_probe(clusters.unionByName(one), "pca").to_manifest()
     assert result["train_rows"] == PER_SPLIT["Training"] * len(CLASSES) + 1
     assert "Lime" in result["worst_classes"] and "note" not in result
 

@@ -33,7 +33,7 @@ def test_one_row_per_file_with_1280_finite_floats(featurized):
     root, info, rows = featurized
     assert len(rows) == len(list(root.rglob("*.jpg"))) == 7
     ok = rows[rows["error"].isna()]
-    assert len(ok) == 6 and info["feature_dim"] == 1280
+    assert len(ok) == 6 and info.feature_dim == 1280
     matrix = np.stack(ok["features"].to_numpy())
     assert matrix.shape == (6, 1280) and np.isfinite(matrix).all()
     assert set(ok["label"]) == {"Apple Red", "Banana"} and set(ok["split"]) == {"Training", "Test"}

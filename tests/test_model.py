@@ -3,6 +3,7 @@ PipelineModel loaded in a fresh session, and ``python -m helpers.predict``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -48,7 +49,7 @@ def built(spark, weights, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("out"))
     extract_features(spark, str(root), out, weights=weights, batch_size=8)
     features = read_features(spark, out)
-    reduction = fit_reduction(features, 0.95)
+    reduction = fit_reduction(features, variance=0.95)
     save_reduction(reduction, reduce_features(reduction, features), out)
     classification = train_classifier(read_reduced(spark, out))
     featurizer = ImageFeaturizer(weights=weights, batchSize=8)
@@ -91,12 +92,12 @@ def test_featurizer_rejects_bad_params_and_columns(spark, built):
 def test_classifier_scores_test_like_the_probe(built):
     """Spark ML logistic regression: accuracy and worst classes in the probe's shape."""
     result = built[4].result
-    assert result["train_rows"] == 15 and result["test_rows"] == 6
-    assert result["accuracy"] == 1.0 and set(result["worst_classes"]) <= set(COLORS)
+    assert result.train_rows == 15 and result.test_rows == 6
+    assert result.accuracy == 1.0 and set(result.worst_classes) <= set(COLORS)
     assert built[4].labels == sorted(COLORS)
 
 
-def test_saved_model_is_self_contained_and_checked(spark, built, tmp_path):
+def test_saved_model_is_self_contained_and_checked(spark, built, weights, tmp_path):
     """The featurizer stage's folder holds the weights and their checksum; a damaged copy
     is refused on load."""
     _, out, _, featurizer, _ = built
@@ -107,9 +108,12 @@ def test_saved_model_is_self_contained_and_checked(spark, built, tmp_path):
     ]
     folder = stages[0]
     metadata = json.loads((folder / "metadata" / "part-00000").read_text())
-    assert metadata["weights_sha256"] == featurizer.weightsArrays()[1]
+    # a weights file: its bytes inside, named by the file's own SHA-256, as in the manifest
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    assert metadata["weights_format"] == "h5-file" and metadata["weights_sha256"] == digest
+    assert featurizer.weightsChecksum() == digest and "weights_arrays_sha256" not in metadata
     assert any((folder / "weights").glob("*.parquet"))
-    assert check_weights(featurizer, metadata["weights_sha256"]) == metadata["weights_sha256"]
+    assert check_weights(featurizer, digest) == digest
     with pytest.raises(ValueError, match="are not those that made features/"):
         check_weights(featurizer, "0" * 64)
     damaged = tmp_path / "damaged"
@@ -119,6 +123,20 @@ def test_saved_model_is_self_contained_and_checked(spark, built, tmp_path):
     (damaged / "metadata" / ".part-00000.crc").unlink()  # Hadoop's own checksum of the file
     with pytest.raises(ValueError, match="the folder is damaged or incomplete"):
         ImageFeaturizer.load(str(damaged))
+
+
+def test_arrays_weights_have_their_own_checksum_name(spark, tmp_path):
+    """Weights from no file (here 'random') are kept as arrays, their digest under
+    weights_arrays_sha256, never weights_sha256 (a file's SHA-256); they load back whole."""
+    featurizer = ImageFeaturizer(weights="random", batchSize=4)
+    folder = tmp_path / "stage"
+    featurizer.save(str(folder))
+    metadata = json.loads((folder / "metadata" / "part-00000").read_text())
+    assert metadata["weights_format"] == "arrays" and "weights_sha256" not in metadata
+    assert metadata["weights_arrays_sha256"] == featurizer.weightsChecksum()
+    loaded = ImageFeaturizer.load(str(folder))
+    assert loaded.weightsChecksum() == featurizer.weightsChecksum()
+    assert len(loaded.loadedWeights().payload) == metadata["weights_arrays"]
 
 
 FRESH = """
@@ -164,7 +182,7 @@ def test_pipeline_model_in_a_fresh_session(spark, built, tmp_path):
     assert np.allclose(np.stack(ok["probability"]).sum(axis=1), 1.0)
 
     check = check_pipeline_model(spark, uri, read_reduced(spark, str(out)), images=3)
-    assert check["images"] == 3 and check["max_relative_pca_difference"] <= 1e-4
+    assert check.images == 3 and check.max_relative_pca_difference <= 1e-4
 
 
 def test_predict_command(built, tmp_path, capsys):

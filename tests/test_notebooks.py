@@ -60,6 +60,20 @@ def test_bad_parameter_fails_before_any_notebook(tmp_path, capsys):
         run_notebooks({"colour": "red"})
 
 
+def test_eda_notebook_validates_its_parameters(tmp_path):
+    """Notebook 01 run on its own (papermill, Databricks) checks its parameters before Spark
+    starts, like 02 and 03: a bad value fails naming the parameter."""
+    with pytest.raises(pm.PapermillExecutionError, match="grid_per_class must be a positive"):
+        pm.execute_notebook(
+            str(NOTEBOOK_DIR / NOTEBOOKS[0]),
+            str(tmp_path / "01.ipynb"),
+            parameters={"output_root": str(tmp_path), "grid_per_class": 0},
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+        )
+    assert not (tmp_path / "figures").exists()
+
+
 BAD = ("empty.jpg", "text.jpg", "truncated.jpg", *ODD_NOT_IMAGES)  # a row with an error each
 
 

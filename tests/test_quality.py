@@ -68,6 +68,6 @@ def test_reduced_features_linear_probe(reduction, real_features) -> None:
     """A logistic regression on the PCA-reduced features scores >= 95% on the Test split."""
     reduced = reduce_features(reduction, real_features)
     result = linear_probe(reduced, "pca", standardize=False)
-    assert result is not None
-    assert result["test_rows"] == TEST_PER_CLASS * reduced.select("label").distinct().count()
-    assert result["accuracy"] >= 0.95, result
+    assert result.skipped is None
+    assert result.test_rows == TEST_PER_CLASS * reduced.select("label").distinct().count()
+    assert result.accuracy >= 0.95, result

@@ -18,7 +18,6 @@ from helpers.reduce import (
     choose_k,
     fit_reduction,
     reduce_features,
-    reduction_summary,
     save_reduction,
     usable_features,
     variance_table,
@@ -213,7 +212,7 @@ def test_all_rows_failed_names_the_count(spark, features) -> None:
 
 def test_reduction_summary_for_the_manifest(reduction) -> None:
     """The manifest gets rows used and left out, k, variance kept, table and spectrum."""
-    summary = reduction_summary(reduction)
+    summary = reduction.to_manifest()
     assert summary["rows"] == ROWS and summary["excluded"] == FAILED
     assert summary["dim"] == WIDTH and summary["k"] == 3
     assert summary["variance_kept"] == pytest.approx(reduction.variance_at(3))

@@ -79,11 +79,11 @@ def test_converted_model_is_cached_and_recorded(runs):
     """The first ONNX run converts and caches; the second reads the cache, same features."""
     first, onnx_rows = runs["onnx"]
     second, again_rows = runs["again"]
-    assert first.info["runtime"] == "onnxruntime" and runs["keras"][0].info["runtime"] == "keras"
-    assert first.info["converted_from_cache"] is False
-    assert second.info["converted_from_cache"] is True
-    assert first.info["converted_model"] == second.info["converted_model"]
-    assert first.info["weights_sha256"][:32] in first.info["converted_model"]
+    assert first.info.runtime == "onnxruntime" and runs["keras"][0].info.runtime == "keras"
+    assert first.info.converted_from_cache is False
+    assert second.info.converted_from_cache is True
+    assert first.info.converted_model == second.info.converted_model
+    assert first.info.weights_sha256[:32] in first.info.converted_model
     np.testing.assert_array_equal(
         np.stack(again_rows["features"].to_numpy()), np.stack(onnx_rows["features"].to_numpy())
     )
@@ -153,11 +153,11 @@ def test_weights_file_needs_no_model_on_the_driver(runs, weights):
     cached conversion (onnxruntime) or none needed (keras), the driver never builds a model."""
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     first, _ = runs["onnx"]
-    assert first.info["weights_sha256"] == digest
+    assert first.info.weights_sha256 == digest
     for runtime in ("onnxruntime", "keras"):
         summary = runs[f"extract-{runtime}"]
-        assert summary["images_decoded"] == IMAGES and summary["weights_sha256"] == digest
-    assert runs["extract-onnxruntime"]["converted_from_cache"] is True
+        assert summary.images_decoded == IMAGES and summary.info.weights_sha256 == digest
+    assert runs["extract-onnxruntime"].info.converted_from_cache is True
 
 
 def test_unfit_weights_file_is_named(spark, tiny_root, tmp_path):

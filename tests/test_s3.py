@@ -39,6 +39,7 @@ from helpers.config import (
 from helpers.dataset import read_features, write_features
 from helpers.features import extract_features
 from helpers.jars import CACHE_ENV, cached_jars
+from helpers.jvm import hadoop_conf_get, jvm_hadoop_version
 from helpers.manifest import read_manifest, update_manifest
 from helpers.paths import (
     PROJECT_ROOT,
@@ -291,8 +292,7 @@ def test_endpoint_and_jars_parameters(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_hadoop_version_matches_the_jvm(spark) -> None:
     """The version read from jar names before the JVM starts is the JVM's own."""
-    jvm_version = spark.sparkContext._jvm.org.apache.hadoop.util.VersionInfo.getVersion()
-    assert hadoop_version() == jvm_version
+    assert hadoop_version() == jvm_hadoop_version(spark)
 
 
 def test_session_without_hadoop_aws_fails_fast_with_the_fix(spark, s3: S3) -> None:
@@ -306,11 +306,10 @@ def test_session_without_hadoop_aws_fails_fast_with_the_fix(spark, s3: S3) -> No
     assert "hadoop_aws_jars" in message and HADOOP_AWS_JARS_ENV in message
     assert not any(secret in message for secret in SECRETS)
     # the Hadoop settings did reach the running session: only the jar is missing
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
-    assert hadoop_conf.get("fs.s3.impl") == "org.apache.hadoop.fs.s3a.S3AFileSystem"
-    assert hadoop_conf.get("fs.s3a.endpoint") == s3.endpoint
-    assert hadoop_conf.get("fs.s3a.path.style.access") == "true"
-    assert hadoop_conf.get("fs.s3a.access.key") is None  # keys stay in the environment
+    assert hadoop_conf_get(spark, "fs.s3.impl") == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert hadoop_conf_get(spark, "fs.s3a.endpoint") == s3.endpoint
+    assert hadoop_conf_get(spark, "fs.s3a.path.style.access") == "true"
+    assert hadoop_conf_get(spark, "fs.s3a.access.key") is None  # keys stay in the environment
 
 
 def test_missing_jar_fails_before_spark(s3: S3, tmp_path: Path) -> None:
@@ -613,7 +612,7 @@ def test_notebooks_on_s3_through_s3a_match_local_run(
     np.testing.assert_allclose(
         np.stack(remote["features"]), np.stack(expected["features"]), rtol=1e-4, atol=1e-5
     )
-    reduction = fit_reduction(local_features, 0.95)
+    reduction = fit_reduction(local_features, variance=0.95)
     assert manifest["pca"]["k"] == reduction.k
     local_pca = _by_relative_path(
         reduce_features(reduction, local_features).toPandas(), f"file:{small_root}"
