@@ -106,7 +106,9 @@ def test_saved_model_is_self_contained_and_checked(spark, built, tmp_path):
         "ArrayToVector",
     ]
     folder = stages[0]
-    metadata = json.loads((folder / "metadata" / "part-00000").read_text())
+    # Spark 3.5 writes metadata/part-00000, Spark 4 metadata/part-00000-<uuid>-c000.txt
+    part = next((folder / "metadata").glob("part-00000*"))
+    metadata = json.loads(part.read_text())
     assert metadata["weights_sha256"] == featurizer.weightsArrays()[1]
     assert any((folder / "weights").glob("*.parquet"))
     assert check_weights(featurizer, metadata["weights_sha256"]) == metadata["weights_sha256"]
@@ -114,9 +116,9 @@ def test_saved_model_is_self_contained_and_checked(spark, built, tmp_path):
         check_weights(featurizer, "0" * 64)
     damaged = tmp_path / "damaged"
     shutil.copytree(folder, damaged)
-    text = (damaged / "metadata" / "part-00000").read_text()
-    (damaged / "metadata" / "part-00000").write_text(text.replace(metadata["weights_sha256"], "0"))
-    (damaged / "metadata" / ".part-00000.crc").unlink()  # Hadoop's own checksum of the file
+    text = (damaged / "metadata" / part.name).read_text()
+    (damaged / "metadata" / part.name).write_text(text.replace(metadata["weights_sha256"], "0"))
+    (damaged / "metadata" / f".{part.name}.crc").unlink()  # Hadoop's own checksum of the file
     with pytest.raises(ValueError, match="the folder is damaged or incomplete"):
         ImageFeaturizer.load(str(damaged))
 
