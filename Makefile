@@ -47,9 +47,9 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The whole suite on the Spark 4 set (pyspark 4.0, numpy 2; its own venv and S3A jars). Tests
-# marked `spark_neutral` (nothing Spark-version specific, slow: covered by `make test`) are
-# left out unless FULL=1; the Livy tests skip (Livy 0.9 is built for Spark 3).
+# The suite on the Spark 4 set (pyspark 4.0, numpy 2; its own venv and S3A jars). Tests marked
+# `spark_neutral` (no Spark in them, or a Spark path another test covers; `make test` runs them)
+# are left out unless FULL=1; the Livy tests skip (Livy 0.9 is built for Spark 3).
 test-spark4:
 	$(MAKE) setup test VENV=.venv-spark4 CONSTRAINTS=constraints-spark4.txt \
 		PYTEST_ARGS="$(if $(FULL),,-m 'not spark_neutral') $(PYTEST_ARGS)"

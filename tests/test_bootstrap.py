@@ -42,6 +42,10 @@ from helpers.pins import (
     render,
 )
 
+# the EMR bootstrap and the pinned sets (bash, files), no Spark: make test runs it,
+# make test-spark4 does not
+pytestmark = pytest.mark.spark_neutral
+
 SCRIPT = PROJECT_ROOT / "bootstrap-emr.sh"
 WHEEL = "s3://fruits-eu/fruits/code/fruits_pipeline-0.1.0-py3-none-any.whl"
 WEIGHTS = "s3://fruits-eu/fruits/models/mobilenet_v2_no_top.h5"
