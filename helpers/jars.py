@@ -1,9 +1,12 @@
 """The S3A jars a local Spark session needs, fetched once from Maven Central and cached.
 
-pyspark ships without the S3A connector. For Spark's Hadoop 3.3.4 (pyspark 3.5) that is
-``hadoop-aws-3.3.4`` and the AWS SDK bundle it was built with (``1.12.262``), plus
-``spark-hadoop-cloud`` for Spark's side of the S3A committers (``PathOutputCommitProtocol``,
-``BindingParquetOutputCommitter``). ``python -m helpers.jars fetch`` (run by ``make setup``)
+pyspark ships without the S3A connector: ``hadoop-aws`` of exactly Spark's Hadoop version and
+the AWS SDK bundle that release was built with, plus ``spark-hadoop-cloud`` of Spark's own
+version and Scala for Spark's side of the S3A committers (``PathOutputCommitProtocol``,
+``BindingParquetOutputCommitter``). The installed pyspark chooses: 3.5 (Hadoop 3.3.4, Scala
+2.12) takes ``hadoop-aws-3.3.4`` with the SDK v1 ``aws-java-sdk-bundle-1.12.262``; 4.0
+(Hadoop 3.4.1, Scala 2.13) ``hadoop-aws-3.4.1`` with the SDK v2 ``bundle-2.24.6`` and
+``spark-hadoop-cloud_2.13``. ``python -m helpers.jars fetch`` (run by ``make setup``)
 downloads them into ``~/.cache/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
 Maven Central's SHA-1; :func:`cached_jars` hands them to :func:`helpers.spark.get_spark`.
 Nothing is committed to git, and offline jars given as ``hadoop_aws_jars`` still win.
@@ -30,10 +33,20 @@ REPO_ENV = "FRUITS_MAVEN_REPO"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 
 #: Spark's Hadoop version -> the AWS SDK bundle hadoop-aws of that version was built with
-#: (its pom's dependency). Other versions fall back to ``spark.jars.packages`` (Ivy).
+#: (hadoop-project's pom: ``aws-java-sdk.version`` for 3.3, ``aws-java-sdk-v2.version`` for
+#: 3.4, which moved S3A to the AWS SDK v2). Other versions fall back to
+#: ``spark.jars.packages`` (Ivy).
 SDK_BUNDLES = {
-    "3.3.4": ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"),
+    "3.3.4": ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"),  # pyspark 3.5
+    "3.4.1": ("software.amazon.awssdk", "bundle", "2.24.6"),  # pyspark 4.0
+    "3.4.2": ("software.amazon.awssdk", "bundle", "2.29.52"),
 }
+
+
+def scala_version(spark_version: str) -> str:
+    """The Scala version of pip's pyspark ``spark_version``: 2.12 for 3.x, 2.13 from 4.0 on
+    (Spark 4 is built for Scala 2.13 only)."""
+    return "2.13" if int(spark_version.split(".")[0]) >= 4 else "2.12"
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
-def s3a_artifacts(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[Artifact]:
-    """hadoop-aws, its AWS SDK bundle and spark-hadoop-cloud for this Spark and Hadoop."""
+def s3a_artifacts(
+    hadoop_version: str, spark_version: str, scala: str | None = None
+) -> list[Artifact]:
+    """hadoop-aws, its AWS SDK bundle and spark-hadoop-cloud for this Spark and Hadoop
+    (``scala``: the Scala version of Spark's build, by default :func:`scala_version`)."""
     if hadoop_version not in SDK_BUNDLES:
         raise KeyError(
             f"no known AWS SDK bundle for Hadoop {hadoop_version} (known: "
@@ -70,11 +86,15 @@ def s3a_artifacts(hadoop_version: str, spark_version: str, scala: str = "2.12") 
     return [
         Artifact("org.apache.hadoop", "hadoop-aws", hadoop_version),
         Artifact(*SDK_BUNDLES[hadoop_version]),
-        Artifact("org.apache.spark", f"spark-hadoop-cloud_{scala}", spark_version),
+        Artifact(
+            "org.apache.spark",
+            f"spark-hadoop-cloud_{scala or scala_version(spark_version)}",
+            spark_version,
+        ),
     ]
 
 
-def cached_jars(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[str]:
+def cached_jars(hadoop_version: str, spark_version: str, scala: str | None = None) -> list[str]:
     """The cached S3A jars for this Spark, or ``[]`` unless every one is there."""
     if hadoop_version not in SDK_BUNDLES:
         return []
@@ -111,7 +131,7 @@ def _sha1_matches(jar: Path, url: str) -> bool:
     return digest.hexdigest() == expected
 
 
-def fetch(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[str]:
+def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> list[str]:
     """Download the S3A jars for this Spark into :func:`cache_dir` unless already there.
 
     A jar already cached is checked against Maven's SHA-1 once (a ``.verified`` stamp
@@ -131,8 +151,10 @@ def fetch(hadoop_version: str, spark_version: str, scala: str = "2.12") -> list[
                 log.info("downloading %s", url)
                 _download(url, jar)
         except OSError as exc:
+            # Spark publishes spark-hadoop-cloud for some releases only (4.0.0-4.0.2, not 4.0.3+)
+            missing = " (not published there)" if getattr(exc, "code", None) == 404 else ""
             raise OSError(
-                f"cannot fetch {url} ({exc}): check the network or ${REPO_ENV} (a Maven "
+                f"cannot fetch {url} ({exc}){missing}: check the network or ${REPO_ENV} (a Maven "
                 f"mirror), or download the jars elsewhere and pass hadoop_aws_jars= "
                 f"(or $FRUITS_HADOOP_AWS_JARS)"
             ) from exc

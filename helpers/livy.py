@@ -64,6 +64,29 @@ SCALA_VERSION = "2.12"
 #: The name of Livy's binary distribution (folder in the zip, and the zip's stem).
 DIST_NAME = f"apache-livy-{LIVY_VERSION}_{SCALA_VERSION}-bin"
 
+#: The Spark line Livy 0.9.0's repl is built for (its ``_2.12`` distribution).
+SPARK_LINE = "3"
+
+
+def unsupported_spark(spark_version: str | None = None) -> str:
+    """Why Livy cannot run sessions on ``spark_version`` (the installed pyspark), or ``""``.
+
+    Livy 0.9.0's repl is compiled for Spark 3 and Scala 2.12; Spark 4 is Scala 2.13 only
+    and no Livy release runs it yet, so its sessions would die at start.
+    """
+    if spark_version is None:
+        import pyspark
+
+        spark_version = pyspark.__version__
+    if spark_version.split(".")[0] == SPARK_LINE:
+        return ""
+    return (
+        f"Livy {LIVY_VERSION} is built for Spark 3 / Scala {SCALA_VERSION}, and this pyspark "
+        f"is {spark_version} (Spark 4 is Scala 2.13 only): no Livy release runs it; use a "
+        f"pyspark 3.5 environment (constraints.txt) for Livy"
+    )
+
+
 CACHE_ENV = "FRUITS_LIVY_CACHE"
 DEFAULT_CACHE = Path.home() / ".cache" / "fruits" / "livy"
 HOME_ENV = "FRUITS_LIVY_HOME"
@@ -347,6 +370,8 @@ def start(
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise FileNotFoundError("Livy needs Java 17: apt-get install openjdk-17-jre-headless")
     master = check_master(master)  # a malformed URL fails here, not in each session
+    if unsupported_spark():
+        raise RuntimeError(unsupported_spark())
     state_dir = Path(state_dir).resolve()
     running = read_state(state_dir)
     if running is not None and _alive(running.pid):

@@ -26,6 +26,23 @@ if WEIGHTS_FILE.is_file():
     os.environ.setdefault("FRUITS_WEIGHTS", str(WEIGHTS_FILE))
 
 
+def pytest_report_header(config) -> list[str]:
+    """The set under test, first in the log: Spark, its Hadoop and Scala, Python, numpy."""
+    import platform
+
+    import pandas
+    import pyspark
+
+    from helpers.jars import scala_version
+    from helpers.spark import hadoop_version
+
+    return [
+        f"fruits set: Spark {pyspark.__version__} (Hadoop {hadoop_version()}, Scala "
+        f"{scala_version(pyspark.__version__)}), Python {platform.python_version()}, "
+        f"numpy {np.__version__}, pandas {pandas.__version__}"
+    ]
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session for the whole run."""

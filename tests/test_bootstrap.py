@@ -42,6 +42,10 @@ from helpers.pins import (
     render,
 )
 
+# the EMR bootstrap and the pinned sets (bash, files), no Spark: make test runs it,
+# make test-spark4 does not
+pytestmark = pytest.mark.spark_neutral
+
 SCRIPT = PROJECT_ROOT / "bootstrap-emr.sh"
 WHEEL = "s3://fruits-eu/fruits/code/fruits_pipeline-0.1.0-py3-none-any.whl"
 WEIGHTS = "s3://fruits-eu/fruits/models/mobilenet_v2_no_top.h5"
@@ -265,7 +269,12 @@ def test_pyproject_holds_ranges_only() -> None:
 
 @pytest.mark.parametrize(
     ("path", "python"),
-    [("constraints.txt", "3.11"), (SETS["3.11"], "3.11"), (SETS["3.9"], "3.9")],
+    [
+        ("constraints.txt", "3.11"),
+        ("constraints-spark4.txt", "3.11"),
+        (SETS["3.11"], "3.11"),
+        (SETS["3.9"], "3.9"),
+    ],
 )
 def test_every_pin_is_within_pyprojects_ranges(path: str, python: str) -> None:
     """Every exact pin of the tested set and of the nodes' sets satisfies pyproject.toml."""
@@ -275,13 +284,38 @@ def test_every_pin_is_within_pyprojects_ranges(path: str, python: str) -> None:
 def test_check_pins_names_a_pin_outside_its_range() -> None:
     """A pin outside a range is named with the range; a marker that excludes the Python
     (onnxruntime on 3.9) leaves the pin unchecked."""
-    pins = parse_pins(["numpy==2.1.0", "onnxruntime==1.19.2", "pyspark==3.4.1"])
+    pins = parse_pins(["numpy==1.25.2", "onnxruntime==1.19.2", "pyspark==3.4.1"])
     assert [p.split(" is ")[0] for p in check_pins(pins, "3.9")] == [
-        "numpy==2.1.0",
+        "numpy==1.25.2",
         "pyspark==3.4.1",
     ]
     assert any("onnxruntime==1.19.2" in p for p in check_pins(pins, "3.11"))
-    assert "'numpy<2,>=1.26'" in check_pins(pins, "3.11")[0]
+    assert "'numpy<3,>=1.26'" in check_pins(pins, "3.11")[0]
+
+
+#: What the Spark 4 set may change from the tested set: the Spark line and what it needs.
+SPARK4_CHANGES = {"pyspark", "py4j", "numpy", "pandas", "pyarrow"}
+
+
+def test_spark4_set_is_the_tested_set_on_spark_4() -> None:
+    """constraints-spark4.txt is pyspark 4 with numpy 2 and, for everything else (TensorFlow,
+    Keras, ONNX, the tools), constraints.txt's versions: only the Spark line differs."""
+    tested = read_pins(PROJECT_ROOT / "constraints.txt")
+    spark4 = read_pins(PROJECT_ROOT / "constraints-spark4.txt")
+    assert spark4["pyspark"].version.startswith("4.")
+    assert spark4["numpy"].version.startswith("2.")
+    assert tested["pyspark"].version.startswith("3.5.")
+    differ = {
+        k
+        for k in set(tested) | set(spark4)
+        if k not in SPARK4_CHANGES
+        and (tested.get(k) and tested[k].version) != (spark4.get(k) and spark4[k].version)
+    }
+    # sparkmagic and its dependencies: the Livy extra, which Spark 4 cannot use (Livy 0.9)
+    livy_only = {k for k in differ if k not in spark4}
+    assert differ == livy_only, f"differ from constraints.txt: {sorted(differ - livy_only)}"
+    for key in ("tensorflow-cpu", "keras", "onnxruntime", "tf2onnx"):
+        assert spark4[key].version == tested[key].version, key
 
 
 def test_py311_set_is_the_tested_set() -> None:

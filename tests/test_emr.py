@@ -46,6 +46,9 @@ from helpers.emr import (
 )
 from helpers.paths import PROJECT_ROOT
 
+# EMR as code (boto3 against moto), no Spark: make test runs it, make test-spark4 does not
+pytestmark = pytest.mark.spark_neutral
+
 REGION = "eu-west-3"
 ACCESS_KEY = "AKIAFRUITSEMRTEST4Q2Z"
 SECRET_KEY = "fruitsEmrTestSecret/NeverLog+2xQ"

@@ -2,9 +2,10 @@
 a real Apache Livy server (helpers.livy), whose PySpark session runs it and writes the outputs.
 
 The server is a session fixture on 127.0.0.1; without sparkmagic (``make livy``) or a Livy
-distribution (none cached, no zip: Maven Central has no Livy repl jar) the tests skip, naming
-how to get them. Small data and random weights keep them short: what is checked is the
-chain. Notebook 04 (the classifier) is not run through Livy yet.
+distribution (none cached, no zip: Maven Central has no Livy repl jar), or on Spark 4 (Livy
+0.9 is built for Spark 3 / Scala 2.12), the tests skip, naming why. Small data and random
+weights keep them short: what is checked is the chain. Notebook 04 (the classifier) is not
+run through Livy yet.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import pytest
 from conftest import write_jpeg
 from papermill.exceptions import PapermillExecutionError
 
-from helpers.livy import CONF_DIR_ENV, LivyServer, install, livy_server, status
+from helpers.livy import (
+    CONF_DIR_ENV,
+    LivyServer,
+    install,
+    livy_server,
+    status,
+    unsupported_spark,
+)
 from helpers.run import NOTEBOOKS, run_notebooks
 
 LIVY_NOTEBOOKS = NOTEBOOKS[:3]  # EDA, features, PCA + t-SNE
@@ -40,6 +48,8 @@ SMALL = {  # parameters that keep each notebook to seconds on 2 cores
 @pytest.fixture(scope="session")
 def livy(tmp_path_factory) -> LivyServer:
     """A Livy server with local[2] sessions for the whole run, always stopped after it."""
+    if unsupported_spark():  # Spark 4 (constraints-spark4.txt): Livy 0.9 is for Spark 3
+        pytest.skip(unsupported_spark())
     if importlib.util.find_spec("sparkmagic") is None:
         pytest.skip("sparkmagic is not installed: make livy (needs libkrb5-dev)")
     try:
@@ -160,6 +170,13 @@ def test_livy_sessions_on_the_standalone_cluster(livy, cluster, tmp_path_factory
     assert output["data"]["text/plain"] == (
         f"True {cluster.master_url} {[sys.executable]} [0, 2, 4, 6]"
     )
+
+
+def test_livy_refuses_spark_4_naming_why():
+    """Livy 0.9 runs Spark 3 (Scala 2.12) only: on Spark 4 the reason is one sentence."""
+    assert unsupported_spark("3.5.8") == ""
+    reason = unsupported_spark("4.0.2")
+    assert "Spark 3 / Scala 2.12" in reason and "4.0.2" in reason and "pyspark 3.5" in reason
 
 
 def test_livy_status_without_server(tmp_path):

@@ -107,7 +107,9 @@ def test_saved_model_is_self_contained_and_checked(spark, built, weights, tmp_pa
         "ArrayToVector",
     ]
     folder = stages[0]
-    metadata = json.loads((folder / "metadata" / "part-00000").read_text())
+    # Spark 3.5 writes metadata/part-00000, Spark 4 metadata/part-00000-<uuid>-c000.txt
+    part = next((folder / "metadata").glob("part-00000*"))
+    metadata = json.loads(part.read_text())
     # a weights file: its bytes inside, named by the file's own SHA-256, as in the manifest
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     assert metadata["weights_format"] == "h5-file" and metadata["weights_sha256"] == digest
@@ -118,9 +120,9 @@ def test_saved_model_is_self_contained_and_checked(spark, built, weights, tmp_pa
         check_weights(featurizer, "0" * 64)
     damaged = tmp_path / "damaged"
     shutil.copytree(folder, damaged)
-    text = (damaged / "metadata" / "part-00000").read_text()
-    (damaged / "metadata" / "part-00000").write_text(text.replace(metadata["weights_sha256"], "0"))
-    (damaged / "metadata" / ".part-00000.crc").unlink()  # Hadoop's own checksum of the file
+    text = (damaged / "metadata" / part.name).read_text()
+    (damaged / "metadata" / part.name).write_text(text.replace(metadata["weights_sha256"], "0"))
+    (damaged / "metadata" / f".{part.name}.crc").unlink()  # Hadoop's own checksum of the file
     with pytest.raises(ValueError, match="the folder is damaged or incomplete"):
         ImageFeaturizer.load(str(damaged))
 
@@ -131,7 +133,7 @@ def test_arrays_weights_have_their_own_checksum_name(spark, tmp_path):
     featurizer = ImageFeaturizer(weights="random", batchSize=4)
     folder = tmp_path / "stage"
     featurizer.save(str(folder))
-    metadata = json.loads((folder / "metadata" / "part-00000").read_text())
+    metadata = json.loads(next((folder / "metadata").glob("part-00000*")).read_text())
     assert metadata["weights_format"] == "arrays" and "weights_sha256" not in metadata
     assert metadata["weights_arrays_sha256"] == featurizer.weightsChecksum()
     loaded = ImageFeaturizer.load(str(folder))

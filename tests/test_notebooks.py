@@ -170,6 +170,9 @@ def test_bad_roots_fail_before_any_notebook(tmp_path):
     assert not out.exists()
 
 
+# what it checks is Python (the probe and the classifier skipped, with their reason); notebooks
+# 02-04 on Spark 4 run in test_end_to_end_outputs
+@pytest.mark.spark_neutral
 def test_one_class_splits_degrade(weights, tmp_path):
     """Training with one class, Test with another: PCA, t-SNE and outputs are written, and
     the probe is skipped with its reason in the manifest and in the notebook."""

@@ -8,7 +8,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from helpers.paths import PROJECT_ROOT
+
+# lint and repository files, no Spark: make test runs it, make test-spark4 does not
+pytestmark = pytest.mark.spark_neutral
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
