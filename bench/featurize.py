@@ -108,11 +108,12 @@ class WorkerMemory(threading.Thread):
     a standalone cluster on this machine, those under its executors (``executors``: pids).
     """
 
-    def __init__(self, roots: list[int] | None = None) -> None:
+    def __init__(self, roots: list[int] | None = None, name: str = "python") -> None:
         super().__init__(daemon=True)
         self.peak = 0
         self.stopped = threading.Event()
         self.roots = roots or [os.getpid()]
+        self.name = name  # counted: descendants whose process name contains it ("": all)
 
     def run(self) -> None:
         while not self.stopped.wait(0.5):
@@ -125,7 +126,7 @@ class WorkerMemory(threading.Thread):
                     continue
             for proc in descendants:
                 try:
-                    if "python" in proc.name():
+                    if self.name in proc.name():
                         total += proc.memory_info().rss
                 except psutil.NoSuchProcess:
                     continue

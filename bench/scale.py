@@ -8,8 +8,8 @@ the real set when it has enough, else the whole real set repeated (hard links na
 ``<stem>_copy<k><ext>`` next to the original: same class, same split). Each notebook then
 runs in its own process, ``python -m helpers.run --only <notebook>``, as users run them,
 timed from that process's start to its end (kernel and Spark session start included). Its
-peak memory is the largest sum of resident memory over that process tree (kernel, JVM,
-Python workers), plus, on a ``helpers.cluster`` cluster of this machine, its workers' trees.
+peak memory is the largest sum of resident memory over that process's descendants (kernel,
+JVM, Python workers), plus, on a ``helpers.cluster`` cluster of this machine, its workers' trees.
 
 The table gives, per master, size and notebook: seconds, milliseconds per image, and the
 marginal milliseconds per image between consecutive sizes ((t2 - t1) / (n2 - n1): the cost
@@ -25,11 +25,10 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from featurize import WorkerMemory  # bench/ is this script's folder
 
 from helpers.config import resolve_weights
 from helpers.images import is_image_name
@@ -57,31 +56,6 @@ def make_dataset(source: Path, target: Path, size: int) -> int:
     return made
 
 
-class TreeMemory(threading.Thread):
-    """The peak, over time, of the summed resident memory of some process trees."""
-
-    def __init__(self, roots: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.roots, self.peak = roots, 0
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.5):
-            total = 0
-            for pid in self.roots:
-                try:
-                    root = psutil.Process(pid)
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    continue
-                for proc in procs:
-                    try:
-                        total += proc.memory_info().rss
-                    except psutil.NoSuchProcess:
-                        continue
-            self.peak = max(self.peak, total)
-
-
 def cluster_workers(master: str) -> list[int]:
     """The worker pids of a ``helpers.cluster`` cluster on this machine serving ``master``."""
     from helpers.cluster import DEFAULT_STATE_DIR, read_state
@@ -102,7 +76,7 @@ def run_notebook(
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    memory = TreeMemory([process.pid, *cluster_workers(master)])
+    memory = WorkerMemory([process.pid, *cluster_workers(master)], name="")
     memory.start()
     output, _ = process.communicate()
     elapsed = time.perf_counter() - started
