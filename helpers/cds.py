@@ -15,8 +15,10 @@ written and read, an aggregation, a Spark ML model saved and loaded) with
 ``-XX:ArchiveClassesAtExit``, the JVM writes the archive as it exits, a second child checks
 it with ``-Xshare:on`` (a JVM that cannot map it refuses to start), and only then is it
 renamed into place: a JVM given a truncated archive can crash. The file name carries the
-pyspark version, its location and the Java runtime, so another pyspark, virtual
-environment or JDK finds no archive and runs as before. :func:`helpers.spark.get_spark`
+pyspark version, its location, its jars' sizes and times and the Java runtime, so another
+pyspark, virtual environment, reinstall or JDK finds no archive and runs as before (a JVM
+given an archive whose jars changed ignores it with a warning); making an archive removes
+the older ones of the same installation. :func:`helpers.spark.get_spark`
 adds :func:`driver_java_options` to the drivers it starts on this machine (local mode, or
 client mode on ``spark://``); on EMR and Databricks the cluster starts its JVMs.
 """
@@ -56,9 +58,21 @@ def java_home() -> Path | None:
     return Path(java).resolve().parents[1] if java else None
 
 
+def _jars_digest(jars: Path) -> str:
+    """A digest of the name, size and modification time of every jar in ``jars``: the JVM
+    refuses an archive whose class path jars changed (a reinstalled pyspark, even the same
+    version at the same place), so a changed jar must name another archive."""
+    entries = sorted(
+        f"{entry.name} {entry.stat().st_size} {entry.stat().st_mtime_ns}"
+        for entry in os.scandir(jars)
+        if entry.name.endswith(".jar")
+    )
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:12]
+
+
 def archive_path(cache: Path = CDS_CACHE) -> Path | None:
     """Where the archive of this pyspark installation and this Java runtime lives
-    (``None``: no Java)."""
+    (``None``: no Java): ``spark-<version>-java-<installation>-<jars>.jsa``."""
     import pyspark
 
     home = java_home()
@@ -67,8 +81,9 @@ def archive_path(cache: Path = CDS_CACHE) -> Path | None:
     release = home / "release"
     # the JVM checks the class path the archive was made with: one archive per pyspark copy
     identity = f"{home}\n{release.read_text() if release.exists() else ''}\n{pyspark.__file__}"
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    return cache / f"spark-{pyspark.__version__}-java-{digest}.jsa"
+    installation = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    jars = _jars_digest(Path(pyspark.__file__).parent / "jars")
+    return cache / f"spark-{pyspark.__version__}-java-{installation}-{jars}.jsa"
 
 
 def driver_java_options(cache: Path = CDS_CACHE) -> str:
@@ -182,6 +197,11 @@ def make_archive(cache: Path = CDS_CACHE, timeout: float = 300.0) -> Path | None
         if code:
             raise RuntimeError(f"the class archive {staged} is not usable (exit {code}):\n{output}")
         staged.replace(target)
+        # older archives of this installation (its jars since replaced) can never be used
+        installation = target.name.rsplit("-", 1)[0]
+        for stale in target.parent.glob(f"{installation}-*.jsa"):
+            if stale != target:
+                stale.unlink()
     finally:
         for leftover in staged.parent.glob(f"{staged.name}*"):
             leftover.unlink()

@@ -280,7 +280,7 @@ def get_spark(
     master (``spark://...``, ``yarn``) gets :func:`executor_conf`, so that its executors do
     too, with the TensorFlow-preloading daemon. A driver started here maps the class
     archive of :mod:`helpers.cds` when ``make setup`` made it (a faster JVM start and
-    first jobs).
+    first jobs), and so do the executors of a cluster on this machine (``spark://127.0.0.1``).
 
     ``data_root`` and ``output_root`` are the notebook's parameters: when one is ``s3://`` or
     ``s3a://`` and this is not EMR or Databricks, the session is configured for S3A
@@ -320,15 +320,18 @@ def get_spark(
         master = "local[*,3]"  # every core; a failed task is retried, as on a cluster
     if master is not None:
         builder = builder.master(master)
+        java_options = "" if on_cluster() else driver_java_options()  # class archive, if made
         if not on_cluster():  # a cluster's spark-defaults size its own driver
             builder = builder.config("spark.driver.memory", driver_memory)
-            java_options = driver_java_options()  # the class archive, once made
             if java_options:
                 builder = builder.config("spark.driver.extraJavaOptions", java_options)
         extra = LOCAL_CONF if master.startswith("local") else executor_conf()
         if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
-            # a cluster on this machine (helpers.cluster): executors reach the driver there
+            # a cluster on this machine (helpers.cluster): executors reach the driver there,
+            # and run this pyspark's jars, so they can map the same class archive
             extra = {**extra, "spark.driver.host": "127.0.0.1"}
+            if java_options:
+                extra["spark.executor.extraJavaOptions"] = java_options
         for key, value in extra.items():
             builder = builder.config(key, value)
     for key, value in {**SESSION_CONF, **conf}.items():

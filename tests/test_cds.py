@@ -42,6 +42,7 @@ def test_archive_is_made_and_used() -> None:
     assert cds.driver_java_options() == f"-XX:SharedArchiveFile={path}"
     output = _session()
     assert f"-XX:SharedArchiveFile={path}" in output and output.split()[-1] == "5"
+    assert "Unable to use shared archive" not in output  # the JVM mapped it, not just got it
     assert "SharedArchiveFile" not in _session(FRUITS_CLASS_ARCHIVE="off")
 
 
@@ -64,3 +65,15 @@ def test_archive_names_pyspark_and_java(tmp_path: Path) -> None:
     assert path is not None and path.parent == tmp_path
     assert path.name.startswith(f"spark-{pyspark.__version__}-java-")
     assert cds.driver_java_options(tmp_path) == ""  # nothing made there
+
+
+def test_changed_jars_name_another_archive(tmp_path: Path) -> None:
+    """A reinstalled jar (same name, new time) gives another digest: the JVM would refuse
+    the archive made with the old one."""
+    jar = tmp_path / "spark-core.jar"
+    jar.write_bytes(b"jar")
+    before = cds._jars_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a jar")
+    assert cds._jars_digest(tmp_path) == before
+    os.utime(jar, ns=(0, jar.stat().st_mtime_ns + 1_000_000_000))
+    assert cds._jars_digest(tmp_path) != before

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from conftest import DATA_SAMPLE
 
+from helpers.cds import driver_java_options
 from helpers.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_workers, status
 from helpers.features import extract_features
 from helpers.paths import PROJECT_ROOT
@@ -137,6 +138,19 @@ def test_notebooks_on_the_cluster_equal_local_mode(cluster_run, local_features):
     for name in NOTEBOOKS:
         executed = json.loads((cluster_run / "notebooks" / name).read_text())
         assert executed["metadata"]["papermill"]["exception"] in (None, False)
+
+
+def test_executors_map_the_class_archive(cluster, cluster_run):
+    """Executors of a cluster on this machine map the drivers' class archive, and the JVM
+    takes it (it warns, and loads every class again, when the archive does not match)."""
+    option = driver_java_options()
+    if not option:
+        pytest.skip("no class archive here (make setup makes it)")
+    logs = sorted(Path(cluster.state_dir).glob("work-*/app-*/*/stderr"))
+    assert logs
+    for stderr in logs:
+        assert option in stderr.read_text().splitlines()[0]  # the executor's command
+        assert "Unable to use shared archive" not in (stderr.parent / "stdout").read_text()
 
 
 def _wait(condition: Callable[[], object], what: str, driver: subprocess.Popen) -> object:
