@@ -40,10 +40,16 @@ SESSION_CONF = {
     "spark.sql.adaptive.enabled": "true",
 }
 
+#: Sessions this project starts (local, or on a ``spark://`` master) list up to 1,024 folders
+#: on the driver: above Spark's default of 32, the ``binaryFile`` listing of Fruits-360's
+#: 2 x 103 class folders runs as a Spark job of 100 tasks instead, twice, and on a 2 x 1-core
+#: standalone cluster that took 8 s of a 30 s feature step (bench/README.md, cluster mode).
+LISTING_CONF = {"spark.sql.sources.parallelPartitionDiscovery.threshold": "1024"}
+
 #: Extra settings for a local session, where the driver is also the only executor.
 LOCAL_CONF = {
     "spark.sql.shuffle.partitions": "8",
-    "spark.sql.sources.parallelPartitionDiscovery.threshold": "1024",
+    **LISTING_CONF,
     **PYTHON_WORKER_CONF,
 }
 
@@ -102,6 +108,29 @@ def executor_conf(python: str | None = None) -> dict[str, str]:
         "spark.executorEnv.PYSPARK_PYTHON": python,
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
     }
+
+
+def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
+    """The settings :func:`get_spark` gives a session it starts on ``master``.
+
+    Off EMR and Databricks: the driver's memory and class archive (:mod:`helpers.cds`).
+    Local mode: :data:`LOCAL_CONF`; any other master: the driver-side listing and
+    :func:`executor_conf`. A ``spark://`` master on this machine (:mod:`helpers.cluster`)
+    also gets the driver's address and the class archive for its executors, which run this
+    pyspark's jars.
+    """
+    conf: dict[str, str] = {}
+    java_options = "" if on_cluster() else driver_java_options()  # class archive, if made
+    if not on_cluster():  # a cluster's spark-defaults size its own driver
+        conf["spark.driver.memory"] = driver_memory
+        if java_options:
+            conf["spark.driver.extraJavaOptions"] = java_options
+    conf.update(LOCAL_CONF if master.startswith("local") else {**LISTING_CONF, **executor_conf()})
+    if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
+        conf["spark.driver.host"] = "127.0.0.1"
+        if java_options:
+            conf["spark.executor.extraJavaOptions"] = java_options
+    return conf
 
 
 def s3_roots(roots: Iterable[str | None]) -> list[str]:
@@ -320,19 +349,7 @@ def get_spark(
         master = "local[*,3]"  # every core; a failed task is retried, as on a cluster
     if master is not None:
         builder = builder.master(master)
-        java_options = "" if on_cluster() else driver_java_options()  # class archive, if made
-        if not on_cluster():  # a cluster's spark-defaults size its own driver
-            builder = builder.config("spark.driver.memory", driver_memory)
-            if java_options:
-                builder = builder.config("spark.driver.extraJavaOptions", java_options)
-        extra = LOCAL_CONF if master.startswith("local") else executor_conf()
-        if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
-            # a cluster on this machine (helpers.cluster): executors reach the driver there,
-            # and run this pyspark's jars, so they can map the same class archive
-            extra = {**extra, "spark.driver.host": "127.0.0.1"}
-            if java_options:
-                extra["spark.executor.extraJavaOptions"] = java_options
-        for key, value in extra.items():
+        for key, value in master_conf(master, driver_memory).items():
             builder = builder.config(key, value)
     for key, value in {**SESSION_CONF, **conf}.items():
         builder = builder.config(key, value)
