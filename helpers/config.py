@@ -31,8 +31,14 @@ MODELS: dict[str, dict[str, Any]] = {
     "resnet50": {"keras": "ResNet50", "dim": 2048, "module": "resnet50"},
 }
 
-#: Inference runtimes of the feature step: Keras itself, or the model converted to ONNX.
-RUNTIMES = ("keras", "onnxruntime")
+#: The OpenVINO runtimes and the inference precision each asks of the CPU plugin: ``f32``
+#: (exact to 1e-4 of Keras) or ``bf16`` (opt-in, reduced precision: faster where the CPU
+#: has bfloat16 instructions, features moved; see bench/README.md#runtimes).
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
+
+#: Inference runtimes of the feature step: Keras itself, or the model converted to ONNX and
+#: run by ONNX Runtime or OpenVINO (the same converted file for all three).
+RUNTIMES = ("keras", "onnxruntime", *OPENVINO_PRECISION)
 
 #: What the ``runtime`` parameter takes: a runtime, or ``auto`` (the fastest exact one that
 #: is installed: :func:`helpers.inference.resolve_runtime`).
@@ -118,8 +124,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "auto",
         str,
         "inference runtime: auto (onnxruntime where installed, else keras), keras "
-        "(TensorFlow) or onnxruntime (the model converted to ONNX once per weights, same "
-        "features within 1e-4, workers without TensorFlow)",
+        "(TensorFlow), onnxruntime or openvino (the model converted to ONNX once per weights, "
+        "same features within 1e-4, workers without TensorFlow), or openvino-bf16 (opt-in "
+        "reduced precision: faster, features moved)",
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", 64, int, "images per model call inside the pandas UDF"),

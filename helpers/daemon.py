@@ -7,20 +7,24 @@ model exists before the fork. Enabled by ``spark.python.daemon.module=helpers.da
 (local sessions from :func:`helpers.spark.get_spark` set it).
 
 A UDF created with ``$FRUITS_RUNTIME`` set to another runtime in the SparkContext's
-environment (:func:`helpers.features.featurize` with ``runtime='onnxruntime'``) gets its own
-daemon (Spark keys daemons by their environment): that one imports ONNX Runtime instead, and
-its workers never load TensorFlow.
+environment (:func:`helpers.features.featurize` with ``runtime='onnxruntime'``, ``'openvino'``
+or ``'openvino-bf16'``) gets its own daemon (Spark keys daemons by their environment): that
+one imports ONNX Runtime or OpenVINO instead, and its workers never load TensorFlow.
 """
 
 import gc
 
 from pyspark import daemon
 
-from helpers.config import daemon_runtime
+from helpers.config import OPENVINO_PRECISION, daemon_runtime
 
 if daemon_runtime() == "keras":
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
+elif daemon_runtime() in OPENVINO_PRECISION:
+    from helpers.inference import import_openvino
+
+    import_openvino()
 else:
     import onnxruntime  # noqa: F401
 

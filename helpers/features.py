@@ -273,7 +273,7 @@ class FeatureInfo:
 
     ``weights_sha256`` names the weights everywhere (:attr:`Weights.checksum`: a weights
     file's own SHA-256). ``converted_model`` and ``converted_from_cache`` are set for a
-    converted runtime (``onnxruntime``) only.
+    converted runtime (``onnxruntime``, ``openvino``, ``openvino-bf16``) only.
     """
 
     model_name: str
@@ -321,8 +321,9 @@ def runtime_environment(spark: SparkSession, runtime: str) -> Iterator[None]:
     runtime in ``$FRUITS_RUNTIME``.
 
     Spark keys its Python daemons by the UDF's environment (the SparkContext's, read when
-    the UDF's Java function is made): a UDF created here with ``onnxruntime`` runs in workers
-    of a daemon that never imported TensorFlow (:mod:`helpers.daemon`); ``keras`` UDFs keep
+    the UDF's Java function is made): a UDF created here with ``onnxruntime`` or an OpenVINO
+    runtime runs in workers of a daemon that never imported TensorFlow
+    (:mod:`helpers.daemon`); ``keras`` UDFs keep
     the default environment, hence today's daemon.
     """
     environment = spark.sparkContext.environment
@@ -474,7 +475,7 @@ def feature_udf(
             infer = _worker_model(model_name, image_size, broadcast, checksum, threads, source)
         else:
             preprocess = inference.preprocess(module)
-            infer = inference.worker_session(session_key, broadcast, threads)
+            infer = inference.worker_session(session_key, broadcast, threads, runtime)
         for index, contents in enumerate(batches):
             if runtime != "keras" and "tensorflow" in sys.modules:
                 with_tensorflow.add(1)
@@ -507,9 +508,9 @@ def featurize(
     Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
     ``loaded`` are the weights from :func:`driver_weights`, when the caller read them.
-    ``runtime`` runs the model: ``keras``, ``onnxruntime`` (converted once per weights on
-    the driver and cached, see :mod:`helpers.inference`) or ``auto`` (the latter where
-    installed).
+    ``runtime`` runs the model: ``keras``, ``onnxruntime``, ``openvino`` or
+    ``openvino-bf16`` (converted to ONNX once per weights on the driver and cached, see
+    :mod:`helpers.inference`) or ``auto`` (``onnxruntime`` where installed).
     """
     _check_model_name(model_name)
     runtime = inference.resolve_runtime(runtime)

@@ -1,12 +1,14 @@
-"""Inference runtimes besides Keras: the CNN converted to ONNX and run by ONNX Runtime.
+"""Inference runtimes besides Keras: the CNN converted to ONNX, run by ONNX Runtime or OpenVINO.
 
 The driver converts the Keras model, holding the run's weights, to ONNX once (tf2onnx) and
-caches the file under ``WEIGHTS_CACHE / "onnx"``, keyed by model, image size, weights
-checksum (a weights file's own SHA-256) and runtime: a later run with the same weights file
-reads the cached model without loading the weights or importing TensorFlow. The bytes are
-broadcast; each Python worker builds one ONNX Runtime session from them and keeps it
-across tasks. Nothing on the worker side imports TensorFlow
-or Keras: the preprocessing is the numpy equivalent of Keras' ``preprocess_input``.
+caches the file under ``WEIGHTS_CACHE / "onnx"``, keyed by the conversion: model, image
+size, weights checksum (a weights file's own SHA-256), tf2onnx version and opset. Every
+converted runtime (``onnxruntime``, ``openvino``, ``openvino-bf16``) reads that one file,
+and a later run with the same weights file reads it without loading the weights or
+importing TensorFlow. The bytes are broadcast; each Python worker builds one ONNX Runtime
+session or one OpenVINO compiled model from them and keeps it across tasks. Nothing on the
+worker side imports TensorFlow or Keras: the preprocessing is the numpy equivalent of
+Keras' ``preprocess_input``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from helpers.config import MODELS, RUNTIME_CHOICES, WEIGHTS_CACHE
+from helpers.config import MODELS, OPENVINO_PRECISION, RUNTIME_CHOICES, WEIGHTS_CACHE
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,21 @@ _CAFFE_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 #: The packages each converted runtime needs on the driver (conversion) and the workers.
-_RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "tf2onnx")}
+_RUNTIME_PACKAGES = {
+    "onnxruntime": ("onnxruntime", "tf2onnx"),
+    "openvino": ("openvino", "tf2onnx"),
+    "openvino-bf16": ("openvino", "tf2onnx"),
+}
+
+#: The converted runtimes ``auto`` tries, in order. OpenVINO is named only: its f32 path
+#: measured no faster than ONNX Runtime through Spark, and bf16 moves the features
+#: (bench/README.md#runtimes).
+_AUTO = ("onnxruntime",)
+
+
+def _missing(runtime: str) -> list[str]:
+    """The packages ``runtime`` needs that are not installed (looked up, not imported)."""
+    return [p for p in _RUNTIME_PACKAGES[runtime] if importlib.util.find_spec(p) is None]
 
 
 def check_runtime(runtime: str) -> None:
@@ -55,8 +73,8 @@ def resolve_runtime(runtime: str) -> str:
     check_runtime(runtime)
     if runtime != "auto":
         return runtime
-    for name, packages in _RUNTIME_PACKAGES.items():
-        missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    for name in _AUTO:
+        missing = _missing(name)
         if not missing:
             return name
         log.info("runtime auto: not %s (%s not installed)", name, ", ".join(missing))
@@ -78,19 +96,20 @@ def preprocess(module: str) -> Callable[[np.ndarray], np.ndarray]:
 
 @dataclass(frozen=True)
 class ConvertedModel:
-    """A model converted for a runtime: its serialized bytes, cache file, and whether the
-    bytes come from the cache (``False``: converted by this call)."""
+    """The model converted to ONNX: its serialized bytes, cache file, and whether the bytes
+    come from the cache (``False``: converted by this call)."""
 
     data: bytes
     path: Path
     cached: bool
 
 
-def cache_path(model_name: str, image_size: int, checksum: str, runtime: str) -> Path:
-    """The cache file of ``model_name`` at ``image_size`` with weights ``checksum``."""
+def cache_path(model_name: str, image_size: int, checksum: str) -> Path:
+    """The cache file of ``model_name`` at ``image_size`` with weights ``checksum``: named by
+    the conversion only, so every converted runtime reads the same file."""
     from importlib.metadata import version  # not tf2onnx itself: importing it imports TF
 
-    name = f"{model_name}-{image_size}px-{checksum[:32]}-{runtime}-tf2onnx{version('tf2onnx')}"
+    name = f"{model_name}-{image_size}px-{checksum[:32]}-tf2onnx{version('tf2onnx')}"
     return WEIGHTS_CACHE / "onnx" / f"{name}-opset{OPSET}.onnx"
 
 
@@ -118,6 +137,8 @@ def converted_model(
 ) -> ConvertedModel:
     """The ONNX model for ``runtime``: from the cache, else converted once and cached.
 
+    One file serves every converted runtime (ONNX Runtime and OpenVINO read the same ONNX).
+
     ``checksum`` names the weights (a weights file's SHA-256): a cached model needs neither
     the weight arrays nor TensorFlow on the driver; ``arrays`` is called only to convert.
     The file is written to a temporary name and renamed, so a run interrupted mid-write,
@@ -128,7 +149,14 @@ def converted_model(
         raise ValueError(f"runtime '{runtime}' is no converted runtime: nothing to convert")
     if model_name not in MODELS:
         raise ValueError(f"model_name '{model_name}' is unknown; use one of {sorted(MODELS)}")
-    path = cache_path(model_name, image_size, checksum, runtime)
+    missing = _missing(runtime)
+    if missing:
+        raise ValueError(
+            f"runtime '{runtime}' needs {', '.join(missing)}, not installed here (the Python "
+            "3.10+ sets install them; the Python 3.9 set has no ONNX conversion): use "
+            "runtime 'keras' or 'auto'"
+        )
+    path = cache_path(model_name, image_size, checksum)
     if path.is_file():
         log.info("ONNX model from the cache: %s", path)
         return ConvertedModel(path.read_bytes(), path, cached=True)
@@ -150,29 +178,90 @@ def converted_model(
 _WORKER_SESSIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
 
-def worker_session(key: str, model: object, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def worker_session(
+    key: str, model: object, threads: int, runtime: str = "onnxruntime"
+) -> Callable[[np.ndarray], np.ndarray]:
     """This Python worker's inference function for the converted model ``key``.
 
     ``model`` is the broadcast of the ONNX bytes, read only the first time (its value is
-    fetched lazily). ONNX Runtime gets ``threads`` intra-op threads: the cores a Spark task
-    owns. One session per worker: a new ``key`` (other weights or model) replaces the old.
+    fetched lazily); ``runtime`` runs it (``onnxruntime`` or an OpenVINO runtime) on
+    ``threads`` threads: the cores a Spark task owns. One session per worker: a new ``key``
+    (other weights, model or runtime) replaces the old.
     """
     if key not in _WORKER_SESSIONS:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            model.value,
-            options,
-            providers=["CPUExecutionProvider"],  # type: ignore[attr-defined]
-        )
-        name = session.get_inputs()[0].name
-
-        def infer(pixels: np.ndarray) -> np.ndarray:
-            return session.run(None, {name: np.ascontiguousarray(pixels, np.float32)})[0]
-
+        if runtime in OPENVINO_PRECISION:
+            data = model.value  # type: ignore[attr-defined]
+            infer = _openvino_session(data, threads, OPENVINO_PRECISION[runtime])
+        elif runtime == "onnxruntime":
+            infer = _onnxruntime_session(model.value, threads)  # type: ignore[attr-defined]
+        else:
+            raise ValueError(f"runtime '{runtime}' is no converted runtime: nothing to run")
         _WORKER_SESSIONS.clear()
         _WORKER_SESSIONS[key] = infer
     return _WORKER_SESSIONS[key]
+
+
+def _onnxruntime_session(data: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime session on the CPU: ``threads`` intra-op threads, one inter-op."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(pixels, np.float32)})[0]
+
+    return infer
+
+
+def openvino_config(threads: int, precision: str) -> dict[str, Any]:
+    """OpenVINO CPU settings of a worker's compiled model: ``precision`` (``f32``, ``bf16``),
+    ``threads`` threads in one stream, and no pinning of threads to cores.
+
+    Several Python workers share a machine, each with its own OpenVINO: pinned, they all
+    take the same first cores (two 1-thread workers on 2 cores measured half the speed),
+    so the operating system places the threads, as for ONNX Runtime.
+    """
+    return {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO without its usage telemetry.
+
+    ``import openvino`` starts ``openvino_telemetry``, which, unless the user opted out,
+    sends an event to Google Analytics from a background thread (no consent asked of
+    scripts; not what a GDPR-minded pipeline does on its workers). That thread also imports
+    modules while Spark's daemon forks workers, and a worker forked mid-import waits forever
+    on the import lock (seen here: a test hung 40 min). With the telemetry module marked
+    absent, OpenVINO uses its own stub: no thread, nothing sent.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
+def _openvino_session(
+    data: bytes, threads: int, precision: str
+) -> Callable[[np.ndarray], np.ndarray]:
+    """An OpenVINO model compiled for the CPU from the ONNX bytes (batch dimension dynamic)."""
+    core = import_openvino().Core()
+    compiled = core.compile_model(
+        core.read_model(model=data), "CPU", openvino_config(threads, precision)
+    )
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        # a copy of the output (share_outputs=False): the next call reuses the request's memory
+        return request.infer({0: np.ascontiguousarray(pixels, np.float32)})[output]
+
+    return infer

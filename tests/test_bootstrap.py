@@ -314,7 +314,7 @@ def test_spark4_set_is_the_tested_set_on_spark_4() -> None:
     # sparkmagic and its dependencies: the Livy extra, which Spark 4 cannot use (Livy 0.9)
     livy_only = {k for k in differ if k not in spark4}
     assert differ == livy_only, f"differ from constraints.txt: {sorted(differ - livy_only)}"
-    for key in ("tensorflow-cpu", "keras", "onnxruntime", "tf2onnx"):
+    for key in ("tensorflow-cpu", "keras", "onnxruntime", "tf2onnx", "openvino"):
         assert spark4[key].version == tested[key].version, key
 
 

@@ -1,9 +1,12 @@
-"""The ONNX Runtime path: same features as Keras on real weights and images, cached model."""
+"""The converted runtimes (ONNX Runtime, OpenVINO f32 and bf16): features against Keras on
+real weights and images, one cached ONNX model for all three, workers without TensorFlow."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from helpers import features, inference
 from helpers.config import PARAMETERS, validate
 from helpers.features import driver_weights, extract_features, featurize, runtime_environment
 from helpers.images import list_images
+from helpers.paths import PROJECT_ROOT
 
 IMAGES = 32
 
@@ -36,13 +40,21 @@ def real_images(fruits360: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(spark, weights, real_images, tmp_path_factory):
     """The same images featurized by Keras, then twice by ONNX Runtime (own model cache),
-    then by the feature step with each runtime, the driver forbidden to load the weights."""
+    then by OpenVINO f32 and bf16 (the same cached model), then by the feature step with
+    each runtime, the driver forbidden to load the weights."""
     patch = pytest.MonkeyPatch()
-    patch.setattr(inference, "WEIGHTS_CACHE", tmp_path_factory.mktemp("cache"))
+    cache = tmp_path_factory.mktemp("cache")
+    patch.setattr(inference, "WEIGHTS_CACHE", cache)
     try:
         loaded = driver_weights("mobilenet_v2", weights, 224)
-        by_runtime = {}
-        order = (("keras", "keras"), ("onnx", "onnxruntime"), ("again", "onnxruntime"))
+        by_runtime: dict = {"cache": cache}
+        order = (
+            ("keras", "keras"),
+            ("onnx", "onnxruntime"),
+            ("again", "onnxruntime"),
+            ("openvino", "openvino"),
+            ("bf16", "openvino-bf16"),
+        )
         for name, runtime in order:
             images = list_images(spark, str(real_images)).images
             run = featurize(spark, images, weights=weights, loaded=loaded, runtime=runtime)
@@ -63,35 +75,64 @@ def runs(spark, weights, real_images, tmp_path_factory):
         patch.undo()
 
 
-def test_onnxruntime_features_equal_keras(runs):
-    """Every image's ONNX Runtime vector equals Keras' within 1e-4 relative (max|a-b|/max|b|)."""
+def _features(runs, name: str) -> np.ndarray:
+    """The run ``name``'s feature matrix, rows in Keras' order, none in error."""
     _, keras_rows = runs["keras"]
-    _, onnx_rows = runs["onnx"]
-    assert keras_rows["error"].isna().all() and onnx_rows["error"].isna().all()
-    assert list(keras_rows.index) == list(onnx_rows.index) and len(keras_rows) == IMAGES
-    expected = np.stack(keras_rows["features"].to_numpy())
-    got = np.stack(onnx_rows["features"].to_numpy())
+    _, rows = runs[name]
+    assert rows["error"].isna().all()
+    assert list(rows.index) == list(keras_rows.index) and len(rows) == IMAGES
+    return np.stack(rows["features"].to_numpy())
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_converted_features_equal_keras(runs, name):
+    """Every image's ONNX Runtime and OpenVINO f32 vector equals Keras' within 1e-4 relative
+    (max|a-b|/max|b|)."""
+    expected, got = _features(runs, "keras"), _features(runs, name)
     assert got.shape == expected.shape == (IMAGES, 1280)
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
 
 
+def test_openvino_bf16_features_stay_close(runs):
+    """bf16 (opt-in) runs and says so; its vectors point about where Keras' do (cosine per
+    image > 0.9; measured 0.941-0.988 on these 32, max relative difference 0.35), and they
+    moved: the hint reached the workers (where the CPU has bfloat16 instructions; elsewhere
+    OpenVINO runs f32)."""
+    ov = inference.import_openvino()
+    run, _ = runs["bf16"]
+    assert run.info.runtime == "openvino-bf16" and run.images_decoded == IMAGES
+    expected, got = _features(runs, "keras"), _features(runs, "bf16")
+    cosine = (
+        (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    )
+    assert cosine.min() > 0.9
+    relative = np.abs(got - expected).max() / np.abs(expected).max()
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert relative > 1e-3
+
+
 def test_converted_model_is_cached_and_recorded(runs):
-    """The first ONNX run converts and caches; the second reads the cache, same features."""
+    """The first ONNX run converts and caches; the second and both OpenVINO runs read that
+    same file (one conversion for every converted runtime); each run records its runtime."""
     first, onnx_rows = runs["onnx"]
     second, again_rows = runs["again"]
     assert first.info.runtime == "onnxruntime" and runs["keras"][0].info.runtime == "keras"
     assert first.info.converted_from_cache is False
-    assert second.info.converted_from_cache is True
-    assert first.info.converted_model == second.info.converted_model
+    for name, runtime in (("again", "onnxruntime"), ("openvino", "openvino")):
+        run, _ = runs[name]
+        assert run.info.runtime == runtime and run.info.converted_from_cache is True
+        assert run.info.converted_model == first.info.converted_model
+    assert runs["bf16"][0].info.converted_model == first.info.converted_model
+    assert [p.name for p in (runs["cache"] / "onnx").iterdir()] == [first.info.converted_model]
     assert first.info.weights_sha256[:32] in first.info.converted_model
     np.testing.assert_array_equal(
         np.stack(again_rows["features"].to_numpy()), np.stack(onnx_rows["features"].to_numpy())
     )
 
 
-def test_onnx_workers_never_import_tensorflow(runs):
-    """No batch of the ONNX Runtime UDF ran in a worker with TensorFlow imported."""
-    for name in ("onnx", "again"):
+def test_converted_workers_never_import_tensorflow(runs):
+    """No batch of the ONNX Runtime or OpenVINO UDFs ran in a worker with TensorFlow imported."""
+    for name in ("onnx", "again", "openvino", "bf16"):
         run, _ = runs[name]
         assert run.images_decoded == IMAGES
         assert run.batches_with_tensorflow == 0
@@ -121,6 +162,7 @@ def test_auto_runtime_is_onnxruntime_where_installed(monkeypatch):
     assert {p.name: p.default for p in PARAMETERS}["runtime"] == "auto"
     assert inference.resolve_runtime("auto") == "onnxruntime"
     assert inference.resolve_runtime("keras") == "keras"
+    assert inference.resolve_runtime("openvino-bf16") == "openvino-bf16"
     monkeypatch.setitem(
         inference._RUNTIME_PACKAGES, "onnxruntime", ("onnxruntime", "no_such_package_xyz")
     )
@@ -128,24 +170,39 @@ def test_auto_runtime_is_onnxruntime_where_installed(monkeypatch):
     assert inference.resolve_runtime("onnxruntime") == "onnxruntime"
 
 
-def test_daemon_imports_tensorflow_only_for_keras(spark):
-    """UDFs made under runtime_environment('onnxruntime') run in workers without TensorFlow;
-    the default daemon's workers have it imported (the contrast that makes the test bite)."""
+def test_converted_runtime_names_missing_packages(monkeypatch):
+    """A converted runtime whose packages are missing (the Python 3.9 set) fails before any
+    conversion, naming the package and the runtimes that remain."""
+    monkeypatch.setitem(inference._RUNTIME_PACKAGES, "openvino", ("no_such_package_xyz",))
 
-    def loaded(runtime: str) -> set[bool]:
-        @F.pandas_udf("boolean")
-        def has_tensorflow(ids: pd.Series) -> pd.Series:
+    def arrays():
+        raise AssertionError("converted without the runtime's packages")
+
+    with pytest.raises(ValueError, match="runtime 'openvino' needs no_such_package_xyz.*'keras'"):
+        inference.converted_model("mobilenet_v2", 224, arrays, "0" * 64, "openvino")
+
+
+def test_daemon_imports_tensorflow_only_for_keras(spark):
+    """UDFs made under runtime_environment('onnxruntime') or ('openvino') run in workers
+    without TensorFlow, their runtime pre-imported by the daemon; the default daemon's
+    workers have TensorFlow imported (the contrast that makes the test bite)."""
+
+    def loaded(runtime: str) -> set[str]:
+        @F.pandas_udf("string")
+        def imported(ids: pd.Series) -> pd.Series:
             import sys
 
-            return pd.Series(["tensorflow" in sys.modules] * len(ids))
+            names = ("tensorflow", "onnxruntime", "openvino")
+            return pd.Series([",".join(n for n in names if n in sys.modules)] * len(ids))
 
         with runtime_environment(spark, runtime):
-            column = has_tensorflow("id")
-        rows = spark.range(4, numPartitions=2).select(column.alias("tf")).collect()
-        return {row.tf for row in rows}
+            column = imported("id")
+        rows = spark.range(4, numPartitions=2).select(column.alias("modules")).collect()
+        return {row.modules for row in rows}
 
-    assert loaded("onnxruntime") == {False}
-    assert loaded("keras") == {True}
+    assert loaded("onnxruntime") == {"onnxruntime"}
+    assert loaded("openvino") == {"openvino"}
+    assert loaded("keras") == {"tensorflow"}
 
 
 def test_weights_file_needs_no_model_on_the_driver(runs, weights):
@@ -166,3 +223,18 @@ def test_unfit_weights_file_is_named(spark, tiny_root, tmp_path):
     bad.write_text("not weights")
     with pytest.raises(ValueError, match="bad.h5.*not a Keras .h5 weights file"):
         featurize(spark, list_images(spark, str(tiny_root)).images, weights=str(bad))
+
+
+def test_openvino_imports_without_telemetry():
+    """OpenVINO as the workers import it: its telemetry never loads, so no thread sends usage
+    data, and none is left running when Spark's daemon forks a worker."""
+    code = (
+        "import sys, threading\n"
+        "from helpers.inference import import_openvino\n"
+        "import_openvino().Core()\n"
+        "print(threading.active_count(), sys.modules['openvino_telemetry'])\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert child.stdout.split() == ["1", "None"]
