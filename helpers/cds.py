@@ -20,7 +20,8 @@ pyspark, virtual environment, reinstall or JDK finds no archive and runs as befo
 given an archive whose jars changed ignores it with a warning); making an archive removes
 the older ones of the same installation. :func:`helpers.spark.get_spark`
 adds :func:`driver_java_options` to the drivers it starts on this machine (local mode, or
-client mode on ``spark://``); on EMR and Databricks the cluster starts its JVMs.
+client mode on ``spark://``), and to the executors of a ``spark://127.0.0.1`` cluster
+(:mod:`helpers.cluster`: same pyspark jars); on EMR and Databricks the cluster starts its JVMs.
 """
 
 from __future__ import annotations
