@@ -2,7 +2,7 @@
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N] \\
-        [--master spark://127.0.0.1:7077] [--runtime auto|keras|onnxruntime]
+        [--master spark://127.0.0.1:7077] [--runtime auto|keras|onnxruntime|openvino|openvino-bf16]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);

@@ -110,26 +110,42 @@ def executor_conf(python: str | None = None) -> dict[str, str]:
     }
 
 
+#: ``$FRUITS_JIT=full`` keeps the JVM's default JIT (C1 then C2) in the JVMs started here.
+JIT_ENV = "FRUITS_JIT"
+
+#: The JIT of the JVMs this project starts on this machine: C1 only. On a cluster of this
+#: machine the driver and every executor compiled the same hot code with C2 on the cores the
+#: Python workers need; C1 only took a 2,575-image feature step there from 22.7 s to 18.9 s,
+#: and local notebooks at 7,725 and 23,175 images ran within 1-2% of the default JIT either
+#: way (bench/README.md, cluster mode).
+JIT_OPTION = "-XX:TieredStopAtLevel=1"
+
+
+def java_options() -> str:
+    """JVM options of the drivers (and a local cluster's executors) started here: the class
+    archive of :mod:`helpers.cds` when made, and C1-only JIT unless ``$FRUITS_JIT=full``."""
+    jit = "" if os.environ.get(JIT_ENV, "").lower() == "full" else JIT_OPTION
+    return " ".join(option for option in (driver_java_options(), jit) if option)
+
+
 def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
     """The settings :func:`get_spark` gives a session it starts on ``master``.
 
-    Off EMR and Databricks: the driver's memory and class archive (:mod:`helpers.cds`).
+    Off EMR and Databricks: the driver's memory and :func:`java_options`.
     Local mode: :data:`LOCAL_CONF`; any other master: the driver-side listing and
     :func:`executor_conf`. A ``spark://`` master on this machine (:mod:`helpers.cluster`)
-    also gets the driver's address and the class archive for its executors, which run this
-    pyspark's jars.
+    also gets the driver's address, and :func:`java_options` for its executors (they run this
+    pyspark's jars, so they can map the same class archive).
     """
     conf: dict[str, str] = {}
-    java_options = "" if on_cluster() else driver_java_options()  # class archive, if made
+    options = "" if on_cluster() else java_options()
     if not on_cluster():  # a cluster's spark-defaults size its own driver
         conf["spark.driver.memory"] = driver_memory
-        if java_options:
-            conf["spark.driver.extraJavaOptions"] = java_options
+        conf["spark.driver.extraJavaOptions"] = options
     conf.update(LOCAL_CONF if master.startswith("local") else {**LISTING_CONF, **executor_conf()})
     if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
         conf["spark.driver.host"] = "127.0.0.1"
-        if java_options:
-            conf["spark.executor.extraJavaOptions"] = java_options
+        conf["spark.executor.extraJavaOptions"] = options
     return conf
 
 

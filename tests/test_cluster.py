@@ -24,7 +24,15 @@ from helpers.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_
 from helpers.features import extract_features
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
-from helpers.spark import LISTING_CONF, PYTHON_WORKER_CONF, executor_conf, master_conf
+from helpers.spark import (
+    JIT_ENV,
+    JIT_OPTION,
+    LISTING_CONF,
+    PYTHON_WORKER_CONF,
+    executor_conf,
+    java_options,
+    master_conf,
+)
 
 BATCH = 16  # 320 images in 3 tasks of 2 Arrow batches: a task can be caught half-way
 SIZE = 96  # small images: the cluster's behaviour, not the CNN's cost, is under test
@@ -119,7 +127,7 @@ def test_executor_settings_reach_every_cluster():
     assert PYTHON_WORKER_CONF.items() <= databricks["new_cluster"]["spark_conf"].items()
 
 
-def test_sessions_on_a_master_list_on_the_driver():
+def test_sessions_on_a_master_list_on_the_driver(monkeypatch):
     """Sessions started on any master list folders on the driver (no 100-task listing job);
     only a cluster on this machine gets the driver's address and the executors' archive."""
     here, yarn = master_conf("spark://127.0.0.1:7077"), master_conf("yarn")
@@ -127,7 +135,11 @@ def test_sessions_on_a_master_list_on_the_driver():
         assert LISTING_CONF.items() <= conf.items()
     assert executor_conf().items() <= yarn.items() and here["spark.driver.host"] == "127.0.0.1"
     assert "spark.driver.host" not in yarn and "spark.executor.extraJavaOptions" not in yarn
-    assert here.get("spark.executor.extraJavaOptions", "") == driver_java_options()
+    assert here["spark.executor.extraJavaOptions"] == here["spark.driver.extraJavaOptions"]
+    assert here["spark.executor.extraJavaOptions"] == java_options()
+    assert JIT_OPTION in java_options()  # C1 only, unless FRUITS_JIT=full
+    monkeypatch.setenv(JIT_ENV, "full")
+    assert JIT_OPTION not in master_conf("local[2]")["spark.driver.extraJavaOptions"]
 
 
 def test_bad_spark_master_fails_before_any_notebook(tmp_path):
