@@ -189,11 +189,11 @@ def worker_session(
     (other weights, model or runtime) replaces the old.
     """
     if key not in _WORKER_SESSIONS:
+        data = model.value  # type: ignore[attr-defined]
         if runtime in OPENVINO_PRECISION:
-            data = model.value  # type: ignore[attr-defined]
             infer = _openvino_session(data, threads, OPENVINO_PRECISION[runtime])
         elif runtime == "onnxruntime":
-            infer = _onnxruntime_session(model.value, threads)  # type: ignore[attr-defined]
+            infer = _onnxruntime_session(data, threads)
         else:
             raise ValueError(f"runtime '{runtime}' is no converted runtime: nothing to run")
         _WORKER_SESSIONS.clear()

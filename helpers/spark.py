@@ -115,9 +115,9 @@ JIT_ENV = "FRUITS_JIT"
 
 #: The JIT of the JVMs this project starts on this machine: C1 only. On a cluster of this
 #: machine the driver and every executor compiled the same hot code with C2 on the cores the
-#: Python workers need; C1 only took a 2,575-image feature step there from 22.7 s to 18.9 s,
-#: and local notebooks at 7,725 and 23,175 images ran within 1-2% of the default JIT either
-#: way (bench/README.md, cluster mode).
+#: Python workers need; C1 only took a 2,575-image feature step there from 28-32 s to
+#: 20-22 s, and local runs (2,575 images; notebooks at 7,725 and 23,175) stayed within the
+#: noise of the default JIT (bench/README.md, cluster mode).
 JIT_OPTION = "-XX:TieredStopAtLevel=1"
 
 
