@@ -323,8 +323,8 @@ def runtime_environment(spark: SparkSession, runtime: str) -> Iterator[None]:
     Spark keys its Python daemons by the UDF's environment (the SparkContext's, read when
     the UDF's Java function is made): a UDF created here with ``onnxruntime`` or an OpenVINO
     runtime runs in workers of a daemon that never imported TensorFlow
-    (:mod:`helpers.daemon`); ``keras`` UDFs keep
-    the default environment, hence today's daemon.
+    (:mod:`helpers.daemon`); ``keras`` UDFs keep the default environment, hence today's
+    daemon.
     """
     environment = spark.sparkContext.environment
     previous = environment.pop(RUNTIME_ENV, None)

@@ -39,8 +39,7 @@ _CAFFE_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 #: The packages each converted runtime needs on the driver (conversion) and the workers.
 _RUNTIME_PACKAGES = {
     "onnxruntime": ("onnxruntime", "tf2onnx"),
-    "openvino": ("openvino", "tf2onnx"),
-    "openvino-bf16": ("openvino", "tf2onnx"),
+    **{runtime: ("openvino", "tf2onnx") for runtime in OPENVINO_PRECISION},
 }
 
 #: The converted runtimes ``auto`` tries, in order. OpenVINO is named only: its f32 path
