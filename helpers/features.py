@@ -356,40 +356,44 @@ class WarmUp:
             self.thread.join(0.01)
 
 
-_WARM_UPS: dict[tuple[str, str, int, str], WarmUp] = {}
+_WARM_UPS: dict[tuple[str, str, int], WarmUp] = {}
 
 
 def start_python_workers(
     spark: SparkSession, model_name: str, image_size: int, runtime: str = "keras"
-) -> WarmUp:
-    """Start the executors' Python workers in the background, each building the model.
+) -> WarmUp | None:
+    """For ``keras``: start the executors' Python workers in the background, each building
+    the model.
 
     One task per core (once per session and model): each starts a Python worker (with
     :mod:`helpers.daemon`, importing TensorFlow) that builds and traces ``model_name``, so
     that work overlaps the file listing and the driver's weight loading instead of delaying
     the first batch; the features tasks then only set the weights. It runs a pandas UDF,
     like the features job: Spark keeps separate workers for SQL UDFs and for RDD functions.
-    Call :meth:`WarmUp.wait_submitted` before submitting the features job. For another
-    ``runtime`` the workers only start (from the daemon of that runtime): their model comes
-    later, with the broadcast.
+    Call :meth:`WarmUp.wait_submitted` before submitting the features job.
+
+    Another ``runtime`` gets no warm-up (``None``): its workers have nothing to build
+    before the broadcast arrives and their daemon starts in about a second, while the
+    warm-up job, planned in a still cold JVM beside the listing, delayed the features
+    tasks by 1.3 to 2.7 s on 2,575 images (bench/README.md).
     """
+    if runtime != "keras":
+        return None
     context = spark.sparkContext
-    key = (context.applicationId, model_name, image_size, runtime)
+    key = (context.applicationId, model_name, image_size)
     if key not in _WARM_UPS:
         cores = context.defaultParallelism
         threads = int(spark.conf.get("spark.task.cpus", "1"))
-        group = f"fruits-warm-up-{len(_WARM_UPS)}-{model_name}-{image_size}-{runtime}"
+        group = f"fruits-warm-up-{len(_WARM_UPS)}-{model_name}-{image_size}"
 
         def warm_up() -> None:
             @F.pandas_udf(LongType())
             def build(ids: pd.Series) -> pd.Series:
-                if runtime == "keras":
-                    _built_model(model_name, image_size, threads)
+                _built_model(model_name, image_size, threads)
                 return ids
 
             context.setJobGroup(group, "start the Python workers and build the model")
-            with runtime_environment(spark, runtime):
-                job = spark.range(cores, numPartitions=cores).select(build("id"))
+            job = spark.range(cores, numPartitions=cores).select(build("id"))
             job.write.format("noop").mode("overwrite").save()
 
         thread = threading.Thread(target=warm_up, name="fruits-start-python-workers", daemon=True)
@@ -527,7 +531,8 @@ def featurize(
         )
         broadcast = spark.sparkContext.broadcast(model.data)
     converted_info = model
-    warm_up.wait_submitted(spark)
+    if warm_up is not None:
+        warm_up.wait_submitted(spark)
     extract, decoded, with_tensorflow = feature_udf(
         spark,
         broadcast,
@@ -642,7 +647,7 @@ def extract_features(
     """
     _check_model_name(model_name)
     runtime = inference.resolve_runtime(runtime)
-    # the workers' start and the driver's weight loading overlap the listing below
+    # the (Keras) workers' start and the driver's weight loading overlap the listing below
     start_python_workers(spark, model_name, image_size, runtime)
     pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
     try:
