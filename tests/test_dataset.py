@@ -155,3 +155,27 @@ def test_features_written_before_commit_records_stay_readable(spark, tmp_path, c
     assert len(_records(out)) == 2
     paths = sorted(r.path for r in read_features(spark, str(out)).collect())
     assert paths == ["new-0", "new-1", "old-0", "old-1", "old-2"]
+
+
+def test_feature_values_are_written_without_a_dictionary(spark, tmp_path):
+    """The writer makes no dictionary of the feature values (floats that never repeat: it
+    would hash them and fall back anyway); other columns keep Parquet's defaults. Repeated
+    values make the contrast: Parquet would encode both columns with a dictionary."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    rows = spark.range(64).selectExpr(
+        "'same' AS path", "array_repeat(CAST(1.5 AS FLOAT), 8) AS features", "id AS size"
+    )
+    write_features(spark, rows, str(out))
+    encodings = {}
+    for file in out.glob("features/run=*/*.parquet"):
+        metadata = pq.ParquetFile(file).metadata
+        if not metadata.num_row_groups:
+            continue
+        group = metadata.row_group(0)
+        for i in range(group.num_columns):
+            column = group.column(i)
+            encodings.setdefault(column.path_in_schema, set()).update(column.encodings)
+    assert not any("DICTIONARY" in e for e in encodings["features.list.element"])
+    assert any("DICTIONARY" in e for e in encodings["path"])
