@@ -374,8 +374,9 @@ def start_python_workers(
 
     Another ``runtime`` gets no warm-up (``None``): its workers have nothing to build
     before the broadcast arrives and their daemon starts in about a second, while the
-    warm-up job, planned in a still cold JVM beside the listing, delayed the features
-    tasks by 1.3 to 2.7 s on 2,575 images (bench/README.md).
+    warm-up job, planned in a still cold JVM beside the listing, held the features tasks
+    back: on 2,575 images they launched at 4.1 s with it, 1.4-1.7 s without
+    (bench/README.md).
     """
     if runtime != "keras":
         return None
