@@ -45,11 +45,12 @@ RUNTIMES = ("keras", "onnxruntime", *OPENVINO_PRECISION)
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
 #: Environment variable of the Python workers' daemon (:mod:`helpers.daemon`): the runtime
-#: its workers run; TensorFlow is imported before the fork only for ``keras``.
+#: its workers run, imported before the fork; unset (any UDF but the features'): none.
 RUNTIME_ENV = "FRUITS_RUNTIME"
 
 #: How every executor, local or on a cluster, runs Python: workers kept across tasks and
-#: forked from a daemon that already imported TensorFlow (they start in milliseconds). Local
+#: forked from a daemon that already imported the features runtime (they start in
+#: milliseconds). Local
 #: and standalone sessions (:mod:`helpers.spark`), the EMR configurations
 #: (:mod:`helpers.emr`) and ``databricks.yml`` carry these settings.
 PYTHON_WORKER_CONF = {
@@ -204,8 +205,8 @@ def fault_injection() -> tuple[str, int] | None:
 
 
 def daemon_runtime() -> str:
-    """The runtime ``$FRUITS_RUNTIME`` gives this Python daemon's workers (default keras)."""
-    return os.environ.get(RUNTIME_ENV, "keras")
+    """The runtime ``$FRUITS_RUNTIME`` gives this Python daemon's workers ('' if none)."""
+    return os.environ.get(RUNTIME_ENV, "")
 
 
 def defaults() -> dict[str, Any]:

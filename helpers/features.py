@@ -315,27 +315,30 @@ class Featurization:
         return 0 if self.with_tensorflow is None else int(self.with_tensorflow.value)
 
 
+#: One :func:`runtime_environment` block at a time (the Keras warm-up runs in a thread).
+_ENVIRONMENT_LOCK = threading.RLock()
+
+
 @contextmanager
 def runtime_environment(spark: SparkSession, runtime: str) -> Iterator[None]:
     """Create the UDFs of ``runtime`` inside this block: their workers' daemon gets the
     runtime in ``$FRUITS_RUNTIME``.
 
     Spark keys its Python daemons by the UDF's environment (the SparkContext's, read when
-    the UDF's Java function is made): a UDF created here with ``onnxruntime`` or an OpenVINO
-    runtime runs in workers of a daemon that never imported TensorFlow
-    (:mod:`helpers.daemon`); ``keras`` UDFs keep the default environment, hence today's
-    daemon.
+    the UDF's Java function is made): a UDF created here runs in workers of a daemon that
+    imported ``runtime`` before forking them (:mod:`helpers.daemon`). UDFs created outside
+    get a daemon that imports none: the EDA's and PCA's workers load no TensorFlow.
     """
     environment = spark.sparkContext.environment
-    previous = environment.pop(RUNTIME_ENV, None)
-    if runtime != "keras":
+    with _ENVIRONMENT_LOCK:
+        previous = environment.get(RUNTIME_ENV)
         environment[RUNTIME_ENV] = runtime
-    try:
-        yield
-    finally:
-        environment.pop(RUNTIME_ENV, None)
-        if previous is not None:
-            environment[RUNTIME_ENV] = previous
+        try:
+            yield
+        finally:
+            environment.pop(RUNTIME_ENV, None)
+            if previous is not None:
+                environment[RUNTIME_ENV] = previous
 
 
 @dataclass
@@ -394,7 +397,8 @@ def start_python_workers(
                 return ids
 
             context.setJobGroup(group, "start the Python workers and build the model")
-            job = spark.range(cores, numPartitions=cores).select(build("id"))
+            with runtime_environment(spark, runtime):  # the features UDF's daemon
+                job = spark.range(cores, numPartitions=cores).select(build("id"))
             job.write.format("noop").mode("overwrite").save()
 
         thread = threading.Thread(target=warm_up, name="fruits-start-python-workers", daemon=True)

@@ -183,11 +183,10 @@ def test_converted_runtime_names_missing_packages(monkeypatch):
 
 
 def test_daemon_imports_tensorflow_only_for_keras(spark):
-    """UDFs made under runtime_environment('onnxruntime') or ('openvino') run in workers
-    without TensorFlow, their runtime pre-imported by the daemon; the default daemon's
-    workers have TensorFlow imported (the contrast that makes the test bite)."""
+    """UDFs made under runtime_environment(R) run in workers whose daemon pre-imported R's
+    package: TensorFlow for keras only. Other UDFs (EDA, PCA) get a daemon importing none."""
 
-    def loaded(runtime: str) -> set[str]:
+    def loaded(runtime: str | None) -> set[str]:
         @F.pandas_udf("string")
         def imported(ids: pd.Series) -> pd.Series:
             import sys
@@ -195,14 +194,18 @@ def test_daemon_imports_tensorflow_only_for_keras(spark):
             names = ("tensorflow", "onnxruntime", "openvino")
             return pd.Series([",".join(n for n in names if n in sys.modules)] * len(ids))
 
-        with runtime_environment(spark, runtime):
+        if runtime is None:
             column = imported("id")
+        else:
+            with runtime_environment(spark, runtime):
+                column = imported("id")
         rows = spark.range(4, numPartitions=2).select(column.alias("modules")).collect()
         return {row.modules for row in rows}
 
     assert loaded("onnxruntime") == {"onnxruntime"}
     assert loaded("openvino") == {"openvino"}
     assert loaded("keras") == {"tensorflow"}
+    assert loaded(None) == {""}
 
 
 def test_weights_file_needs_no_model_on_the_driver(runs, weights):
