@@ -49,10 +49,9 @@ RUNTIME_CHOICES = ("auto", *RUNTIMES)
 RUNTIME_ENV = "FRUITS_RUNTIME"
 
 #: How every executor, local or on a cluster, runs Python: workers kept across tasks and
-#: forked from a daemon that already imported the features runtime (they start in
-#: milliseconds). Local
-#: and standalone sessions (:mod:`helpers.spark`), the EMR configurations
-#: (:mod:`helpers.emr`) and ``databricks.yml`` carry these settings.
+#: forked from :mod:`helpers.daemon` (the features UDFs' workers find their runtime
+#: imported and start in milliseconds). Local and standalone sessions (:mod:`helpers.spark`),
+#: the EMR configurations (:mod:`helpers.emr`) and ``databricks.yml`` carry these settings.
 PYTHON_WORKER_CONF = {
     "spark.python.worker.reuse": "true",
     "spark.python.daemon.module": "helpers.daemon",
