@@ -28,7 +28,7 @@ rsc jars, no Hive context), a ``spark-defaults.conf`` carrying the project's Pyt
 (``spark.pyspark.python``, the worker daemon) to every session, and sparkmagic's
 ``config.json`` with EMR's settings (``all_errors_are_fatal``, startup and heartbeat
 timeouts) into ``$SPARKMAGIC_CONF_DIR`` or ``.livy/sparkmagic``; it installs sparkmagic's
-``pysparkkernel`` into this environment (``jupyter kernelspec install --sys-prefix``) and
+``pysparkkernel`` into this environment (``sys.prefix``, through jupyter_client) and
 returns once Livy answers. Tests use :func:`livy_server`.
 """
 
@@ -318,17 +318,19 @@ def sparkmagic_config(url: str) -> dict[str, Any]:
 
 
 def install_kernel() -> Path:
-    """Install sparkmagic's ``pysparkkernel`` into this environment (not the user's home)."""
+    """Install sparkmagic's ``pysparkkernel`` into this environment (not the user's home).
+
+    Through jupyter_client's API, not ``python -m jupyter kernelspec``: that command runs
+    the first ``jupyter-kernelspec`` on ``$PATH``, which in a shell with another virtual
+    environment activated installed the kernel into that one.
+    """
     import sparkmagic
+    from jupyter_client.kernelspec import KernelSpecManager
 
     spec = Path(sparkmagic.__file__).parent / "kernels" / KERNEL
     prefix = Path(sys.prefix, "share", "jupyter", "kernels", KERNEL)
     if not (prefix / "kernel.json").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "jupyter", "kernelspec", "install", "--sys-prefix", str(spec)],
-            check=True,
-            capture_output=True,
-        )
+        KernelSpecManager().install_kernel_spec(str(spec), KERNEL, prefix=sys.prefix)
         log.info("installed the %s kernel into %s", KERNEL, prefix)
     return prefix
 

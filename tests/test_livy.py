@@ -25,6 +25,7 @@ from helpers.livy import (
     CONF_DIR_ENV,
     LivyServer,
     install,
+    install_kernel,
     livy_server,
     status,
     unsupported_spark,
@@ -139,6 +140,17 @@ def test_livy_spark_error_fails_the_run_with_its_message(livy, livy_run, tmp_pat
     message = str(failure.value)
     assert parquet.name in message and "Parquet" in message, message[-2000:]
     assert all(s["state"] in ("dead", "killed", "shutting_down") for s in livy.sessions())
+
+
+def test_kernel_goes_into_this_environment(tmp_path, monkeypatch):
+    """The kernel lands in this interpreter's ``sys.prefix``, not where a ``jupyter``
+    command found on ``$PATH`` puts it (another activated environment got it once)."""
+    if importlib.util.find_spec("sparkmagic") is None:
+        pytest.skip("sparkmagic is not installed: make livy (needs libkrb5-dev)")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
+    installed = install_kernel()
+    assert installed == tmp_path / "env" / "share" / "jupyter" / "kernels" / "pysparkkernel"
+    assert json.loads((installed / "kernel.json").read_text())["language"] == "python"
 
 
 def test_livy_kernel_without_server_names_the_fix(tmp_path, monkeypatch):
