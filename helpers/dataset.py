@@ -273,8 +273,8 @@ def write_features(
     features.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
     files = _data_files(spark, folder)
     # the schema is known: no job reading a footer to infer it, only the count's
-    written = spark.read.schema(features.schema)
-    rows = written.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
+    reader = spark.read.schema(features.schema)
+    rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
     fault_point("written-not-committed")
     record = _record(run_id, files, rows, overwrite)
     write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)

@@ -323,7 +323,7 @@ def get_spark(
     session runs its Python workers with the interpreter running this code, so the notebook
     kernel, the driver and the pandas UDFs see the same packages; a session on another
     master (``spark://...``, ``yarn``) gets :func:`executor_conf`, so that its executors do
-    too, with the TensorFlow-preloading daemon. A driver started here maps the class
+    too, with the runtime-preloading daemon. A driver started here maps the class
     archive of :mod:`helpers.cds` when ``make setup`` made it (a faster JVM start and
     first jobs), and so do the executors of a cluster on this machine (``spark://127.0.0.1``).
 

@@ -69,7 +69,7 @@ def configurations(settings: EmrSettings) -> list[dict[str, Any]]:
         "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
         "spark.pyspark.python": VENV_PYTHON,
         "spark.pyspark.driver.python": VENV_PYTHON,
-        # executors' Python workers forked from the TensorFlow-preloading daemon, reused
+        # executors' Python workers forked from the runtime-preloading daemon, reused
         **PYTHON_WORKER_CONF,
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.executor.memoryOverhead": settings.executor_memory_overhead,
