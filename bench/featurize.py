@@ -1,7 +1,7 @@
 """Feature-extraction throughput: bare Keras against the project's Spark pipeline.
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
-        [--weights FILE.h5] [--image-size 224] [--batch-size 64] [--limit N] \\
+        [--weights FILE.h5] [--image-size 224] [--batch-size 4] [--limit N] \\
         [--master spark://127.0.0.1:7077] [--runtime auto|keras|onnxruntime|openvino|openvino-bf16]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
@@ -12,7 +12,8 @@ including the driver's weight load and broadcast and the workers' start-up and m
 builds (with ``--runtime onnxruntime``, the ONNX conversion too unless it is cached: the
 output says which); only the JVM start (and on a cluster, ``--master``, the executors'
 registration) is left out. Bare Keras with stock TensorFlow stays the reference whatever
-``--runtime`` the pipeline uses. The last line is
+``--runtime`` the pipeline uses, at 64 images per model call as issue 14 defines it
+(``--keras-batch-size``; ``--batch-size`` is the pipeline's). The last line is
 ``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``.
 """
 
@@ -31,7 +32,7 @@ import numpy as np
 import psutil
 from pyspark.sql import SparkSession
 
-from helpers.config import MODELS, RUNTIME_CHOICES, resolve_weights
+from helpers.config import BATCH_SIZE, MODELS, RUNTIME_CHOICES, resolve_weights
 from helpers.dataset import read_features
 from helpers.features import build_model, extract_features
 from helpers.images import decode_image, is_image_name
@@ -149,7 +150,12 @@ def main() -> None:
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--model-name", default="mobilenet_v2", choices=sorted(MODELS))
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, help="pipeline's images per model call"
+    )
+    parser.add_argument(
+        "--keras-batch-size", type=int, default=64, help="bare Keras' images per model call"
+    )
     parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
     parser.add_argument(
         "--runtime", default="auto", choices=RUNTIME_CHOICES, help="pipeline's runtime"
@@ -165,7 +171,7 @@ def main() -> None:
         "--no-daemon",
         action="store_true",
         help="cluster only: executors start plain pyspark.daemon workers instead of "
-        "helpers.daemon (TensorFlow pre-imported), to measure what the daemon brings",
+        "helpers.daemon (the runtime pre-imported), to measure what the daemon brings",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -179,11 +185,13 @@ def main() -> None:
     files = pick_files(args.images.resolve(), args.limit)
     size, batch = args.image_size, args.batch_size
     print(
-        f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch},"
-        f" {args.cores} cores, pipeline runtime {runtime}"
+        f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch}"
+        f" (bare Keras {args.keras_batch_size}), {args.cores} cores, pipeline runtime {runtime}"
     )
 
-    keras_img_s = bare_keras(files, weights, args.model_name, size, batch, args.cores)
+    keras_img_s = bare_keras(
+        files, weights, args.model_name, size, args.keras_batch_size, args.cores
+    )
     print(f"bare Keras:     {keras_img_s:7.1f} images/s")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,6 +44,10 @@ RUNTIMES = ("keras", "onnxruntime", *OPENVINO_PRECISION)
 #: is installed: :func:`helpers.inference.resolve_runtime`).
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
+#: Images per model call, by default: with one thread per Python worker, a small batch keeps
+#: each layer's activations in the core's caches (bench/README.md#model-batch).
+BATCH_SIZE = 4
+
 #: Environment variable of the Python workers' daemon (:mod:`helpers.daemon`): the runtime
 #: its workers run, imported before the fork; unset (any UDF but the features'): none.
 RUNTIME_ENV = "FRUITS_RUNTIME"
@@ -129,7 +133,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "reduced precision: faster, features moved)",
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
-    Parameter("batch_size", 64, int, "images per model call inside the pandas UDF"),
+    Parameter("batch_size", BATCH_SIZE, int, "images per model call inside the pandas UDF"),
     Parameter(
         "overwrite", False, bool, "featurize every image again instead of only new or changed ones"
     ),

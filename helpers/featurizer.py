@@ -38,12 +38,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 
 from helpers import inference
-from helpers.config import MODELS, RUNTIME_CHOICES
+from helpers.config import BATCH_SIZE, MODELS, RUNTIME_CHOICES
 from helpers.features import (
     Weights,
     driver_weights,
     feature_udf,
     runtime_environment,
+    set_arrow_batch,
     weights_checksum,
 )
 
@@ -114,7 +115,7 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
             errorCol="error",
             modelName="mobilenet_v2",
             imageSize=224,
-            batchSize=64,
+            batchSize=BATCH_SIZE,
             runtime="auto",
             weights="imagenet",
         )
@@ -168,7 +169,7 @@ class ImageFeaturizer(
         errorCol: str = "error",
         modelName: str = "mobilenet_v2",
         imageSize: int = 224,
-        batchSize: int = 64,
+        batchSize: int = BATCH_SIZE,
         runtime: str = "auto",
         weights: str = "imagenet",
     ) -> None:
@@ -187,7 +188,7 @@ class ImageFeaturizer(
         errorCol: str = "error",
         modelName: str = "mobilenet_v2",
         imageSize: int = 224,
-        batchSize: int = 64,
+        batchSize: int = BATCH_SIZE,
         runtime: str = "auto",
         weights: str = "imagenet",
     ) -> ImageFeaturizer:
@@ -310,8 +311,7 @@ class ImageFeaturizer(
             runtime=runtime,
             source=self.getWeights(),
         )
-        # Arrow batches of a few model batches: bounded memory even for large photos
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size * 4))
+        set_arrow_batch(spark, batch_size)
         result = f"_{self.uid}_result"
         with runtime_environment(spark, runtime):
             featurized = dataset.withColumn(result, extract(F.col(column)))

@@ -34,7 +34,8 @@ from helpers.spark import (
     master_conf,
 )
 
-BATCH = 16  # 320 images in 3 tasks of 2 Arrow batches: a task can be caught half-way
+BATCH = 16
+ARROW = 64  # 320 images in 2 tasks of 3 Arrow batches: a task can be caught half-way
 SIZE = 96  # small images: the cluster's behaviour, not the CNN's cost, is under test
 FILES = len(list(DATA_SAMPLE.rglob("*.jpg")))
 
@@ -44,11 +45,13 @@ FILES = len(list(DATA_SAMPLE.rglob("*.jpg")))
 DRIVER = """
 import os
 import sys
+import helpers.features
 from helpers.config import PROGRESS_ENV
 from helpers.features import extract_features
 from helpers.spark import get_spark
 
-master, data, weights, size, batch, *runs = sys.argv[1:]
+master, data, weights, size, batch, arrow, *runs = sys.argv[1:]
+helpers.features.ARROW_IMAGES = int(arrow)
 spark = get_spark("fruits-fault", master=master, driver_memory="1g")
 for run in runs:
     os.environ[PROGRESS_ENV] = os.path.join(run, "markers")
@@ -206,7 +209,7 @@ def fault_runs(cluster, weights, tmp_path_factory) -> dict[str, tuple[Path, list
         (root / kill / "markers").mkdir(parents=True)
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER, cluster.master_url, str(DATA_SAMPLE), weights]
-        + [str(SIZE), str(BATCH)]
+        + [str(SIZE), str(BATCH), str(ARROW)]
         + [str(root / kill) for kill in kills],
         cwd=PROJECT_ROOT,
     )

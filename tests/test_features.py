@@ -9,7 +9,7 @@ import pytest
 from conftest import write_jpeg
 
 from helpers.dataset import read_features, write_features
-from helpers.features import build_model, featurize, load_weights
+from helpers.features import TASK_IMAGES, build_model, featurize, load_weights, task_count
 from helpers.images import decode_image, list_images
 
 
@@ -88,3 +88,11 @@ def test_reused_workers_take_the_new_weights(spark, featurized, weights):
         vectors.append(run.features.toPandas().set_index("path").loc[path, "features"])
     assert not np.allclose(vectors[1], vectors[0])
     np.testing.assert_array_equal(vectors[2], vectors[0])
+
+
+def test_tasks_are_whole_waves_of_at_most_2048_images(spark):
+    """Few large tasks, one per core a wave, sized by images whatever the model batch."""
+    cores = spark.sparkContext.defaultParallelism
+    assert task_count(spark, 10) == cores
+    assert task_count(spark, cores * TASK_IMAGES) == cores
+    assert task_count(spark, cores * TASK_IMAGES + 1) == 2 * cores
