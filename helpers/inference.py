@@ -84,7 +84,7 @@ def preprocess(module: str) -> Callable[[np.ndarray], np.ndarray]:
     """Keras' ``preprocess_input`` of ``module`` in numpy, float32, without importing Keras.
 
     ``mobilenet_v2`` ("tf" mode) scales to [-1, 1] in place, as Keras does with a float
-    array (no 38 MB temporaries per batch of 64); ``resnet50`` ("caffe" mode) turns RGB into
+    array (no temporaries the size of the batch); ``resnet50`` ("caffe" mode) turns RGB into
     BGR and subtracts the ImageNet means. Same float32 operations as Keras, same values.
     """
     if module == "mobilenet_v2":
