@@ -2,14 +2,15 @@
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 4] [--limit N] \\
-        [--master spark://127.0.0.1:7077] [--runtime auto|keras|onnxruntime|openvino|openvino-bf16]
+        [--master spark://127.0.0.1:7077] \\
+        [--runtime auto|keras|litert|onnxruntime|openvino|openvino-bf16]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
 (b) the notebooks' feature step, ``helpers.features.extract_features``, end to end:
 binaryFile read, pandas UDF (decode, resize, model), Parquet write and publication,
 including the driver's weight load and broadcast and the workers' start-up and model
-builds (with ``--runtime onnxruntime``, the ONNX conversion too unless it is cached: the
+builds (with a converted runtime, the conversion too unless it is cached: the
 output says which); only the JVM start (and on a cluster, ``--master``, the executors'
 registration) is left out. Bare Keras with stock TensorFlow stays the reference whatever
 ``--runtime`` the pipeline uses, at 64 images per model call as issue 14 defines it
@@ -230,7 +231,7 @@ def main() -> None:
     print(f"peak RSS of the Python workers: {memory.peak / 2**20:.0f} MiB")
     cached = summary.info.converted_from_cache
     if cached is not None:
-        print(f"ONNX model from the cache (no conversion timed): {cached}")
+        print(f"converted model from the cache (no conversion timed): {cached}")
     if written != len(files) or decoded != len(files):
         raise SystemExit(f"expected {len(files)} rows decoded once, got {written} / {decoded}")
     print(

@@ -36,9 +36,10 @@ MODELS: dict[str, dict[str, Any]] = {
 #: has bfloat16 instructions, features moved; see bench/README.md#runtimes).
 OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
 
-#: Inference runtimes of the feature step: Keras itself, or the model converted to ONNX and
-#: run by ONNX Runtime or OpenVINO (the same converted file for all three).
-RUNTIMES = ("keras", "onnxruntime", *OPENVINO_PRECISION)
+#: Inference runtimes of the feature step: Keras itself, the model converted to TFLite and
+#: run by LiteRT (XNNPACK), or converted to ONNX and run by ONNX Runtime or OpenVINO (the
+#: same ONNX file for all three).
+RUNTIMES = ("keras", "litert", "onnxruntime", *OPENVINO_PRECISION)
 
 #: What the ``runtime`` parameter takes: a runtime, or ``auto`` (the fastest exact one that
 #: is installed: :func:`helpers.inference.resolve_runtime`).
@@ -127,10 +128,11 @@ PARAMETERS: tuple[Parameter, ...] = (
         "runtime",
         "auto",
         str,
-        "inference runtime: auto (onnxruntime where installed, else keras), keras "
-        "(TensorFlow), onnxruntime or openvino (the model converted to ONNX once per weights, "
-        "same features within 1e-4, workers without TensorFlow), or openvino-bf16 (opt-in "
-        "reduced precision: faster, features moved)",
+        "inference runtime: auto (litert where installed, else onnxruntime, else keras), "
+        "keras (TensorFlow), litert (the model converted to TFLite once per weights), "
+        "onnxruntime or openvino (converted to ONNX): same features within 1e-4, workers "
+        "without TensorFlow; or openvino-bf16 (opt-in reduced precision: faster, features "
+        "moved)",
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", BATCH_SIZE, int, "images per model call inside the pandas UDF"),

@@ -4,8 +4,8 @@ Spark starts one daemon per executor and Python environment, and forks a Python 
 it for each task slot. The features UDFs are created with ``$FRUITS_RUNTIME`` in the
 SparkContext's environment (:func:`helpers.features.runtime_environment`), so they get a
 daemon of their own (Spark keys daemons by their environment) that imports their runtime
-before the fork: TensorFlow and Keras for ``keras``, ONNX Runtime or OpenVINO for the
-converted runtimes. Their workers find it imported instead of spending seconds on it. Only
+before the fork: TensorFlow and Keras for ``keras``, LiteRT, ONNX Runtime or OpenVINO for
+the converted runtimes. Their workers find it imported instead of spending seconds on it. Only
 imports happen here: no thread pool or model exists before the fork.
 
 Every other Python UDF (the EDA's, PCA's ``mapInArrow``) runs in workers of the daemon
@@ -30,6 +30,8 @@ elif daemon_runtime() in OPENVINO_PRECISION:
     import_openvino()
 elif daemon_runtime() == "onnxruntime":
     import onnxruntime  # noqa: F401
+elif daemon_runtime() == "litert":
+    import ai_edge_litert.interpreter  # noqa: F401
 
 if __name__ == "__main__":
     gc.freeze()  # the imported modules' many objects: out of every worker's garbage collections

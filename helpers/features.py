@@ -274,7 +274,7 @@ class FeatureInfo:
 
     ``weights_sha256`` names the weights everywhere (:attr:`Weights.checksum`: a weights
     file's own SHA-256). ``converted_model`` and ``converted_from_cache`` are set for a
-    converted runtime (``onnxruntime``, ``openvino``, ``openvino-bf16``) only.
+    converted runtime (``litert``, ``onnxruntime``, ``openvino``, ``openvino-bf16``) only.
     """
 
     model_name: str
@@ -531,9 +531,10 @@ def featurize(
     Its rows are ``path, split, label, features, error, size, modified``. ``count`` (the
     number of rows, when the caller knows it) sizes the tasks; by default every listed file.
     ``loaded`` are the weights from :func:`driver_weights`, when the caller read them.
-    ``runtime`` runs the model: ``keras``, ``onnxruntime``, ``openvino`` or
-    ``openvino-bf16`` (converted to ONNX once per weights on the driver and cached, see
-    :mod:`helpers.inference`) or ``auto`` (``onnxruntime`` where installed).
+    ``runtime`` runs the model: ``keras``, ``litert`` (converted to TFLite), ``onnxruntime``,
+    ``openvino`` or ``openvino-bf16`` (converted to ONNX; each converted once per weights on
+    the driver and cached, see :mod:`helpers.inference`) or ``auto`` (``litert``, else
+    ``onnxruntime``, where installed).
     """
     _check_model_name(model_name)
     runtime = inference.resolve_runtime(runtime)

@@ -96,7 +96,8 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
     runtime: Param[str] = Param(
         Params._dummy(),
         "runtime",
-        f"inference runtime: one of {list(RUNTIME_CHOICES)} (auto: onnxruntime where installed)",
+        f"inference runtime: one of {list(RUNTIME_CHOICES)} "
+        "(auto: litert, else onnxruntime, where installed)",
         typeConverter=TypeConverters.toString,
     )
     weights: Param[str] = Param(

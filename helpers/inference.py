@@ -1,14 +1,16 @@
-"""Inference runtimes besides Keras: the CNN converted to ONNX, run by ONNX Runtime or OpenVINO.
+"""Inference runtimes besides Keras: the CNN converted to TFLite, run by LiteRT, or to ONNX,
+run by ONNX Runtime or OpenVINO.
 
-The driver converts the Keras model, holding the run's weights, to ONNX once (tf2onnx) and
-caches the file under ``WEIGHTS_CACHE / "onnx"``, keyed by the conversion: model, image
-size, weights checksum (a weights file's own SHA-256), tf2onnx version and opset. Every
-converted runtime (``onnxruntime``, ``openvino``, ``openvino-bf16``) reads that one file,
-and a later run with the same weights file reads it without loading the weights or
-importing TensorFlow. The bytes are broadcast; each Python worker builds one ONNX Runtime
-session or one OpenVINO compiled model from them and keeps it across tasks. Nothing on the
-worker side imports TensorFlow or Keras: the preprocessing is the numpy equivalent of
-Keras' ``preprocess_input``.
+The driver converts the Keras model, holding the run's weights, once and caches the file,
+keyed by the conversion: model, image size, weights checksum (a weights file's own
+SHA-256) and converter. ``litert`` reads a TFLite file (TensorFlow's own converter, under
+``WEIGHTS_CACHE / "tflite"``); ``onnxruntime``, ``openvino`` and ``openvino-bf16`` read
+one ONNX file (tf2onnx and its opset, under ``WEIGHTS_CACHE / "onnx"``). A later run with
+the same weights file reads the cache without loading the weights or importing
+TensorFlow. The bytes are broadcast; each Python worker builds one LiteRT interpreter,
+ONNX Runtime session or OpenVINO compiled model from them and keeps it across tasks.
+Nothing on the worker side imports TensorFlow or Keras: the preprocessing is the numpy
+equivalent of Keras' ``preprocess_input``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +39,18 @@ OPSET = 17
 _CAFFE_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-#: The packages each converted runtime needs on the driver (conversion) and the workers.
+#: The packages each converted runtime needs on the driver (conversion) and the workers,
+#: besides TensorFlow (every set has it: the ``keras`` runtime and TFLite's converter).
 _RUNTIME_PACKAGES = {
+    "litert": ("ai_edge_litert",),
     "onnxruntime": ("onnxruntime", "tf2onnx"),
     **{runtime: ("openvino", "tf2onnx") for runtime in OPENVINO_PRECISION},
 }
 
-#: The converted runtimes ``auto`` tries, in order. OpenVINO is named only: its f32 path
-#: measured no faster than ONNX Runtime through Spark, and bf16 moves the features
-#: (bench/README.md#runtimes).
-_AUTO = ("onnxruntime",)
+#: The converted runtimes ``auto`` tries, in order: LiteRT measured fastest through Spark,
+#: then ONNX Runtime. OpenVINO is named only: its f32 path measured no faster than ONNX
+#: Runtime through Spark, and bf16 moves the features (bench/README.md#runtimes).
+_AUTO = ("litert", "onnxruntime")
 
 
 def _missing(runtime: str) -> list[str]:
@@ -63,11 +68,12 @@ def check_runtime(runtime: str) -> None:
 
 
 def resolve_runtime(runtime: str) -> str:
-    """The runtime that runs the model: ``runtime`` itself, or for ``auto`` ONNX Runtime where
-    its packages are installed (exact to 1e-4 and faster, see bench/README.md), else Keras.
+    """The runtime that runs the model: ``runtime`` itself, or for ``auto`` the first of LiteRT
+    and ONNX Runtime whose packages are installed (both exact to 1e-4 and faster, see
+    bench/README.md), else Keras.
 
-    Python 3.9 sets (EMR 7's default Python) have no ONNX Runtime that works with Keras 3,
-    so ``auto`` is ``keras`` there. Looks the packages up without importing them.
+    Python 3.9 sets (EMR 7's default Python) have neither, so ``auto`` is ``keras`` there.
+    Looks the packages up without importing them.
     """
     check_runtime(runtime)
     if runtime != "auto":
@@ -103,36 +109,69 @@ def _scale_tf(pixels: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ConvertedModel:
-    """The model converted to ONNX: its serialized bytes, cache file, and whether the bytes
-    come from the cache (``False``: converted by this call)."""
+    """The converted model: its serialized bytes (ONNX or TFLite), cache file, and whether
+    the bytes come from the cache (``False``: converted by this call)."""
 
     data: bytes
     path: Path
     cached: bool
 
 
-def cache_path(model_name: str, image_size: int, checksum: str) -> Path:
-    """The cache file of ``model_name`` at ``image_size`` with weights ``checksum``: named by
-    the conversion only, so every converted runtime reads the same file."""
-    from importlib.metadata import version  # not tf2onnx itself: importing it imports TF
+def cache_path(model_name: str, image_size: int, checksum: str, runtime: str) -> Path:
+    """The cache file of ``model_name`` at ``image_size`` with weights ``checksum`` for
+    ``runtime``: named by the conversion only, so the ONNX runtimes read the same file."""
+    # versions from the packages' metadata: importing tf2onnx or TensorFlow takes seconds
+    stem = f"{model_name}-{image_size}px-{checksum[:32]}"
+    if runtime == "litert":
+        return WEIGHTS_CACHE / "tflite" / f"{stem}-tensorflow{_tensorflow_version()}.tflite"
+    return WEIGHTS_CACHE / "onnx" / f"{stem}-tf2onnx{version('tf2onnx')}-opset{OPSET}.onnx"
 
-    name = f"{model_name}-{image_size}px-{checksum[:32]}-tf2onnx{version('tf2onnx')}"
-    return WEIGHTS_CACHE / "onnx" / f"{name}-opset{OPSET}.onnx"
+
+def _tensorflow_version() -> str:
+    """The installed TensorFlow's version, whichever distribution brought it (-cpu or not)."""
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    raise ValueError("TensorFlow is not installed: the model cannot be converted")
 
 
-def _to_onnx(model_name: str, image_size: int, arrays: list[np.ndarray]) -> bytes:
-    """Convert the Keras model ``model_name`` holding ``arrays`` to ONNX bytes (tf2onnx)."""
+def _inference_function(model_name: str, image_size: int, arrays: list[np.ndarray]) -> Any:
+    """The Keras model ``model_name`` holding ``arrays`` as a ``tf.function`` from a batch of
+    preprocessed ``image_size`` pixels (any batch size) to the features."""
     import tensorflow as tf
-    import tf2onnx
 
     from helpers.features import build_model
 
     model = build_model(model_name, None, image_size)
     model.set_weights(arrays)
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")
-    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=OPSET)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+def _to_onnx(model_name: str, image_size: int, arrays: list[np.ndarray]) -> bytes:
+    """Convert the Keras model ``model_name`` holding ``arrays`` to ONNX bytes (tf2onnx)."""
+    import tf2onnx
+
+    function = _inference_function(model_name, image_size, arrays)
+    proto, _ = tf2onnx.convert.from_function(
+        function, input_signature=function.input_signature, opset=OPSET
+    )
     return proto.SerializeToString()
+
+
+def _to_tflite(model_name: str, image_size: int, arrays: list[np.ndarray]) -> bytes:
+    """Convert the Keras model ``model_name`` holding ``arrays`` to TFLite bytes, float32 (no
+    optimization asked: no quantization), with TensorFlow's own converter."""
+    import tensorflow as tf
+
+    function = _inference_function(model_name, image_size, arrays)
+    # the function as the converter's trackable: it freezes the weights the function holds
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function
+    )
+    return converter.convert()
 
 
 def converted_model(
@@ -142,9 +181,9 @@ def converted_model(
     checksum: str,
     runtime: str,
 ) -> ConvertedModel:
-    """The ONNX model for ``runtime``: from the cache, else converted once and cached.
+    """The converted model for ``runtime``: from the cache, else converted once and cached.
 
-    One file serves every converted runtime (ONNX Runtime and OpenVINO read the same ONNX).
+    ``litert`` reads TFLite; one ONNX file serves ONNX Runtime and both OpenVINO runtimes.
 
     ``checksum`` names the weights (a weights file's SHA-256): a cached model needs neither
     the weight arrays nor TensorFlow on the driver; ``arrays`` is called only to convert.
@@ -160,15 +199,16 @@ def converted_model(
     if missing:
         raise ValueError(
             f"runtime '{runtime}' needs {', '.join(missing)}, not installed here (the Python "
-            "3.10+ sets install them; the Python 3.9 set has no ONNX conversion): use "
+            "3.10+ sets install them; the Python 3.9 set has no converted runtime): use "
             "runtime 'keras' or 'auto'"
         )
-    path = cache_path(model_name, image_size, checksum)
+    path = cache_path(model_name, image_size, checksum, runtime)
     if path.is_file():
-        log.info("ONNX model from the cache: %s", path)
+        log.info("converted model from the cache: %s", path)
         return ConvertedModel(path.read_bytes(), path, cached=True)
-    log.info("converting %s at %d px to ONNX (once per weights): %s", model_name, image_size, path)
-    data = _to_onnx(model_name, image_size, arrays())
+    log.info("converting %s at %d px (once per weights): %s", model_name, image_size, path)
+    convert = _to_tflite if runtime == "litert" else _to_onnx
+    data = convert(model_name, image_size, arrays())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -190,8 +230,8 @@ def worker_session(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """This Python worker's inference function for the converted model ``key``.
 
-    ``model`` is the broadcast of the ONNX bytes, read only the first time (its value is
-    fetched lazily); ``runtime`` runs it (``onnxruntime`` or an OpenVINO runtime) on
+    ``model`` is the broadcast of the converted bytes, read only the first time (its value
+    is fetched lazily); ``runtime`` runs it (``litert``, ``onnxruntime`` or OpenVINO) on
     ``threads`` threads: the cores a Spark task owns. One session per worker: a new ``key``
     (other weights, model or runtime) replaces the old.
     """
@@ -201,6 +241,8 @@ def worker_session(
             infer = _openvino_session(data, threads, OPENVINO_PRECISION[runtime])
         elif runtime == "onnxruntime":
             infer = _onnxruntime_session(data, threads)
+        elif runtime == "litert":
+            infer = _litert_session(data, threads)
         else:
             raise ValueError(f"runtime '{runtime}' is no converted runtime: nothing to run")
         _WORKER_SESSIONS.clear()
@@ -220,6 +262,32 @@ def _onnxruntime_session(data: bytes, threads: int) -> Callable[[np.ndarray], np
 
     def infer(pixels: np.ndarray) -> np.ndarray:
         return session.run(None, {name: np.ascontiguousarray(pixels, np.float32)})[0]
+
+    return infer
+
+
+def _litert_session(data: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A LiteRT interpreter of the TFLite bytes (XNNPACK, ``threads`` threads) that runs a
+    batch one image per call.
+
+    On one thread XNNPACK was fastest at one image per call: 1.2x ONNX Runtime at 4 images
+    (bench/README.md#litert); so the batch size the UDF asks for only sizes its loop.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data, num_threads=threads)
+    (source,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
+    interpreter.allocate_tensors()
+    (target,) = interpreter.get_output_details()
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        features = np.empty((len(pixels), target["shape"][-1]), np.float32)
+        for row, image in enumerate(np.ascontiguousarray(pixels, np.float32)):
+            interpreter.set_tensor(source["index"], image[np.newaxis])
+            interpreter.invoke()
+            features[row] = interpreter.get_tensor(target["index"])[0]
+        return features
 
     return infer
 

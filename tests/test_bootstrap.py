@@ -299,7 +299,7 @@ SPARK4_CHANGES = {"pyspark", "py4j", "numpy", "pandas", "pyarrow"}
 
 def test_spark4_set_is_the_tested_set_on_spark_4() -> None:
     """constraints-spark4.txt is pyspark 4 with numpy 2 and, for everything else (TensorFlow,
-    Keras, ONNX, the tools), constraints.txt's versions: only the Spark line differs."""
+    Keras, LiteRT, ONNX, the tools), constraints.txt's versions: only the Spark line differs."""
     tested = read_pins(PROJECT_ROOT / "constraints.txt")
     spark4 = read_pins(PROJECT_ROOT / "constraints-spark4.txt")
     assert spark4["pyspark"].version.startswith("4.")
@@ -314,7 +314,7 @@ def test_spark4_set_is_the_tested_set_on_spark_4() -> None:
     # sparkmagic and its dependencies: the Livy extra, which Spark 4 cannot use (Livy 0.9)
     livy_only = {k for k in differ if k not in spark4}
     assert differ == livy_only, f"differ from constraints.txt: {sorted(differ - livy_only)}"
-    for key in ("tensorflow-cpu", "keras", "onnxruntime", "tf2onnx", "openvino"):
+    for key in ("tensorflow-cpu", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "openvino"):
         assert spark4[key].version == tested[key].version, key
 
 

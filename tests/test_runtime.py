@@ -1,5 +1,6 @@
-"""The converted runtimes (ONNX Runtime, OpenVINO f32 and bf16): features against Keras on
-real weights and images, one cached ONNX model for all three, workers without TensorFlow."""
+"""The converted runtimes (LiteRT, ONNX Runtime, OpenVINO f32 and bf16): features against
+Keras on real weights and images, one cached TFLite model and one cached ONNX model for the
+other three, workers without TensorFlow."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def real_images(fruits360: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(spark, weights, real_images, tmp_path_factory):
     """The same images featurized by Keras, then twice by ONNX Runtime (own model cache),
-    then by OpenVINO f32 and bf16 (the same cached model), then by the feature step with
-    each runtime, the driver forbidden to load the weights."""
+    then by OpenVINO f32 and bf16 (the same cached model), twice by LiteRT, then by the
+    feature step with each runtime, the driver forbidden to load the weights."""
     patch = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("cache")
     patch.setattr(inference, "WEIGHTS_CACHE", cache)
@@ -54,6 +55,8 @@ def runs(spark, weights, real_images, tmp_path_factory):
             ("again", "onnxruntime"),
             ("openvino", "openvino"),
             ("bf16", "openvino-bf16"),
+            ("litert", "litert"),
+            ("litert-again", "litert"),
         )
         for name, runtime in order:
             images = list_images(spark, str(real_images)).images
@@ -65,7 +68,7 @@ def runs(spark, weights, real_images, tmp_path_factory):
             raise AssertionError("the driver loaded the weights into a Keras model")
 
         patch.setattr(features, "load_weights", no_load)
-        for runtime in ("onnxruntime", "keras"):
+        for runtime in ("litert", "onnxruntime", "keras"):
             out = str(tmp_path_factory.mktemp("out"))
             by_runtime[f"extract-{runtime}"] = extract_features(
                 spark, str(real_images), out, weights=weights, runtime=runtime
@@ -84,10 +87,10 @@ def _features(runs, name: str) -> np.ndarray:
     return np.stack(rows["features"].to_numpy())
 
 
-@pytest.mark.parametrize("name", ["onnx", "openvino"])
+@pytest.mark.parametrize("name", ["litert", "onnx", "openvino"])
 def test_converted_features_equal_keras(runs, name):
-    """Every image's ONNX Runtime and OpenVINO f32 vector equals Keras' within 1e-4 relative
-    (max|a-b|/max|b|)."""
+    """Every image's LiteRT, ONNX Runtime and OpenVINO f32 vector equals Keras' within 1e-4
+    relative (max|a-b|/max|b|)."""
     expected, got = _features(runs, "keras"), _features(runs, name)
     assert got.shape == expected.shape == (IMAGES, 1280)
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
@@ -130,9 +133,24 @@ def test_converted_model_is_cached_and_recorded(runs):
     )
 
 
+def test_litert_model_is_its_own_cached_tflite(runs):
+    """LiteRT converts once to its own TFLite file, named by the weights and TensorFlow's
+    version; its second run reads that file and gives the same features."""
+    (first, rows), (second, again_rows) = runs["litert"], runs["litert-again"]
+    assert first.info.runtime == second.info.runtime == "litert"
+    assert (first.info.converted_from_cache, second.info.converted_from_cache) == (False, True)
+    name = first.info.converted_model
+    assert name.endswith(".tflite") and first.info.weights_sha256[:32] in name
+    assert [p.name for p in (runs["cache"] / "tflite").iterdir()] == [name]
+    assert second.info.converted_model == runs["extract-litert"].info.converted_model == name
+    np.testing.assert_array_equal(
+        np.stack(again_rows["features"].to_numpy()), np.stack(rows["features"].to_numpy())
+    )
+
+
 def test_converted_workers_never_import_tensorflow(runs):
-    """No batch of the ONNX Runtime or OpenVINO UDFs ran in a worker with TensorFlow imported."""
-    for name in ("onnx", "again", "openvino", "bf16"):
+    """No batch of the converted runtimes' UDFs ran in a worker with TensorFlow imported."""
+    for name in ("onnx", "again", "openvino", "bf16", "litert", "litert-again"):
         run, _ = runs[name]
         assert run.images_decoded == IMAGES
         assert run.batches_with_tensorflow == 0
@@ -156,13 +174,15 @@ def test_unknown_runtime_is_rejected(spark, tiny_root):
         featurize(spark, list_images(spark, str(tiny_root)).images, runtime="tensorrt")
 
 
-def test_auto_runtime_is_onnxruntime_where_installed(monkeypatch):
-    """``auto`` (the default) picks ONNX Runtime when it and tf2onnx are installed, Keras
-    when one is missing (as on Python 3.9 nodes); a named runtime is kept as it is."""
+def test_auto_runtime_is_litert_then_onnxruntime_where_installed(monkeypatch):
+    """``auto`` (the default) picks LiteRT when it is installed, else ONNX Runtime when it and
+    tf2onnx are, else Keras (as on Python 3.9 nodes); a named runtime is kept as it is."""
     assert {p.name: p.default for p in PARAMETERS}["runtime"] == "auto"
-    assert inference.resolve_runtime("auto") == "onnxruntime"
+    assert inference.resolve_runtime("auto") == "litert"
     assert inference.resolve_runtime("keras") == "keras"
     assert inference.resolve_runtime("openvino-bf16") == "openvino-bf16"
+    monkeypatch.setitem(inference._RUNTIME_PACKAGES, "litert", ("no_such_package_xyz",))
+    assert inference.resolve_runtime("auto") == "onnxruntime"
     monkeypatch.setitem(
         inference._RUNTIME_PACKAGES, "onnxruntime", ("onnxruntime", "no_such_package_xyz")
     )
@@ -191,7 +211,7 @@ def test_daemon_imports_tensorflow_only_for_keras(spark):
         def imported(ids: pd.Series) -> pd.Series:
             import sys
 
-            names = ("tensorflow", "onnxruntime", "openvino")
+            names = ("tensorflow", "ai_edge_litert", "onnxruntime", "openvino")
             return pd.Series([",".join(n for n in names if n in sys.modules)] * len(ids))
 
         if runtime is None:
@@ -202,6 +222,7 @@ def test_daemon_imports_tensorflow_only_for_keras(spark):
         rows = spark.range(4, numPartitions=2).select(column.alias("modules")).collect()
         return {row.modules for row in rows}
 
+    assert loaded("litert") == {"ai_edge_litert"}
     assert loaded("onnxruntime") == {"onnxruntime"}
     assert loaded("openvino") == {"openvino"}
     assert loaded("keras") == {"tensorflow"}
@@ -210,14 +231,16 @@ def test_daemon_imports_tensorflow_only_for_keras(spark):
 
 def test_weights_file_needs_no_model_on_the_driver(runs, weights):
     """A weights file goes to the workers as its bytes, named by its own SHA-256: with a
-    cached conversion (onnxruntime) or none needed (keras), the driver never builds a model."""
+    cached conversion (litert, onnxruntime) or none needed (keras), the driver never builds a
+    model."""
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     first, _ = runs["onnx"]
     assert first.info.weights_sha256 == digest
-    for runtime in ("onnxruntime", "keras"):
+    for runtime in ("litert", "onnxruntime", "keras"):
         summary = runs[f"extract-{runtime}"]
         assert summary.images_decoded == IMAGES and summary.info.weights_sha256 == digest
-    assert runs["extract-onnxruntime"].info.converted_from_cache is True
+    for runtime in ("litert", "onnxruntime"):
+        assert runs[f"extract-{runtime}"].info.converted_from_cache is True
 
 
 def test_unfit_weights_file_is_named(spark, tiny_root, tmp_path):
