@@ -270,8 +270,9 @@ def _litert_session(data: bytes, threads: int) -> Callable[[np.ndarray], np.ndar
     """A LiteRT interpreter of the TFLite bytes (XNNPACK, ``threads`` threads) that runs a
     batch one image per call.
 
-    On one thread XNNPACK was fastest at one image per call: 1.2x ONNX Runtime at 4 images
-    (bench/README.md#litert); so the batch size the UDF asks for only sizes its loop.
+    On one thread XNNPACK was fastest at one image per call, about 1.15x ONNX Runtime at 4
+    images (bench/README.md, "LiteRT, the default runtime"), so the UDF's batch size only
+    sizes this loop.
     """
     from ai_edge_litert.interpreter import Interpreter
 
