@@ -117,8 +117,11 @@ JIT_ENV = "FRUITS_JIT"
 #: machine the driver and every executor compiled the same hot code with C2 on the cores the
 #: Python workers need; C1 only took a 2,575-image feature step there from 28-32 s to
 #: 20-22 s, and local runs (2,575 images; notebooks at 7,725 and 23,175) stayed within the
-#: noise of the default JIT (bench/README.md, cluster mode).
-JIT_OPTION = "-XX:TieredStopAtLevel=1"
+#: noise of the default JIT (bench/README.md, cluster mode). C1 only also shrinks the JVM's
+#: default code cache to 48 MB, which a long session fills (the Spark 4 test session did:
+#: "Out of space in CodeCache for adapters" killed its JVM): hence the default size of a
+#: C1-then-C2 JVM, 240 MB, reserved and committed only as used.
+JIT_OPTION = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
 
 def java_options() -> str:
