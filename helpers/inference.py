@@ -22,7 +22,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -120,21 +119,14 @@ class ConvertedModel:
 def cache_path(model_name: str, image_size: int, checksum: str, runtime: str) -> Path:
     """The cache file of ``model_name`` at ``image_size`` with weights ``checksum`` for
     ``runtime``: named by the conversion only, so the ONNX runtimes read the same file."""
-    # versions from the packages' metadata: importing tf2onnx or TensorFlow takes seconds
+    from helpers.manifest import versions  # the packages' metadata: no TF or tf2onnx import
+
+    found = versions()
     stem = f"{model_name}-{image_size}px-{checksum[:32]}"
     if runtime == "litert":
-        return WEIGHTS_CACHE / "tflite" / f"{stem}-tensorflow{_tensorflow_version()}.tflite"
-    return WEIGHTS_CACHE / "onnx" / f"{stem}-tf2onnx{version('tf2onnx')}-opset{OPSET}.onnx"
-
-
-def _tensorflow_version() -> str:
-    """The installed TensorFlow's version, whichever distribution brought it (-cpu or not)."""
-    for name in ("tensorflow-cpu", "tensorflow"):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    raise ValueError("TensorFlow is not installed: the model cannot be converted")
+        tensorflow = found.get("tensorflow-cpu") or found.get("tensorflow")
+        return WEIGHTS_CACHE / "tflite" / f"{stem}-tensorflow{tensorflow}.tflite"
+    return WEIGHTS_CACHE / "onnx" / f"{stem}-tf2onnx{found['tf2onnx']}-opset{OPSET}.onnx"
 
 
 def _inference_function(model_name: str, image_size: int, arrays: list[np.ndarray]) -> Any:

@@ -23,6 +23,11 @@ PACKAGES = (
     "pillow",
     "scikit-learn",
     "papermill",
+    # the converted runtimes and their converters: they run the model
+    "ai-edge-litert",
+    "onnxruntime",
+    "tf2onnx",
+    "openvino",
     "fruits-pipeline",
 )
 

@@ -19,6 +19,7 @@ from helpers import features, inference
 from helpers.config import PARAMETERS, validate
 from helpers.features import driver_weights, extract_features, featurize, runtime_environment
 from helpers.images import list_images
+from helpers.manifest import versions
 from helpers.paths import PROJECT_ROOT
 
 IMAGES = 32
@@ -141,6 +142,8 @@ def test_litert_model_is_its_own_cached_tflite(runs):
     assert (first.info.converted_from_cache, second.info.converted_from_cache) == (False, True)
     name = first.info.converted_model
     assert name.endswith(".tflite") and first.info.weights_sha256[:32] in name
+    found = versions()  # the manifest's record of the installed TensorFlow names the file
+    assert f"tensorflow{found.get('tensorflow-cpu') or found['tensorflow']}" in name
     assert [p.name for p in (runs["cache"] / "tflite").iterdir()] == [name]
     assert second.info.converted_model == runs["extract-litert"].info.converted_model == name
     np.testing.assert_array_equal(
