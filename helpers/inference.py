@@ -262,7 +262,7 @@ def _litert_session(data: bytes, threads: int) -> Callable[[np.ndarray], np.ndar
     """A LiteRT interpreter of the TFLite bytes (XNNPACK, ``threads`` threads) that runs a
     batch one image per call.
 
-    On one thread XNNPACK was fastest at one image per call, about 1.15x ONNX Runtime at 4
+    On one thread XNNPACK was fastest at one image per call, about 1.2x ONNX Runtime at 4
     images (bench/README.md, "LiteRT, the default runtime"), so the UDF's batch size only
     sizes this loop.
     """
