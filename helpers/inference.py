@@ -71,7 +71,7 @@ def resolve_runtime(runtime: str) -> str:
     and ONNX Runtime whose packages are installed (both exact to 1e-4 and faster, see
     bench/README.md), else Keras.
 
-    Python 3.9 sets (EMR 7's default Python) have neither, so ``auto`` is ``keras`` there.
+    The Python 3.9 set (EMR 7's default Python) has LiteRT 2.1 and no ONNX Runtime.
     Looks the packages up without importing them.
     """
     check_runtime(runtime)
@@ -191,7 +191,7 @@ def converted_model(
     if missing:
         raise ValueError(
             f"runtime '{runtime}' needs {', '.join(missing)}, not installed here (the Python "
-            "3.10+ sets install them; the Python 3.9 set has no converted runtime): use "
+            "3.10+ sets install every runtime; the Python 3.9 set LiteRT only): use "
             "runtime 'keras' or 'auto'"
         )
     path = cache_path(model_name, image_size, checksum, runtime)
