@@ -88,6 +88,20 @@ def test_databricks_bundle_runs_the_notebooks_with_their_parameters():
     assert paths == sorted(paths)
 
 
+def test_databricks_featurizing_tasks_install_the_tested_litert():
+    """The bundle's tasks that featurize (02, 04) install LiteRT at constraints.txt's pin, so
+    ``runtime=auto`` runs it there as it does here (the ML runtime has TensorFlow, not LiteRT)."""
+    import yaml
+
+    from helpers.pins import read_pins
+
+    pin = f"ai-edge-litert=={read_pins(PROJECT_ROOT / 'constraints.txt')['ai-edge-litert'].version}"
+    bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
+    for task in bundle["resources"]["jobs"]["fruits_pipeline"]["tasks"]:
+        if "weights" in task["notebook_task"].get("base_parameters", {}):
+            assert {"pypi": {"package": pin}} in task.get("libraries", []), task["task_key"]
+
+
 def test_helpers_compile_on_python_39():
     """EMR 7's default Python 3.9 can import every helper (no newer syntax)."""
     import shutil
