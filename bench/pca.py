@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,13 +100,19 @@ def spectrum_gap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(np.pad(a, (0, size - len(a))) - np.pad(b, (0, size - len(b))))))
 
 
-def spark_input(features: Path, limit: int) -> DataFrame:
-    """The features Parquet as Spark reads it, cached and counted (neither is timed)."""
+def spark_input(features: Path, limit: int, scratch: Path) -> DataFrame:
+    """The features Parquet as Spark reads it, cached and counted (neither is timed).
+
+    With ``limit``, the first N good rows by path are written to ``scratch`` first, one file
+    per core as notebook 02 writes them, and read from there: notebook 03 fits a plain scan
+    of feature files, which :func:`helpers.reduce.fit_reduction` reads with pyarrow.
+    """
     spark = get_spark("bench-pca")
     frame = spark.read.parquet(str(features.resolve()))
-    if limit:  # a limit leaves one partition: spread it over the cores again
-        frame = frame.where(F.col("error").isNull()).orderBy("path").limit(limit)
-        frame = frame.repartition(spark.sparkContext.defaultParallelism)
+    if limit:
+        rows = frame.where(F.col("error").isNull()).orderBy("path").limit(limit)
+        rows.repartition(spark.sparkContext.defaultParallelism).write.parquet(str(scratch))
+        frame = spark.read.parquet(str(scratch))
     frame = frame.cache()
     frame.count()
     return frame
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matrix = load_matrix(args.features, args.limit)
     rows, cols = matrix.shape
-    frame = spark_input(args.features, args.limit)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-pca-")) / "rows"
+    frame = spark_input(args.features, args.limit, scratch)
     partitions = frame.rdd.getNumPartitions()
 
     reductions: list[Reduction] = []
@@ -145,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     spark_fit()  # warm-ups, not timed: JIT, first use of the code paths
     sklearn_fit(matrix[: min(rows, 500)], "covariance_eigh")
     results = interleaved(args.repeat, fits)
+    shutil.rmtree(scratch.parent, ignore_errors=True)
     reduction = reductions[-1]
     (spark_s, spark_ev), (sklearn_s, sklearn_ev) = results["spark"], results["eigh"]
     full_s, full_ev = results["full"]

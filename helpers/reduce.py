@@ -7,7 +7,10 @@ How it is fitted, and why: PCA of standardized columns is the eigendecomposition
 d x d correlation matrix. One Spark pass computes it: each task turns its Arrow batches
 into a float64 matrix and adds up the column sums and the scatter matrix X^T X with one
 BLAS-3 product (``mapInArrow``), the driver combines the tasks' partial results and
-decomposes the matrix with numpy's LAPACK. Spark ML's own ``StandardScaler.fit`` +
+decomposes the matrix with numpy's LAPACK. When the frame is a plain scan of local Parquet
+files (notebook 03's, one committed run), the tasks read those files themselves with
+pyarrow instead: the JVM's conversion of every value to Arrow was most of what Spark added
+to scikit-learn's time. Spark ML's own ``StandardScaler.fit`` +
 ``PCA.fit`` gives the same model (tests/test_reduce.py) but is about 10 times slower here:
 two passes, a BLAS-2 rank-1 update per row (``RowMatrix``) and the decomposition by
 Breeze, which without a system LAPACK (the log says "Failed to load implementation from:
@@ -21,14 +24,18 @@ Python. Memory: every task and the driver hold a few d x d float64 matrices (13 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from py4j.protocol import Py4JError
 from pyspark import TaskContext
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
@@ -47,6 +54,10 @@ log = logging.getLogger(__name__)
 KEYS = ["path", "split", "label"]
 #: Most tasks of the moments pass: the driver receives one d x d matrix from each.
 MAX_PARTS = 16
+#: The columns the moments pass reads.
+MOMENT_COLUMNS = ["path", "features", "error"]
+#: Rows per Arrow batch when a task reads Parquet files itself (Spark's default batch size).
+FILE_BATCH_ROWS = 10_000
 #: One row per task: rows used and left out, column means and packed scatter (float64 bytes).
 MOMENTS_ARROW = pa.schema(
     [
@@ -190,21 +201,80 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
     )
 
 
+def local_parquet_files(features: DataFrame) -> list[str] | None:
+    """The files ``features`` reads, as local paths, when it is nothing but a scan of Parquet
+    files on ``file:`` (what :func:`helpers.dataset.read_features` returns for one run);
+    else None: a filter, a join or any other operator, another file system, Spark Connect.
+    """
+    if not set(MOMENT_COLUMNS) <= set(features.columns):
+        return None
+    try:
+        plan = features._jdf.queryExecution().analyzed()
+        if plan.getClass().getSimpleName() != "LogicalRelation":
+            return None
+        relation = plan.relation()
+        if relation.getClass().getSimpleName() != "HadoopFsRelation":
+            return None
+        if relation.fileFormat().getClass().getSimpleName() != "ParquetFileFormat":
+            return None
+        # the relation's own files: DataFrame.inputFiles() finds none once the frame is cached
+        uris = [urlparse(uri) for uri in relation.location().inputFiles()]
+    except (AttributeError, Py4JError):  # Spark Connect (no JVM plan), or a plan unlike these
+        return None
+    if not uris or any(uri.scheme != "file" for uri in uris):
+        return None
+    return [unquote(uri.path) for uri in uris]
+
+
+def _file_moments(groups: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
+    """Runs in the executors: :func:`_partition_moments` of the rows of these Parquet files,
+    read with pyarrow."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for paths in groups:
+            for path in paths:
+                parquet = pq.ParquetFile(path)
+                yield from parquet.iter_batches(FILE_BATCH_ROWS, columns=MOMENT_COLUMNS)
+
+    for part in _partition_moments(batches()):
+        yield part.to_pylist()[0]
+
+
+def _balanced(paths: list[str], groups: int) -> list[list[str]]:
+    """``paths`` in ``groups`` lists of about equal bytes (largest file first, to the lightest)."""
+    bins: list[list[str]] = [[] for _ in range(groups)]
+    weights = [0] * groups
+    for path in sorted(paths, key=os.path.getsize, reverse=True):
+        lightest = weights.index(min(weights))
+        bins[lightest].append(path)
+        weights[lightest] += os.path.getsize(path)
+    return [group for group in bins if group]
+
+
 def _moments(features: DataFrame) -> tuple[int, int, np.ndarray, np.ndarray]:
     """Rows with features, rows left out, column means and the d x d scatter matrix.
 
     One pass over ``features``, in at most ``MAX_PARTS`` tasks (one per core up to that):
-    the driver receives one mean and one packed triangle per task (through Arrow when it
-    is enabled) and combines them with the pairwise update of Chan et al.
+    the driver receives one mean and one packed triangle per task and combines them with
+    the pairwise update of Chan et al. A plain scan of local Parquet files
+    (:func:`local_parquet_files`) is read by the tasks with pyarrow: that skips the JVM's
+    conversion of every value to Arrow, most of Spark's cost over scikit-learn's
+    (bench/README.md). Anything else goes through ``mapInArrow``.
     """
     spark = features.sparkSession
     tasks = max(1, min(spark.sparkContext.defaultParallelism, MAX_PARTS))
-    parts = (
-        features.select("path", "features", "error")
-        .coalesce(tasks)
-        .mapInArrow(_partition_moments, from_arrow_schema(MOMENTS_ARROW))
-        .toPandas()
-    )
+    files = local_parquet_files(features)
+    if files:
+        groups = _balanced(files, tasks)
+        rdd = spark.sparkContext.parallelize(groups, len(groups))
+        parts = pd.DataFrame(rdd.mapPartitions(_file_moments).collect())
+    else:
+        parts = (
+            features.select(*MOMENT_COLUMNS)
+            .coalesce(tasks)
+            .mapInArrow(_partition_moments, from_arrow_schema(MOMENTS_ARROW))
+            .toPandas()
+        )
     rows, excluded = int(parts["rows"].sum()), int(parts["excluded"].sum())
     parts = parts[parts["rows"] > 0]
     if parts.empty:

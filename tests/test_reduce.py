@@ -13,10 +13,12 @@ from pyspark.ml.feature import StandardScaler as SparkScaler
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 from sklearn.decomposition import PCA as SklearnPCA
 
+from helpers.dataset import read_features, write_features
 from helpers.paths import join, spark_uri
 from helpers.reduce import (
     choose_k,
     fit_reduction,
+    local_parquet_files,
     reduce_features,
     save_reduction,
     usable_features,
@@ -80,6 +82,21 @@ def _frame(spark, matrix: np.ndarray):
     """Good rows of ``matrix`` as a features DataFrame."""
     rows = [(f"r{i:04d}", "Training", "c0", row.tolist(), None) for i, row in enumerate(matrix)]
     return spark.createDataFrame(rows, SCHEMA)
+
+
+def _read_back(spark, frame, folder: Path, files: int = 1):
+    """``frame`` written as ``files`` Parquet files under ``folder``, read back as a plain
+    scan: the frame :func:`fit_reduction` reads with pyarrow in its tasks."""
+    frame.repartition(files).write.parquet(str(folder))
+    read = spark.read.parquet(str(folder))
+    assert local_parquet_files(read) is not None
+    return read
+
+
+@pytest.fixture(scope="module")
+def feature_files(spark, features, tmp_path_factory):
+    """``features`` (good and error rows) as 3 Parquet files, read back."""
+    return _read_back(spark, features, tmp_path_factory.mktemp("files") / "features", files=3)
 
 
 def _standardized(matrix: np.ndarray) -> np.ndarray:
@@ -292,21 +309,66 @@ def test_large_offsets_keep_their_precision(spark) -> None:
     np.testing.assert_allclose(reduction.model.stages[0].std.toArray(), expected, rtol=1e-9)
 
 
-def test_ragged_features_name_the_file(spark, matrix: np.ndarray) -> None:
-    """A row whose features have another width fails, naming its path."""
+@pytest.mark.parametrize("files", [0, 1, 2])
+def test_ragged_features_name_the_file(spark, matrix: np.ndarray, files, tmp_path) -> None:
+    """A row whose features have another width fails, naming its path: in one partition or
+    file, or in another file than the other rows (``files``: 0 for no files)."""
     frame = _frame(spark, matrix[:20]).unionByName(
         spark.createDataFrame([("odd.jpg", "Training", "c0", [1.0, 2.0], None)], SCHEMA)
     )
+    frame = _read_back(spark, frame, tmp_path / "f", files) if files else frame.coalesce(1)
     with pytest.raises(Exception, match=r"odd\.jpg have 2 values where other rows have 12"):
-        fit_reduction(frame.coalesce(1))
+        fit_reduction(frame)
 
 
+@pytest.mark.parametrize("files", [False, True])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
-def test_non_finite_features_name_the_file(spark, matrix: np.ndarray, bad) -> None:
+def test_non_finite_features_name_the_file(spark, matrix: np.ndarray, bad, files, tmp_path):
     """A NaN, infinite or null value in a row's features fails, naming its path."""
     odd = [1.0] * (WIDTH - 1) + [bad]
     frame = _frame(spark, matrix[:20]).unionByName(
         spark.createDataFrame([("odd.jpg", "Training", "c0", odd, None)], SCHEMA)
     )
+    if files:
+        frame = _read_back(spark, frame, tmp_path / "f", 2)
     with pytest.raises(ValueError, match=r"odd\.jpg contain NaN, infinite or null values"):
         fit_reduction(frame)
+
+
+def test_feature_files_are_read_in_the_tasks(spark, feature_files, reduction) -> None:
+    """A plain scan of local Parquet files, cached or not, is fitted from the files (pyarrow
+    in the tasks): the same rows left out, mean, std and spectrum as the Arrow pass."""
+    folder = Path(feature_files.inputFiles()[0].removeprefix("file:")).parent
+    files = local_parquet_files(feature_files)
+    assert sorted(files) == sorted(str(p) for p in folder.glob("*.parquet")) and len(files) == 3
+    cached = feature_files.cache()
+    cached.count()
+    assert local_parquet_files(cached) == files  # DataFrame.inputFiles() is empty once cached
+    expected = reduction.model.stages[0]
+    for frame in (feature_files, cached):
+        refit = fit_reduction(frame, variance=0.95)
+        assert (refit.rows, refit.excluded, refit.k) == (ROWS, FAILED, reduction.k)
+        scaler = refit.model.stages[0]
+        np.testing.assert_allclose(scaler.mean.toArray(), expected.mean.toArray(), rtol=1e-12)
+        np.testing.assert_allclose(scaler.std.toArray(), expected.std.toArray(), rtol=1e-12)
+        np.testing.assert_allclose(
+            refit.explained_variance, reduction.explained_variance, atol=1e-12
+        )
+    cached.unpersist()
+
+
+def test_committed_run_is_fitted_from_its_files(spark, features, tmp_path) -> None:
+    """Notebook 03's frame, ``read_features`` of one committed run, is a plain scan of that
+    run's files; filtered, projected or combined frames go through Spark's Arrow pass."""
+    write_features(spark, features, str(tmp_path))
+    committed = read_features(spark, str(tmp_path))
+    files = local_parquet_files(committed)
+    assert files and all(f"{tmp_path}/features/run=" in path for path in files)
+    assert fit_reduction(committed).rows == ROWS
+    others = (
+        committed.where("error IS NULL"),
+        committed.select("path", "features", "error"),
+        committed.unionByName(committed),
+        features,
+    )
+    assert [local_parquet_files(frame) for frame in others] == [None] * len(others)
