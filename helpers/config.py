@@ -288,9 +288,22 @@ def _no_weights(weights: str) -> str:
     )
 
 
+#: Characters Hadoop reads as a glob pattern in the paths Spark loads: under a root holding
+#: one, Spark would look for other files, or none.
+GLOB_CHARS = "*?[]{}\\"
+
+
 def validate(params: dict[str, Any]) -> dict[str, Any]:
     """Check parameter values before any heavy work; return them coerced to their types."""
     values = {name: coerce(name, value) for name, value in params.items()}
+    for name in ("data_root", "output_root"):
+        found = sorted({c for c in str(values.get(name, "")) if c in GLOB_CHARS})
+        if found:
+            raise ValueError(
+                f"{name} '{values[name]}' contains {' '.join(found)}: Spark reads such paths "
+                f"as glob patterns ({GLOB_CHARS}) and would not find its files; use a folder "
+                "name without them"
+            )
     if values.get("model_name", "mobilenet_v2") not in MODELS:
         raise ValueError(
             f"model_name '{values['model_name']}' is unknown; use one of {sorted(MODELS)}"

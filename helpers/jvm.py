@@ -3,9 +3,9 @@
 Hadoop's ``FileSystem`` (the atomic publish of features, models and commit records, on
 local disk, HDFS, S3A, EMRFS or DBFS alike), the construction of fitted Spark ML models
 from numpy arrays (``StandardScalerModel``, ``PCAModel``), the Hadoop configuration and
-version, and the driver's status store go through ``spark.sparkContext._jvm`` /
-``_jsc`` / ``_gateway``: private PySpark attributes of a *classic* session, whose driver
-runs a JVM beside this Python process.
+version, the files behind a DataFrame's plan, and the driver's status store go through
+``spark.sparkContext._jvm`` / ``_jsc`` / ``_gateway`` / ``DataFrame._jdf``: private PySpark
+attributes of a *classic* session, whose driver runs a JVM beside this Python process.
 
 Spark Connect limit: none of these calls works on a Spark Connect session (``pyspark``'s
 ``sql.connect`` client, Databricks serverless compute and Databricks shared-access-mode
@@ -24,6 +24,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from py4j.protocol import Py4JError
 from pyspark import SparkContext
 from pyspark.ml.common import _py2java
 from pyspark.ml.linalg import DenseVector
@@ -125,9 +126,38 @@ def input_files(frame: DataFrame) -> list[str]:
     jdf = getattr(frame, "_jdf", None)
     if jdf is None:
         return frame.inputFiles()
-    jvm = _context(frame.sparkSession)._jvm
-    names = jvm.org.apache.hadoop.util.StringUtils.join("\0", jdf.inputFiles())
-    return names.split("\0") if names else []
+    return _joined(frame, jdf.inputFiles())
+
+
+def _joined(frame: DataFrame, names: Any) -> list[str]:
+    """A JVM ``String[]`` as a list, in one py4j call (the JVM joins the names)."""
+    joined = _context(frame.sparkSession)._jvm.org.apache.hadoop.util.StringUtils.join("\0", names)
+    return joined.split("\0") if joined else []
+
+
+def parquet_scan_files(frame: DataFrame) -> list[str] | None:
+    """The files ``frame`` reads when its plan is nothing but a scan of Parquet files; else None.
+
+    The analyzed plan must be one ``LogicalRelation`` over a ``HadoopFsRelation`` in the
+    Parquet format (no filter, projection, union or join); its files come from the relation
+    itself, as URIs: ``DataFrame.inputFiles()`` finds none once the frame is cached. None on
+    Spark Connect, or for a plan py4j cannot read this way.
+    """
+    jdf = getattr(frame, "_jdf", None)
+    if jdf is None:
+        return None
+    try:
+        plan = jdf.queryExecution().analyzed()
+        if plan.getClass().getSimpleName() != "LogicalRelation":
+            return None
+        relation = plan.relation()
+        if relation.getClass().getSimpleName() != "HadoopFsRelation":
+            return None
+        if relation.fileFormat().getClass().getSimpleName() != "ParquetFileFormat":
+            return None
+        return _joined(frame, relation.location().inputFiles())
+    except Py4JError:
+        return None
 
 
 # --- Hadoop configuration ------------------------------------------------------------------

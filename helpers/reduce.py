@@ -35,7 +35,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from py4j.protocol import Py4JError
 from pyspark import TaskContext
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
@@ -46,7 +45,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from threadpoolctl import threadpool_limits
 
 from helpers.dataset import STAGING, new_run_id, publish, remove
-from helpers.jvm import java_pca_model, java_standard_scaler_model
+from helpers.jvm import java_pca_model, java_standard_scaler_model, parquet_scan_files
 from helpers.paths import join, spark_uri
 
 log = logging.getLogger(__name__)
@@ -206,21 +205,8 @@ def local_parquet_files(features: DataFrame) -> list[str] | None:
     files on ``file:`` (what :func:`helpers.dataset.read_features` returns for one run);
     else None: a filter, a join or any other operator, another file system, Spark Connect.
     """
-    if not set(MOMENT_COLUMNS) <= set(features.columns):
-        return None
-    try:
-        plan = features._jdf.queryExecution().analyzed()
-        if plan.getClass().getSimpleName() != "LogicalRelation":
-            return None
-        relation = plan.relation()
-        if relation.getClass().getSimpleName() != "HadoopFsRelation":
-            return None
-        if relation.fileFormat().getClass().getSimpleName() != "ParquetFileFormat":
-            return None
-        # the relation's own files: DataFrame.inputFiles() finds none once the frame is cached
-        uris = [urlparse(uri) for uri in relation.location().inputFiles()]
-    except (AttributeError, Py4JError):  # Spark Connect (no JVM plan), or a plan unlike these
-        return None
+    files = parquet_scan_files(features) if set(MOMENT_COLUMNS) <= set(features.columns) else None
+    uris = [urlparse(uri) for uri in files or []]
     if not uris or any(uri.scheme != "file" for uri in uris):
         return None
     return [unquote(uri.path) for uri in uris]

@@ -91,6 +91,9 @@ def test_validate_accepts_defaults_and_coerces() -> None:
         ({"eda_sample_per_class": -2}, "eda_sample_per_class"),
         ({"eda_image_size": 0}, "eda_image_size"),
         ({"seed": "x"}, "seed"),
+        ({"data_root": "/data/fruits[1]"}, r"data_root '/data/fruits\[1\]' contains \[ \]"),
+        ({"output_root": "s3://b/out*"}, r"output_root .* contains \*: Spark reads"),
+        ({"output_root": "/tmp/{a,b}"}, "output_root"),
     ],
 )
 def test_validate_rejects_bad_values(params: dict, name: str) -> None:
