@@ -228,12 +228,13 @@ def _file_moments(groups: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
 
 def _balanced(paths: list[str], groups: int) -> list[list[str]]:
     """``paths`` in ``groups`` lists of about equal bytes (largest file first, to the lightest)."""
+    sizes = {path: os.path.getsize(path) for path in paths}
     bins: list[list[str]] = [[] for _ in range(groups)]
     weights = [0] * groups
-    for path in sorted(paths, key=os.path.getsize, reverse=True):
+    for path in sorted(paths, key=sizes.__getitem__, reverse=True):
         lightest = weights.index(min(weights))
         bins[lightest].append(path)
-        weights[lightest] += os.path.getsize(path)
+        weights[lightest] += sizes[path]
     return [group for group in bins if group]
 
 
