@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -134,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matrix = load_matrix(args.features, args.limit)
     rows, cols = matrix.shape
-    scratch = Path(tempfile.mkdtemp(prefix="bench-pca-")) / "rows"
-    frame = spark_input(args.features, args.limit, scratch)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-pca-")  # removed on exit, even failed
+    frame = spark_input(args.features, args.limit, Path(scratch.name) / "rows")
     partitions = frame.rdd.getNumPartitions()
 
     reductions: list[Reduction] = []
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     spark_fit()  # warm-ups, not timed: JIT, first use of the code paths
     sklearn_fit(matrix[: min(rows, 500)], "covariance_eigh")
     results = interleaved(args.repeat, fits)
-    shutil.rmtree(scratch.parent, ignore_errors=True)
+    scratch.cleanup()
     reduction = reductions[-1]
     (spark_s, spark_ev), (sklearn_s, sklearn_ev) = results["spark"], results["eigh"]
     full_s, full_ev = results["full"]
