@@ -31,13 +31,14 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
 from helpers.config import FAULT_ENV, PUBLISH_FAULT, STAGING
@@ -54,6 +55,12 @@ LAYOUT_VERSION = 2
 #: never repeat, so the writer hashed every value of each row group's first page and then
 #: fell back to plain encoding anyway: same files, less CPU beside the inference.
 NO_FEATURES_DICTIONARY = "parquet.enable.dictionary#features.list.element"
+
+#: Seconds :func:`write_features` waits for the row count the write observed. Spark delivers
+#: it through a listener, milliseconds after the write returns; a plan that lost its
+#: observation (an optimization, a connector) never delivers it, and the run's files are
+#: counted with a Spark read instead.
+OBSERVED_WAIT_S = 30.0
 
 #: File systems where one create-write-close is one PUT: visible whole or not at all.
 OBJECT_STORES = ("s3", "s3a", "s3n", "gs", "wasb", "wasbs", "abfs", "abfss")
@@ -257,6 +264,19 @@ def _prepare(spark: SparkSession, output_root: str) -> set[str]:
     return visible
 
 
+def _observed_rows(observation: Observation, timeout: float | None = None) -> int | None:
+    """The rows the write observed, or ``None`` if they do not arrive within ``timeout``
+    seconds (:data:`OBSERVED_WAIT_S`). ``Observation.get`` has no timeout of its own: it
+    waits in a daemon thread, which only a plan that lost its observation leaves blocked."""
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(
+        target=lambda: got.update(observation.get), name="fruits-observed-rows", daemon=True
+    )
+    waiter.start()
+    waiter.join(OBSERVED_WAIT_S if timeout is None else timeout)
+    return int(got["rows"]) if "rows" in got else None
+
+
 def write_features(
     spark: SparkSession, features: DataFrame, output_root: str, *, overwrite: bool = False
 ) -> str:
@@ -264,17 +284,23 @@ def write_features(
 
     The rows go straight into ``features/run=<id>/``; the run exists for readers from the
     moment its commit record is written. With ``overwrite`` the older runs are hidden by
-    that record and then removed.
+    that record and then removed. The record's row count is observed by the write itself
+    (``DataFrame.observe``): no second job reads the files back to count them.
     """
     visible = _prepare(spark, output_root)
     remove(spark, join(output_root, STAGING, FEATURES))  # leftovers of older versions
     run_id = new_run_id()
     folder = join(output_root, FEATURES, f"run={run_id}")
-    features.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
+    observation = Observation(f"fruits-features-{run_id}")
+    observed = features.observe(observation, F.count(F.lit(1)).alias("rows"))
+    observed.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
     files = _data_files(spark, folder)
-    # the schema is known: no job reading a footer to infer it, only the count's
-    reader = spark.read.schema(features.schema)
-    rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
+    rows = _observed_rows(observation)
+    if rows is None:
+        log.warning("the write's row count did not arrive: counting %s with Spark", folder)
+        # the schema is known: no job reading a footer to infer it, only the count's
+        reader = spark.read.schema(features.schema)
+        rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
     fault_point("written-not-committed")
     record = _record(run_id, files, rows, overwrite)
     write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)

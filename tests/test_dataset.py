@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 from conftest import write_jpeg
+from pyspark.sql import Observation
+from pyspark.sql import functions as F
 
+from helpers import dataset
 from helpers.dataset import COMMITS, read_features, write_features
 from helpers.features import Extraction, extract_features
 
@@ -179,3 +183,33 @@ def test_feature_values_are_written_without_a_dictionary(spark, tmp_path):
             encodings.setdefault(column.path_in_schema, set()).update(column.encodings)
     assert not any("DICTIONARY" in e for e in encodings["features.list.element"])
     assert any("DICTIONARY" in e for e in encodings["path"])
+
+
+def _record_rows(out: Path) -> list[int]:
+    return [json.loads((out / "features" / COMMITS / n).read_text())["rows"] for n in _records(out)]
+
+
+def test_commit_record_counts_the_rows_the_write_observed(spark, tmp_path):
+    """The record's row count comes from the write itself (several files, or none); the
+    fallback, when that count does not arrive, counts the written files with Spark."""
+    out = tmp_path / "out"
+    rows = spark.range(64).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
+    write_features(spark, rows.repartition(3), str(out))
+    write_features(spark, rows.where("id < 0"), str(out))
+    assert sorted(_record_rows(out)) == [0, 64]
+    assert read_features(spark, str(out)).count() == 64
+
+    pending = Observation("never-run")
+    spark.range(3).observe(pending, F.count(F.lit(1)).alias("rows"))  # no action: no count
+    assert dataset._observed_rows(pending, timeout=0.2) is None
+
+
+def test_commit_record_counts_the_files_when_the_observed_count_is_missing(
+    spark, tmp_path, monkeypatch, caplog
+):
+    out = tmp_path / "out"
+    monkeypatch.setattr(dataset, "_observed_rows", lambda observation: None)
+    rows = spark.range(5).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
+    with caplog.at_level("WARNING", logger="helpers.dataset"):
+        write_features(spark, rows.repartition(2), str(out))
+    assert "counting" in caplog.text and _record_rows(out) == [5]
