@@ -190,8 +190,8 @@ def _record_rows(out: Path) -> list[int]:
 
 
 def test_commit_record_counts_the_rows_the_write_observed(spark, tmp_path):
-    """The record's row count comes from the write itself (several files, or none); the
-    fallback, when that count does not arrive, counts the written files with Spark."""
+    """The record's row count comes from the write itself (several files, or none); an
+    observation no action completes gives no count once the wait is over."""
     out = tmp_path / "out"
     rows = spark.range(64).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
     write_features(spark, rows.repartition(3), str(out))
@@ -207,6 +207,7 @@ def test_commit_record_counts_the_rows_the_write_observed(spark, tmp_path):
 def test_commit_record_counts_the_files_when_the_observed_count_is_missing(
     spark, tmp_path, monkeypatch, caplog
 ):
+    """Without the observed count, the written files are counted with Spark, saying so."""
     out = tmp_path / "out"
     monkeypatch.setattr(dataset, "_observed_rows", lambda observation: None)
     rows = spark.range(5).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
