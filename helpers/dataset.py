@@ -264,16 +264,16 @@ def _prepare(spark: SparkSession, output_root: str) -> set[str]:
     return visible
 
 
-def _observed_rows(observation: Observation, timeout: float | None = None) -> int | None:
+def _observed_rows(observation: Observation, timeout: float = OBSERVED_WAIT_S) -> int | None:
     """The rows the write observed, or ``None`` if they do not arrive within ``timeout``
-    seconds (:data:`OBSERVED_WAIT_S`). ``Observation.get`` has no timeout of its own: it
-    waits in a daemon thread, which only a plan that lost its observation leaves blocked."""
+    seconds. ``Observation.get`` has no timeout of its own: it waits in a daemon thread,
+    which only a plan that lost its observation leaves blocked."""
     got: dict[str, Any] = {}
     waiter = threading.Thread(
         target=lambda: got.update(observation.get), name="fruits-observed-rows", daemon=True
     )
     waiter.start()
-    waiter.join(OBSERVED_WAIT_S if timeout is None else timeout)
+    waiter.join(timeout)
     return int(got["rows"]) if "rows" in got else None
 
 
