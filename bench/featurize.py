@@ -3,7 +3,7 @@
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 4] [--limit N] \\
         [--master spark://127.0.0.1:7077] \\
-        [--runtime auto|keras|litert|onnxruntime|openvino|openvino-bf16]
+        [--runtime auto|keras|litert|onnxruntime|openvino|openvino-bf16] [--warm-runs N]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
@@ -15,7 +15,13 @@ output says which); only the JVM start (and on a cluster, ``--master``, the exec
 registration) is left out. Bare Keras with stock TensorFlow stays the reference whatever
 ``--runtime`` the pipeline uses, at 64 images per model call as issue 14 defines it
 (``--keras-batch-size``; ``--batch-size`` is the pipeline's). The last line is
-``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``.
+``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``, for that first, cold run.
+
+``--warm-runs N`` then featurizes the same images N more times in the same session, each
+into a new output folder, and prints their times: the executors' JVMs and Python workers
+are warm by then and each worker keeps its model, so what separates those runs from the
+first is the cold start, and what separates a warm cluster from a warm local session is
+what a cluster costs at every run (tasks and broadcasts sent to other JVMs).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pyspark.sql import SparkSession
 
 from helpers.config import BATCH_SIZE, MODELS, RUNTIME_CHOICES, resolve_weights
 from helpers.dataset import read_features
-from helpers.features import build_model, extract_features
+from helpers.features import Extraction, build_model, extract_features
 from helpers.images import decode_image, is_image_name
 from helpers.inference import resolve_runtime
 from helpers.jvm import executor_cores
@@ -135,6 +141,29 @@ class WorkerMemory(threading.Thread):
             self.peak = max(self.peak, total)
 
 
+def feature_step(
+    spark: SparkSession,
+    data: Path,
+    out: Path,
+    args: argparse.Namespace,
+    weights: str,
+    runtime: str,
+) -> tuple[Extraction, float]:
+    """The notebooks' feature step on ``data`` into ``out``, and its seconds."""
+    started = time.perf_counter()
+    summary = extract_features(
+        spark,
+        str(data),
+        str(out),
+        model_name=args.model_name,
+        weights=weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        runtime=runtime,
+    )
+    return summary, time.perf_counter() - started
+
+
 def _cluster_roots(master: str) -> list[int]:
     """This process, plus the workers of a helpers.cluster cluster on this machine."""
     from helpers.cluster import DEFAULT_STATE_DIR, read_state
@@ -160,6 +189,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="use N images (0: all)")
     parser.add_argument(
         "--runtime", default="auto", choices=RUNTIME_CHOICES, help="pipeline's runtime"
+    )
+    parser.add_argument(
+        "--warm-runs", type=int, default=0, help="featurize N more times in the same session"
     )
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for both sides")
     parser.add_argument(
@@ -205,21 +237,14 @@ def main() -> None:
         print(f"master {master}: {executors or 'no'} executors, {args.cores} cores, {daemon}")
         memory = WorkerMemory(_cluster_roots(master))
         memory.start()
-        started = time.perf_counter()
-        summary = extract_features(
-            spark,
-            str(data),
-            str(out),
-            model_name=args.model_name,
-            weights=weights,
-            image_size=size,
-            batch_size=batch,
-            runtime=runtime,
-        )
-        elapsed = time.perf_counter() - started
+        summary, elapsed = feature_step(spark, data, out, args, weights, runtime)
         memory.stopped.set()
         rows = read_features(spark, str(out))
         written, errors = rows.count(), rows.where("error IS NOT NULL").count()
+        warm = [
+            feature_step(spark, data, Path(tmp, f"warm-{run}"), args, weights, runtime)
+            for run in range(args.warm_runs)
+        ]
         spark.stop()
     decoded = summary.images_decoded
     assert summary.info is not None, "a fresh output folder: every image is featurized"
@@ -232,6 +257,11 @@ def main() -> None:
     cached = summary.info.converted_from_cache
     if cached is not None:
         print(f"converted model from the cache (no conversion timed): {cached}")
+    for number, (again, seconds) in enumerate(warm, 1):
+        print(
+            f"warm run {number}: {seconds:.2f} s ({len(files) / seconds:.1f} images/s, "
+            f"{again.images_decoded} images decoded)"
+        )
     if written != len(files) or decoded != len(files):
         raise SystemExit(f"expected {len(files)} rows decoded once, got {written} / {decoded}")
     print(
