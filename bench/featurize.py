@@ -216,14 +216,14 @@ def main() -> None:
     weights = resolve_weights(args.weights)
     runtime = resolve_runtime(args.runtime)
     files = pick_files(args.images.resolve(), args.limit)
-    size, batch = args.image_size, args.batch_size
     print(
-        f"{len(files)} images from {args.images}, {args.model_name} at {size}px, batch {batch}"
+        f"{len(files)} images from {args.images}, {args.model_name} at {args.image_size}px, "
+        f"batch {args.batch_size}"
         f" (bare Keras {args.keras_batch_size}), {args.cores} cores, pipeline runtime {runtime}"
     )
 
     keras_img_s = bare_keras(
-        files, weights, args.model_name, size, args.keras_batch_size, args.cores
+        files, weights, args.model_name, args.image_size, args.keras_batch_size, args.cores
     )
     print(f"bare Keras:     {keras_img_s:7.1f} images/s")
 
