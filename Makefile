@@ -15,17 +15,17 @@ ifneq ($(wildcard $(OFFLINE_WEIGHTS)),)
 export FRUITS_WEIGHTS ?= $(OFFLINE_WEIGHTS)
 endif
 
-.PHONY: setup jars livy run test test-spark4 test-py39 lint clean
+.PHONY: setup jars livy run check test test-spark4 test-py39 lint clean
 
 # The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://,
 # from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them. Then the
-# Spark driver's class archive (helpers.cds, ~/.cache/fruits/cds; about a minute, once).
+# Spark driver's class archive (helpers.spark.cds, ~/.cache/fruits/cds; about a minute, once).
 setup: $(STAMP)
-	@$(BIN)/python -m helpers.jars fetch >/dev/null || echo "warning: S3A jars not fetched (no Maven Central?): local Spark on s3:// needs them (make jars, or hadoop_aws_jars)" >&2
-	@$(BIN)/python -m helpers.cds >/dev/null || echo "warning: no class archive for the Spark driver (python -m helpers.cds says why): sessions start slower" >&2
+	@$(BIN)/python -m helpers.spark.jars fetch >/dev/null || echo "warning: S3A jars not fetched (no Maven Central?): local Spark on s3:// needs them (make jars, or hadoop_aws_jars)" >&2
+	@$(BIN)/python -m helpers.spark.cds >/dev/null || echo "warning: no class archive for the Spark driver (python -m helpers.spark.cds says why): sessions start slower" >&2
 
 jars: $(STAMP)
-	$(BIN)/python -m helpers.jars fetch
+	$(BIN)/python -m helpers.spark.jars fetch
 
 # sparkmagic (the extra 'livy'; needs libkrb5-dev) and Apache Livy for tests/test_livy.py, cached
 # in ~/.cache/fruits/livy from a binary zip ($$FRUITS_LIVY_DIST, ../shared/livy/): Maven Central
@@ -43,6 +43,12 @@ $(STAMP):
 
 run: setup
 	$(BIN)/python -m helpers.run --data-root data_sample --output-root $(OUTPUT)
+
+# While editing: ruff, then every test that starts no notebook, cluster or server (marked
+# `slow` otherwise): a few minutes.
+check: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
 # The whole suite on this set; pytest's header names the Spark, Hadoop and Python it runs.
 # PYTEST_ARGS narrows it (make test PYTEST_ARGS=tests/test_s3.py).

@@ -39,13 +39,14 @@ import numpy as np
 import psutil
 from pyspark.sql import SparkSession
 
-from helpers.config import BATCH_SIZE, MODELS, RUNTIME_CHOICES, resolve_weights
-from helpers.dataset import read_features
-from helpers.features import Extraction, build_model, extract_features
+from helpers.features.extract import Extraction, extract_features
+from helpers.features.models import MODELS, build_model, preprocess, resolve_weights
+from helpers.features.runtimes import RUNTIME_CHOICES, resolve_runtime
+from helpers.features.spec import BATCH_SIZE, FeatureSpec
+from helpers.features.store import read_features
 from helpers.images import decode_image, is_image_name
-from helpers.inference import resolve_runtime
-from helpers.jvm import executor_cores
-from helpers.spark import get_spark
+from helpers.spark.jvm import executor_cores
+from helpers.spark.session import get_spark
 
 
 def pick_files(root: Path, limit: int) -> list[Path]:
@@ -68,20 +69,19 @@ def bare_keras(
     files: list[Path], weights: str, model_name: str, size: int, batch: int, cores: int
 ) -> float:
     """Images per second of read + decode + resize + predict in this process."""
-    import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
-    preprocess = getattr(keras.applications, MODELS[model_name]["module"]).preprocess_input
-    model = build_model(model_name, weights, size)
+    prepare = preprocess(model_name)  # equal to Keras' preprocess_input (tests/test_runtime.py)
+    model = build_model(model_name, size, weights)
     model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))  # warm-up, not timed
     started = time.perf_counter()
     for start in range(0, len(files), batch):
         pixels = np.stack(
             [decode_image(p.read_bytes(), size) for p in files[start : start + batch]]
         )
-        model.predict_on_batch(preprocess(pixels.astype(np.float32)))
+        model.predict_on_batch(prepare(pixels.astype(np.float32)))
     return len(files) / (time.perf_counter() - started)
 
 
@@ -151,22 +151,14 @@ def feature_step(
 ) -> tuple[Extraction, float]:
     """The notebooks' feature step on ``data`` into ``out``, and its seconds."""
     started = time.perf_counter()
-    summary = extract_features(
-        spark,
-        str(data),
-        str(out),
-        model_name=args.model_name,
-        weights=weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        runtime=runtime,
-    )
+    spec = FeatureSpec(args.model_name, weights, args.image_size, args.batch_size, runtime)
+    summary = extract_features(spark, str(data), str(out), spec)
     return summary, time.perf_counter() - started
 
 
 def _cluster_roots(master: str) -> list[int]:
     """This process, plus the workers of a helpers.cluster cluster on this machine."""
-    from helpers.cluster import DEFAULT_STATE_DIR, read_state
+    from helpers.dev.cluster import DEFAULT_STATE_DIR, read_state
 
     cluster = read_state(DEFAULT_STATE_DIR)
     if cluster is not None and cluster.master_url == master:
@@ -209,10 +201,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.no_daemon:
-        import helpers.spark
+        import helpers.spark.session
 
-        # executor_conf() reads this at session start: worker reuse stays, the daemon goes
-        helpers.spark.PYTHON_WORKER_CONF = {"spark.python.worker.reuse": "true"}
+        # master_conf() reads this at session start: worker reuse stays, the daemon goes
+        helpers.spark.session.executor_conf = lambda: {
+            **helpers.spark.settings.executor_conf(),
+            "spark.python.daemon.module": "pyspark.daemon",
+        }
     weights = resolve_weights(args.weights)
     runtime = resolve_runtime(args.runtime)
     files = pick_files(args.images.resolve(), args.limit)

@@ -40,7 +40,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from helpers.reduce import Reduction, choose_k, fit_reduction, usable_features
-from helpers.spark import get_spark
+from helpers.spark.session import get_spark
 
 VARIANCE = 0.95
 PAUSE = 0.5  # seconds of rest before each timed fit

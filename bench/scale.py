@@ -30,7 +30,7 @@ from pathlib import Path
 
 from featurize import WorkerMemory  # bench/ is this script's folder
 
-from helpers.config import resolve_weights
+from helpers.features.models import resolve_weights
 from helpers.images import is_image_name
 
 NOTEBOOKS = ("01_eda.ipynb", "02_feature_extraction.ipynb", "03_pca_tsne.ipynb")
@@ -58,7 +58,7 @@ def make_dataset(source: Path, target: Path, size: int) -> int:
 
 def cluster_workers(master: str) -> list[int]:
     """The worker pids of a ``helpers.cluster`` cluster on this machine serving ``master``."""
-    from helpers.cluster import DEFAULT_STATE_DIR, read_state
+    from helpers.dev.cluster import DEFAULT_STATE_DIR, read_state
 
     cluster = read_state(DEFAULT_STATE_DIR)
     if cluster is not None and cluster.master_url == master:

@@ -2,7 +2,7 @@
 
 Multinomial logistic regression is trained on the PCA features of Training and scored on
 Test, distributed (Spark ML, in the JVM). It is then put after the stages that already
-exist: :class:`helpers.featurizer.ImageFeaturizer` (image bytes -> ``features``), a small
+exist: :class:`helpers.features.transformer.ImageFeaturizer` (image bytes -> ``features``), a small
 array-to-vector stage, the fitted scaler and PCA of ``pca_model/`` (not refitted), the
 classifier and ``IndexToString``. The result, saved to ``output_root/pipeline_model/``,
 takes any DataFrame of image bytes (``spark.read.format("binaryFile").load(paths)``) and
@@ -28,10 +28,12 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from helpers.dataset import STAGING, new_run_id, publish, remove
+from helpers.config import STAGING
 from helpers.evaluate import Score
-from helpers.featurizer import ImageFeaturizer
+from helpers.features.store import new_run_id
+from helpers.features.transformer import ImageFeaturizer
 from helpers.paths import join, spark_uri
+from helpers.spark.jvm import fs_delete, fs_move
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +246,7 @@ def check_weights(featurizer: ImageFeaturizer, expected: str | None) -> str:
 
     A pipeline whose CNN differs from the one that made ``features/`` would feed the PCA
     vectors it was not fitted on. One checksum names the weights everywhere
-    (:attr:`helpers.features.Weights.checksum`: a weights file's own SHA-256).
+    (:attr:`helpers.features.models.Weights.checksum`: a weights file's own SHA-256).
     """
     checksum = featurizer.weightsChecksum()
     if expected and expected != checksum:
@@ -291,8 +293,8 @@ def save_pipeline_model(model: PipelineModel, output_root: str) -> str:
     staging = join(output_root, STAGING, new_run_id())
     model.write().save(spark_uri(join(staging, PIPELINE_MODEL)))
     target = join(output_root, PIPELINE_MODEL)
-    publish(spark, join(staging, PIPELINE_MODEL), target)
-    remove(spark, staging)
+    fs_move(spark, join(staging, PIPELINE_MODEL), target)
+    fs_delete(spark, staging)
     log.info("saved the pipeline model to %s", target)
     return spark_uri(target)
 

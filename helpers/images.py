@@ -22,8 +22,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
 
 from helpers.config import IMAGE_EXTENSIONS
-from helpers.jvm import input_files
 from helpers.paths import list_files, read_bytes, resolve, spark_uri
+from helpers.spark.jvm import input_files
 
 log = logging.getLogger(__name__)
 

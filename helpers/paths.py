@@ -84,7 +84,7 @@ def resolve(uri: str) -> str:
 def spark_uri(uri: str) -> str:
     """The form Spark reads and writes: ``file:`` for local paths, remote URIs as given.
 
-    ``s3://`` stays ``s3://``: EMRFS serves it on EMR, and :func:`helpers.spark.get_spark`
+    ``s3://`` stays ``s3://``: EMRFS serves it on EMR, and :func:`helpers.spark.session.get_spark`
     maps it to S3A elsewhere. ``/Volumes/...`` stays as given for Databricks.
     """
     resolved = resolve(uri)

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from helpers.classify import PIPELINE_MODEL, pipeline_labels, vector_or_null
 from helpers.images import list_images
 from helpers.paths import exists, is_remote, join, list_files, read_bytes, resolve, spark_uri
-from helpers.spark import get_spark
+from helpers.spark.session import get_spark
 
 log = logging.getLogger(__name__)
 

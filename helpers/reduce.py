@@ -44,9 +44,16 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from threadpoolctl import threadpool_limits
 
-from helpers.dataset import STAGING, new_run_id, publish, remove
-from helpers.jvm import java_pca_model, java_standard_scaler_model, parquet_scan_files
+from helpers.config import STAGING
+from helpers.features.store import new_run_id
 from helpers.paths import join, spark_uri
+from helpers.spark.jvm import (
+    fs_delete,
+    fs_move,
+    java_pca_model,
+    java_standard_scaler_model,
+    parquet_scan_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +209,7 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
 
 def local_parquet_files(features: DataFrame) -> list[str] | None:
     """The files ``features`` reads, as local paths, when it is nothing but a scan of Parquet
-    files on ``file:`` (what :func:`helpers.dataset.read_features` returns for one run);
+    files on ``file:`` (what :func:`helpers.features.store.read_features` returns for one run);
     else None: a filter, a join or any other operator, another file system, Spark Connect.
     """
     files = parquet_scan_files(features) if set(MOMENT_COLUMNS) <= set(features.columns) else None
@@ -374,6 +381,6 @@ def save_reduction(reduction: Reduction, reduced: DataFrame, output_root: str) -
     reduction.model.write().save(spark_uri(join(staging, "pca_model")))
     reduced.write.parquet(spark_uri(join(staging, "pca")))
     for name in ("pca_model", "pca"):
-        publish(spark, join(staging, name), join(output_root, name))
-    remove(spark, staging)
+        fs_move(spark, join(staging, name), join(output_root, name))
+    fs_delete(spark, staging)
     return spark_uri(join(output_root, "pca"))

@@ -31,21 +31,14 @@ from typing import Any
 
 import papermill as pm
 
-from helpers.config import (
-    PARAMETERS,
-    add_parameter_option,
-    coerce,
-    defaults,
-    resolve_hadoop_aws_jars,
-    resolve_s3_endpoint,
-    resolve_weights,
-    validate,
-)
+from helpers import env
+from helpers.config import PARAMETERS, add_parameter_option, coerce, defaults, validate
 from helpers.evaluate import probe_summary
+from helpers.features.models import resolve_weights
 from helpers.images import EXTENSIONS_TEXT, is_image_name
 from helpers.manifest import read_manifest
 from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
-from helpers.spark import storage_env
+from helpers.spark.settings import resolve_hadoop_aws_jars, resolve_s3_endpoint, storage_env
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +55,16 @@ KERNELS = ("python3", "pysparkkernel")
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     """Set ``values`` in this process's environment (kernels inherit it), then restore it."""
-    saved = {name: os.environ.get(name) for name in values}
+    saved = {name: os.environ[name] for name in values if name in os.environ}
     os.environ.update(values)
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
+        for name in values:
+            if name in saved:
+                os.environ[name] = saved[name]
             else:
-                os.environ[name] = value
+                os.environ.pop(name, None)
 
 
 def run_notebooks(
@@ -113,7 +106,7 @@ def _kernel_env(kernel: str) -> dict[str, str]:
         return {}
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    from helpers.livy import CONF_DIR_ENV, read_state
+    from helpers.dev.livy import read_state  # sparkmagic's kernels only
 
     try:
         KernelSpecManager().get_kernel_spec(kernel)
@@ -122,17 +115,17 @@ def _kernel_env(kernel: str) -> dict[str, str]:
             f"kernel '{kernel}' is not installed: python -m helpers.livy start installs it "
             "(sparkmagic's, into this environment)"
         ) from None
-    conf_dir = os.environ.get(CONF_DIR_ENV)
+    conf_dir = env.get(env.SPARKMAGIC_CONF_ENV)
     if not conf_dir:
         server = read_state()
         conf_dir = server.sparkmagic_conf_dir if server is not None else ""
     if not conf_dir or not Path(conf_dir, "config.json").is_file():
         raise ValueError(
             f"kernel '{kernel}' needs a Livy server: python -m helpers.livy start, then "
-            f"export {CONF_DIR_ENV}=<the folder it prints> (no sparkmagic config.json in "
-            f"'{conf_dir or '$' + CONF_DIR_ENV}')"
+            f"export {env.SPARKMAGIC_CONF_ENV}=<the folder it prints> (no sparkmagic "
+            f"config.json in '{conf_dir or '$' + env.SPARKMAGIC_CONF_ENV}')"
         )
-    return {CONF_DIR_ENV: conf_dir}
+    return {env.SPARKMAGIC_CONF_ENV: conf_dir}
 
 
 def _check_local_roots(data_root: str, output_root: str) -> None:

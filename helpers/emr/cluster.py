@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from helpers.config import PYTHON_WORKER_CONF, coerce
+from helpers.config import coerce
 from helpers.emr.artifacts import Artifacts, code_uploads, data_uploads, upload
 from helpers.emr.bucket import bucket_plan, ensure_bucket
 from helpers.emr.settings import (
@@ -25,6 +25,7 @@ from helpers.emr.settings import (
     WHEEL_NAME,
     EmrSettings,
 )
+from helpers.spark.settings import PYTHON_WORKER_CONF
 
 log = logging.getLogger(__name__)
 

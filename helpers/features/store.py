@@ -4,7 +4,6 @@ Layout::
 
     <output_root>/features/run=<id>/part-*.parquet     a run's rows (written in place)
     <output_root>/features/_commits/run=<id>.json      its commit record, written last
-    <output_root>/features/_commits/_format.json       marks this layout
 
 Each run writes only the images that are new or changed since the last one (same path,
 size and modification time means unchanged) straight into its ``run=`` folder, then writes
@@ -20,17 +19,13 @@ holds on S3A (where a rename is a copy plus a delete per file) as on local disk.
 run committed before it (the older folders are then removed, which is only tidying up).
 
 One writer at a time per ``output_root``: a second run started while one is writing would
-remove the other's uncommitted folder. Features written before commit records existed
-(``run=`` folders and no ``_commits/``) are read as they are, with a warning, and get
-records at the next run.
+remove the other's uncommitted folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import threading
 import time
 import uuid
@@ -41,15 +36,13 @@ import pandas as pd
 from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
-from helpers.config import FAULT_ENV, PUBLISH_FAULT, STAGING
-from helpers.jvm import fs_children, fs_delete, fs_move, fs_read_text, fs_scheme, fs_write
 from helpers.paths import join, spark_uri
+from helpers.spark.jvm import fs_children, fs_delete, fs_move, fs_read_text, fs_scheme, fs_write
 
 log = logging.getLogger(__name__)
 
 FEATURES = "features"
 COMMITS = "_commits"  # under features/; hidden from Spark and pyarrow readers alike
-FORMAT_RECORD = "_format.json"
 LAYOUT_VERSION = 2
 #: Parquet writer option: no dictionary attempt on the feature values. CNN floats almost
 #: never repeat, so the writer hashed every value of each row group's first page and then
@@ -66,26 +59,6 @@ OBSERVED_WAIT_S = 30.0
 OBJECT_STORES = ("s3", "s3a", "s3n", "gs", "wasb", "wasbs", "abfs", "abfss")
 
 
-def fault_point(step: str) -> None:
-    """Test hook: ``$FRUITS_FAULT=kill-publish:<step>`` kills this process here (SIGKILL)."""
-    if os.environ.get(FAULT_ENV) == f"{PUBLISH_FAULT}:{step}":
-        log.warning("fault injected: killed at publish step '%s'", step)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove(spark: SparkSession, uri: str) -> None:
-    """Delete ``uri`` and everything under it, if it exists."""
-    fs_delete(spark, uri)
-
-
-def publish(spark: SparkSession, staged: str, target: str) -> None:
-    """Move the finished folder ``staged`` to ``target`` (one rename; replaces ``target``).
-
-    Atomic on local disk and HDFS only: on S3 a rename is a copy and a delete per file.
-    """
-    fs_move(spark, staged, target)
-
-
 def write_whole(spark: SparkSession, uri: str, data: bytes) -> None:
     """Write the small file ``uri`` so that readers see all of ``data`` or nothing.
 
@@ -98,43 +71,27 @@ def write_whole(spark: SparkSession, uri: str, data: bytes) -> None:
     parent, name = uri.rstrip("/").rsplit("/", 1)
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     fs_write(spark, tmp, data)
-    fault_point("record-written-not-renamed")
     fs_move(spark, tmp, uri)
-
-
-def _read_text(spark: SparkSession, uri: str) -> str:
-    return fs_read_text(spark, uri)
-
-
-def _children(spark: SparkSession, uri: str) -> list[tuple[str, bool, int]]:
-    """Name, is-folder and size of each entry directly under ``uri`` (none if missing)."""
-    return fs_children(spark, uri)
 
 
 def _data_files(spark: SparkSession, run_uri: str) -> list[dict[str, Any]]:
     """The Parquet files of one run folder (hidden and marker files left out)."""
     return [
         {"name": name, "size": size}
-        for name, is_dir, size in sorted(_children(spark, run_uri))
+        for name, is_dir, size in sorted(fs_children(spark, run_uri))
         if not is_dir and not name.startswith(("_", ".")) and name.endswith(".parquet")
     ]
 
 
-def _commit_records(spark: SparkSession, output_root: str) -> list[dict[str, Any]] | None:
-    """The commit records under ``features/_commits/``, oldest run first.
-
-    ``None`` for a features folder written before commit records existed (no
-    ``_commits/_format.json``).
-    """
+def _commit_records(spark: SparkSession, output_root: str) -> list[dict[str, Any]]:
+    """The commit records under ``features/_commits/``, oldest run first."""
     commits = join(output_root, FEATURES, COMMITS)
-    names = [name for name, is_dir, _ in _children(spark, commits) if not is_dir]
-    if FORMAT_RECORD not in names:
-        return None
+    names = [name for name, is_dir, _ in fs_children(spark, commits) if not is_dir]
     records = []
     for name in sorted(n for n in names if n.startswith("run=") and n.endswith(".json")):
         uri = join(commits, name)
         try:
-            record = json.loads(_read_text(spark, uri))
+            record = json.loads(fs_read_text(spark, uri))
         except ValueError as exc:
             raise ValueError(
                 f"commit record {uri} is not valid JSON ({exc}): it was not written by this "
@@ -144,37 +101,11 @@ def _commit_records(spark: SparkSession, output_root: str) -> list[dict[str, Any
     return records
 
 
-def _legacy_runs(spark: SparkSession, output_root: str) -> list[str]:
-    """``run=`` folders of a features folder without commit records (old layout)."""
-    entries = _children(spark, join(output_root, FEATURES))
-    return sorted(name for name, is_dir, _ in entries if is_dir and name.startswith("run="))
-
-
 def _committed(spark: SparkSession, output_root: str) -> list[dict[str, Any]]:
     """The records of the runs readers see: the newest overwrite run and those after it."""
-    records = _commit_records(spark, output_root)
-    if records is None:
-        legacy = _legacy_runs(spark, output_root)
-        if legacy:
-            log.warning(
-                "features under %s have no commit records (written by an older version): "
-                "reading its %d run folders as they are; the next run adds records",
-                join(output_root, FEATURES),
-                len(legacy),
-            )
-        features = join(output_root, FEATURES)
-        return [
-            {"run": name[len("run=") :], "files": _data_files(spark, join(features, name))}
-            for name in legacy
-        ]
-    records.sort(key=lambda r: r["run"])
+    records = sorted(_commit_records(spark, output_root), key=lambda r: r["run"])
     bases = [i for i, r in enumerate(records) if r.get("overwrite")]
     return records[bases[-1] :] if bases else records
-
-
-def _runs(spark: SparkSession, output_root: str) -> list[str]:
-    """Names (``run=<id>``) of the committed runs under ``features/`` that readers see."""
-    return [f"run={record['run']}" for record in _committed(spark, output_root)]
 
 
 def new_run_id() -> str:
@@ -208,7 +139,7 @@ def pending_images(
     spark: SparkSession, images: DataFrame, output_root: str, *, overwrite: bool = False
 ) -> DataFrame:
     """The images of ``images`` that still need features: new, or changed since featurized."""
-    if overwrite or not _runs(spark, output_root):
+    if overwrite or not _committed(spark, output_root):
         return images
     done = read_features(spark, output_root).select(
         "path", F.col("size").alias("length"), F.col("modified").alias("modificationTime")
@@ -233,34 +164,24 @@ def _record(run_id: str, files: list[dict[str, Any]], rows: int, overwrite: bool
 def _prepare(spark: SparkSession, output_root: str) -> set[str]:
     """Make ``features/`` ready for a new run; return the committed run ids.
 
-    Old-layout runs get their commit records (the layout marker last, so a run killed here
-    leaves the old layout); ``run=`` folders without a record (left by a killed run) are
-    removed, and so are folders of runs an overwrite run made obsolete.
+    ``run=`` folders without a record (left by a killed run) are removed, and so are the
+    runs an overwrite run made obsolete, and records a killed run did not rename.
     """
     features = join(output_root, FEATURES)
     commits = join(features, COMMITS)
     records = _commit_records(spark, output_root)
-    if records is None:
-        for name in _legacy_runs(spark, output_root):
-            run_id = name[len("run=") :]
-            files = _data_files(spark, join(features, name))
-            rows = spark.read.parquet(*[spark_uri(join(features, name, f["name"])) for f in files])
-            record = _record(run_id, files, rows.count() if files else 0, False)
-            write_whole(spark, join(commits, f"{name}.json"), record)
-        write_whole(spark, join(commits, FORMAT_RECORD), json.dumps({"layout": 2}).encode())
-        records = _commit_records(spark, output_root) or []
-    for name, is_dir, _ in _children(spark, commits):
+    for name, is_dir, _ in fs_children(spark, commits):
         if not is_dir and name.startswith(".") and name.endswith(".tmp"):
-            remove(spark, join(commits, name))  # a record a killed run did not rename
+            fs_delete(spark, join(commits, name))
     visible = {r["run"] for r in _committed(spark, output_root)}
     for record in records:
         if record["run"] not in visible:  # made obsolete by a later overwrite run
-            remove(spark, join(features, f"run={record['run']}"))
-            remove(spark, join(commits, f"run={record['run']}.json"))
-    for name, is_dir, _ in _children(spark, features):
+            fs_delete(spark, join(features, f"run={record['run']}"))
+            fs_delete(spark, join(commits, f"run={record['run']}.json"))
+    for name, is_dir, _ in fs_children(spark, features):
         if is_dir and name.startswith("run=") and name[len("run=") :] not in visible:
             log.info("removing %s, left by a run that did not commit", name)
-            remove(spark, join(features, name))
+            fs_delete(spark, join(features, name))
     return visible
 
 
@@ -288,7 +209,6 @@ def write_features(
     (``DataFrame.observe``): no second job reads the files back to count them.
     """
     visible = _prepare(spark, output_root)
-    remove(spark, join(output_root, STAGING, FEATURES))  # leftovers of older versions
     run_id = new_run_id()
     folder = join(output_root, FEATURES, f"run={run_id}")
     observation = Observation(f"fruits-features-{run_id}")
@@ -301,14 +221,12 @@ def write_features(
         # the schema is known: no job reading a footer to infer it, only the count's
         reader = spark.read.schema(features.schema)
         rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
-    fault_point("written-not-committed")
     record = _record(run_id, files, rows, overwrite)
     write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)
-    fault_point("committed")
     if overwrite:
         for old in sorted(visible):
-            remove(spark, join(output_root, FEATURES, COMMITS, f"run={old}.json"))
-            remove(spark, join(output_root, FEATURES, f"run={old}"))
+            fs_delete(spark, join(output_root, FEATURES, COMMITS, f"run={old}.json"))
+            fs_delete(spark, join(output_root, FEATURES, f"run={old}"))
     log.info("features run %s committed under %s (%d rows)", run_id, folder, rows)
     return run_id
 

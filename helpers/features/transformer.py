@@ -1,14 +1,14 @@
 """``ImageFeaturizer``: the feature step as a Spark ML ``Transformer`` for any binary column.
 
-It runs the same pandas UDF as :func:`helpers.features.featurize` (one model per Python
-worker, weights broadcast from the driver, a null vector and an ``error`` for bytes that do
-not decode), on any DataFrame with image bytes, e.g.
+It runs the same pandas UDF as :func:`helpers.features.extract.featurize` (one model per
+Python worker, weights broadcast from the driver, a null vector and an ``error`` for bytes
+that do not decode), on any DataFrame with image bytes, e.g.
 ``spark.read.format("binaryFile").load(paths)``: no folder layout is assumed.
 
 Saved alone or inside a ``PipelineModel``, the stage's folder holds its parameters
 (``metadata/``) and the weights themselves (``weights/``, Parquet): a weights file's bytes,
 with the file's SHA-256 as ``weights_sha256`` in the metadata (the checksum the manifest
-records, :func:`helpers.features.driver_weights`), or, for ``imagenet`` and ``random``,
+records, :func:`helpers.features.models.driver_weights`), or, for ``imagenet`` and ``random``,
 the weight arrays with their digest as ``weights_arrays_sha256``. Loading it in another
 session or on another machine needs neither the original ``.h5`` file nor internet, and
 a damaged copy is refused.
@@ -37,15 +37,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 
-from helpers import inference
-from helpers.config import BATCH_SIZE, MODELS, RUNTIME_CHOICES
-from helpers.features import (
-    Weights,
-    driver_weights,
+from helpers.features.models import MODELS, Weights, driver_weights, weights_checksum
+from helpers.features.runtimes import RUNTIME_CHOICES
+from helpers.features.spec import BATCH_SIZE, FeatureSpec
+from helpers.features.udf import (
+    broadcast_model,
     feature_udf,
     runtime_environment,
     set_arrow_batch,
-    weights_checksum,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ log = logging.getLogger(__name__)
 #: Where a saved stage keeps its weights, inside its folder.
 WEIGHTS_DIR = "weights"
 #: ``weights_format`` in a saved stage's metadata: a weights file's bytes (one row), or the
-#: weight arrays (one row each; stages saved before this key existed hold arrays).
+#: weight arrays (one row each).
 FILE_FORMAT, ARRAYS_FORMAT = "h5-file", "arrays"
 
 _WEIGHTS_SCHEMA = StructType(
@@ -67,7 +66,7 @@ _WEIGHTS_SCHEMA = StructType(
 
 
 class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
-    """The parameters of :class:`ImageFeaturizer`, named as the pipeline's (helpers.config)."""
+    """The parameters of :class:`ImageFeaturizer`: a :class:`FeatureSpec` and the columns."""
 
     errorCol: Param[str] = Param(
         Params._dummy(),
@@ -126,7 +125,7 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
         return self.getOrDefault(self.errorCol)
 
     def getModelName(self) -> str:
-        """The CNN's name (:data:`helpers.config.MODELS`)."""
+        """The CNN's name (:data:`helpers.features.models.MODELS`)."""
         return self.getOrDefault(self.modelName)
 
     def getImageSize(self) -> int:
@@ -196,20 +195,30 @@ class ImageFeaturizer(
         """Set any of the parameters by name; checked here, before any weights are read."""
         kwargs = self._input_kwargs
         self._set(**kwargs)
-        self._check()
+        self.spec()
         return self
 
-    def _check(self) -> None:
-        """Fail early, naming the parameter and the choices, on a value the stage cannot run."""
-        if self.getModelName() not in MODELS:
-            raise ValueError(
-                f"modelName '{self.getModelName()}' is unknown; use one of {sorted(MODELS)}"
-            )
-        inference.check_runtime(self.getRuntime())
-        for name in ("imageSize", "batchSize"):
-            value = self.getOrDefault(name)
-            if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+    def spec(self) -> FeatureSpec:
+        """The stage's feature settings, checked (errors name the pipeline's parameters)."""
+        return FeatureSpec(
+            model_name=self.getModelName(),
+            weights=self.getWeights(),
+            image_size=self.getImageSize(),
+            batch_size=self.getBatchSize(),
+            runtime=self.getRuntime(),
+        )
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec, **columns: str) -> ImageFeaturizer:
+        """A stage running ``spec`` (``columns``: inputCol, outputCol, errorCol)."""
+        return cls(
+            modelName=spec.model_name,
+            weights=spec.weights,
+            imageSize=spec.image_size,
+            batchSize=spec.batch_size,
+            runtime=spec.runtime,
+            **columns,
+        )
 
     def setInputCol(self, value: str) -> ImageFeaturizer:
         """Set the column of image bytes."""
@@ -230,20 +239,17 @@ class ImageFeaturizer(
     def setRuntime(self, value: str) -> ImageFeaturizer:
         """Set the inference runtime (same features within 1e-4 relative)."""
         self._set(runtime=value)
-        self._check()
+        self.spec()
         return self
 
     @property
     def featureDim(self) -> int:
         """Width of the features: 1280 for MobileNetV2, 2048 for ResNet50."""
-        return int(MODELS[self.getModelName()]["dim"])
+        return self.spec().dim
 
     def loadedWeights(self) -> Weights:
-        """The weights the stage runs with (:class:`helpers.features.Weights`): a weights
-        file's bytes named by the file's SHA-256, or the arrays of ``imagenet``/``random``.
-
-        Read on the driver on first use from ``weights`` (a saved stage has them already).
-        """
+        """The weights the stage runs with (:class:`helpers.features.models.Weights`), read
+        on the driver on first use from ``weights`` (a saved stage has them already)."""
         key = (self.getModelName(), self.getWeights())
         if self._loaded is None or self._loaded_key != key:
             self._set_loaded(driver_weights(key[0], key[1], self.getImageSize()), key)
@@ -258,33 +264,17 @@ class ImageFeaturizer(
         self._loaded, self._loaded_key = loaded, key
         self._broadcasts = {}
 
-    def _broadcast(self, spark: SparkSession) -> tuple[Any, str]:
-        """This session's broadcast of the model for ``runtime``, made once per session.
-
-        ``keras``: the weights as they are (a file's bytes or the arrays); a converted
-        runtime: the converted model, cached under the same checksum as notebook 02's.
-        """
+    def _broadcast(self, spark: SparkSession, spec: FeatureSpec) -> Any:
+        """This session's broadcast of what ``spec``'s runtime runs, made once per session
+        (a converted model comes from the same cache as notebook 02's)."""
         loaded = self.loadedWeights()
-        runtime = inference.resolve_runtime(self.getRuntime())
-        key = (spark.sparkContext.applicationId, loaded.checksum, runtime)
+        key = (spark.sparkContext.applicationId, loaded.checksum, spec.runtime)
         if key not in self._broadcasts:
-            if runtime == "keras":
-                value: Any = loaded.payload
-            else:
-                model_name, size = self.getModelName(), self.getImageSize()
-                converted = inference.converted_model(
-                    model_name,
-                    size,
-                    lambda: loaded.arrays(model_name, size),
-                    loaded.checksum,
-                    runtime,
-                )
-                value = converted.data
-            self._broadcasts[key] = spark.sparkContext.broadcast(value)
-        return self._broadcasts[key], loaded.checksum
+            self._broadcasts[key], _ = broadcast_model(spark, spec, loaded)
+        return self._broadcasts[key]
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        self._check()
+        self.spec()
         column = self.getInputCol()
         if column not in dataset.columns:
             raise ValueError(
@@ -299,22 +289,12 @@ class ImageFeaturizer(
                 f"bytes, e.g. spark.read.format('binaryFile').load(paths)"
             )
         spark = dataset.sparkSession
-        broadcast, checksum = self._broadcast(spark)
-        runtime = inference.resolve_runtime(self.getRuntime())
-        batch_size = self.getBatchSize()
-        extract, _, _ = feature_udf(
-            spark,
-            broadcast,
-            checksum,
-            model_name=self.getModelName(),
-            image_size=self.getImageSize(),
-            batch_size=batch_size,
-            runtime=runtime,
-            source=self.getWeights(),
-        )
-        set_arrow_batch(spark, batch_size)
+        spec = self.spec().resolved()
+        broadcast = self._broadcast(spark, spec)
+        extract, _, _ = feature_udf(spark, spec, broadcast, self.weightsChecksum())
+        set_arrow_batch(spark, spec.batch_size)
         result = f"_{self.uid}_result"
-        with runtime_environment(spark, runtime):
+        with runtime_environment(spark, spec.runtime):
             featurized = dataset.withColumn(result, extract(F.col(column)))
         return (
             featurized.withColumn(self.getOutputCol(), F.col(f"{result}.features"))
@@ -382,7 +362,7 @@ class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
         instance = self.cls()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
-        instance._check()
+        instance.spec()
         rows = self.sparkSession.read.parquet(f"{path}/{WEIGHTS_DIR}").collect()
         rows.sort(key=lambda row: row["index"])
         if metadata.get("weights_format") == FILE_FORMAT:
@@ -392,8 +372,7 @@ class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
             whole = len(rows) == 1 and len(data) == metadata.get("weights_bytes")
             what = f"a weights file of {len(data)} bytes"
             loaded = Weights(data, found, instance.getWeights())
-        else:  # the arrays; stages saved before weights_format recorded their digest as
-            # weights_sha256
+        else:
             arrays = [
                 np.frombuffer(row["data"], dtype=np.dtype(row["dtype"]))
                 .reshape([int(n) for n in row["shape"].split(",") if n])
@@ -401,7 +380,7 @@ class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
                 for row in rows
             ]
             found = weights_checksum(arrays)
-            recorded = metadata.get("weights_arrays_sha256", metadata.get("weights_sha256"))
+            recorded = metadata.get("weights_arrays_sha256")
             whole = len(arrays) == metadata.get("weights_arrays")
             what = f"{len(arrays)} weight arrays"
             loaded = Weights(arrays, found, instance.getWeights())

@@ -9,7 +9,7 @@ seconds of every notebook run, competing with the Python workers. A dynamic AppC
 feature step took 21.0-23.2 s with the archive against 24.3-27.1 s without (ONNX Runtime),
 41.2 s against 45.5 s (Keras); bench/README, "Start-up".
 
-``python -m helpers.cds`` (run by ``make setup``) makes the archive once: a child process
+``python -m helpers.spark.cds`` (run by ``make setup``) makes the archive once: a child process
 runs a small Spark workload like the notebooks' (binaryFile listing, a pandas UDF, Parquet
 written and read, an aggregation, a Spark ML model saved and loaded) with
 ``-XX:ArchiveClassesAtExit``, the JVM writes the archive as it exits, a second child checks
@@ -18,10 +18,10 @@ renamed into place: a JVM given a truncated archive can crash. The file name car
 pyspark version, its location, its jars' sizes and times and the Java runtime, so another
 pyspark, virtual environment, reinstall or JDK finds no archive and runs as before (a JVM
 given an archive whose jars changed ignores it with a warning); making an archive removes
-the older ones of the same installation. :func:`helpers.spark.get_spark`
+the older ones of the same installation. :func:`helpers.spark.session.get_spark`
 adds :func:`driver_java_options` to the drivers it starts on this machine (local mode, or
 client mode on ``spark://``), and to the executors of a ``spark://127.0.0.1`` cluster
-(:mod:`helpers.cluster`: same pyspark jars); on EMR and Databricks the cluster starts its JVMs.
+(:mod:`helpers.dev.cluster`: same pyspark jars); on EMR and Databricks the cluster starts its JVMs.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers.config import WEIGHTS_CACHE
-from helpers.paths import PROJECT_ROOT
+from helpers import PROJECT_ROOT, env
+from helpers.spark.jvm import jvm_pid
+from helpers.spark.settings import LOCAL_CONF
 
 log = logging.getLogger(__name__)
-
-CDS_CACHE = WEIGHTS_CACHE / "cds"
-CDS_ENV = "FRUITS_CLASS_ARCHIVE"
 
 #: JVM options of the child that records the archive, and of the one that checks it.
 RECORD_OPTION = "-XX:ArchiveClassesAtExit="
@@ -53,8 +51,8 @@ USE_OPTION = "-XX:SharedArchiveFile="
 
 def java_home() -> Path | None:
     """The Java installation spark-submit starts (``$JAVA_HOME``, else ``java`` on the PATH)."""
-    if os.environ.get("JAVA_HOME"):
-        return Path(os.environ["JAVA_HOME"]).resolve()
+    if env.java_home():
+        return env.java_home()
     java = shutil.which("java")
     return Path(java).resolve().parents[1] if java else None
 
@@ -71,7 +69,7 @@ def _jars_digest(jars: Path) -> str:
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:12]
 
 
-def archive_path(cache: Path = CDS_CACHE) -> Path | None:
+def archive_path(cache: Path | None = None) -> Path | None:
     """Where the archive of this pyspark installation and this Java runtime lives
     (``None``: no Java): ``spark-<version>-java-<installation>-<jars>.jsa``."""
     import pyspark
@@ -84,13 +82,14 @@ def archive_path(cache: Path = CDS_CACHE) -> Path | None:
     identity = f"{home}\n{release.read_text() if release.exists() else ''}\n{pyspark.__file__}"
     installation = hashlib.sha256(identity.encode()).hexdigest()[:12]
     jars = _jars_digest(Path(pyspark.__file__).parent / "jars")
-    return cache / f"spark-{pyspark.__version__}-java-{installation}-{jars}.jsa"
+    folder = cache or env.cache_dir("cds")
+    return folder / f"spark-{pyspark.__version__}-java-{installation}-{jars}.jsa"
 
 
-def driver_java_options(cache: Path = CDS_CACHE) -> str:
+def driver_java_options(cache: Path | None = None) -> str:
     """``-XX:SharedArchiveFile=<archive>`` when the archive exists, else nothing (also
     with ``$FRUITS_CLASS_ARCHIVE=off``, to measure or rule it out)."""
-    if os.environ.get(CDS_ENV, "").lower() in ("0", "off", "false", "no"):
+    if env.is_off(env.CLASS_ARCHIVE_ENV):
         return ""
     path = archive_path(cache)
     return f"{USE_OPTION}{path}" if path is not None and path.exists() else ""
@@ -104,10 +103,6 @@ def _workload(java_options: str, full: bool = True) -> None:
     from pyspark.ml.feature import PCA, StandardScaler, VectorAssembler
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
-
-    from helpers.images import list_images
-    from helpers.jvm import jvm_pid
-    from helpers.spark import LOCAL_CONF
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as get_spark does
     builder = SparkSession.builder.master("local[2]").appName("fruits-cds")
@@ -129,7 +124,12 @@ def _workload(java_options: str, full: bool = True) -> None:
             yield frame.assign(n=frame["content"].str.len()).drop(columns="content")
 
     with tempfile.TemporaryDirectory() as folder:
-        images = list_images(spark, str(PROJECT_ROOT / "data_sample")).images
+        images = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(str(PROJECT_ROOT / "data_sample"))
+            .withColumn("label", F.element_at(F.split("path", "/"), -2))
+        )
         rows = images.select("path", "label", "content").mapInPandas(
             lengths, "path string, label string, n long"
         )
@@ -152,7 +152,7 @@ def _run_child(java_options: str, timeout: float, mode: str = "workload") -> tup
     """Run :func:`_workload` (``mode``: ``workload`` or ``check``) in a child process; its
     exit code and output."""
     child = subprocess.run(
-        [sys.executable, "-m", "helpers.cds", f"--{mode}={java_options}"],
+        [sys.executable, "-m", "helpers.spark.cds", f"--{mode}={java_options}"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -171,7 +171,7 @@ def _wait_exit(pid: int, timeout: float) -> None:
         pass
 
 
-def make_archive(cache: Path = CDS_CACHE, timeout: float = 300.0) -> Path | None:
+def make_archive(cache: Path | None = None, timeout: float = 300.0) -> Path | None:
     """Record, check and install the archive of this pyspark and Java; return its path.
 
     Nothing is done when it exists already; ``None`` when there is no Java. Raises

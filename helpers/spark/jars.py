@@ -7,8 +7,8 @@ version and Scala for Spark's side of the S3A committers (``PathOutputCommitProt
 2.12) takes ``hadoop-aws-3.3.4`` with the SDK v1 ``aws-java-sdk-bundle-1.12.262``; 4.0
 (Hadoop 3.4.1, Scala 2.13) ``hadoop-aws-3.4.1`` with the SDK v2 ``bundle-2.24.6`` and
 ``spark-hadoop-cloud_2.13``. ``python -m helpers.jars fetch`` (run by ``make setup``)
-downloads them into ``~/.cache/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
-Maven Central's SHA-1; :func:`cached_jars` hands them to :func:`helpers.spark.get_spark`.
+downloads them into ````$XDG_CACHE_HOME/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
+Maven Central's SHA-1; :func:`cached_jars` hands them to :func:`helpers.spark.session.get_spark`.
 Nothing is committed to git, and offline jars given as ``hadoop_aws_jars`` still win.
 """
 
@@ -23,13 +23,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import env
+from helpers.spark.versions import hadoop_version, scala_version, spark_version
+
 log = logging.getLogger(__name__)
 
-#: Where the jars are cached; ``$FRUITS_JARS_CACHE`` moves it.
-CACHE_ENV = "FRUITS_JARS_CACHE"
-DEFAULT_CACHE = Path.home() / ".cache" / "fruits" / "jars"
-#: The Maven repository; ``$FRUITS_MAVEN_REPO`` points at a mirror.
-REPO_ENV = "FRUITS_MAVEN_REPO"
+#: The Maven repository (``$FRUITS_MAVEN_REPO`` points at a mirror).
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 
 #: Spark's Hadoop version -> the AWS SDK bundle hadoop-aws of that version was built with
@@ -41,12 +40,6 @@ SDK_BUNDLES = {
     "3.4.1": ("software.amazon.awssdk", "bundle", "2.24.6"),  # pyspark 4.0
     "3.4.2": ("software.amazon.awssdk", "bundle", "2.29.52"),
 }
-
-
-def scala_version(spark_version: str) -> str:
-    """The Scala version of pip's pyspark ``spark_version``: 2.12 for 3.x, 2.13 from 4.0 on
-    (Spark 4 is built for Scala 2.13 only)."""
-    return "2.13" if int(spark_version.split(".")[0]) >= 4 else "2.12"
 
 
 @dataclass(frozen=True)
@@ -69,8 +62,13 @@ class Artifact:
 
 
 def cache_dir() -> Path:
-    """The folder holding the fetched jars."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    """The folder holding the fetched jars (``$FRUITS_JARS_CACHE`` moves it)."""
+    return env.cache_dir("jars")
+
+
+def maven_repo() -> str:
+    """The Maven repository jars come from: ``$FRUITS_MAVEN_REPO`` or Maven Central."""
+    return env.get(env.MAVEN_REPO_ENV) or MAVEN_CENTRAL
 
 
 def s3a_artifacts(
@@ -138,7 +136,7 @@ def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> 
     remembers it). Returns the jars' paths. Network errors name the repository and the
     offline alternative.
     """
-    repo = os.environ.get(REPO_ENV) or MAVEN_CENTRAL
+    repo = maven_repo()
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -154,22 +152,13 @@ def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> 
             # Spark publishes spark-hadoop-cloud for some releases only (4.0.0-4.0.2, not 4.0.3+)
             missing = " (not published there)" if getattr(exc, "code", None) == 404 else ""
             raise OSError(
-                f"cannot fetch {url} ({exc}){missing}: check the network or ${REPO_ENV} (a Maven "
-                f"mirror), or download the jars elsewhere and pass hadoop_aws_jars= "
-                f"(or $FRUITS_HADOOP_AWS_JARS)"
+                f"cannot fetch {url} ({exc}){missing}: check the network or "
+                f"${env.MAVEN_REPO_ENV} (a Maven mirror), or download the jars elsewhere and "
+                f"pass hadoop_aws_jars= (or ${env.HADOOP_AWS_JARS_ENV})"
             ) from exc
         stamp.touch()
         paths.append(str(jar))
     return paths
-
-
-def _spark_versions() -> tuple[str, str]:
-    """Hadoop and Spark versions of the installed pyspark."""
-    import pyspark
-
-    from helpers.spark import hadoop_version
-
-    return hadoop_version(), pyspark.__version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("fetch", "path"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    hadoop, spark = _spark_versions()
+    hadoop, spark = hadoop_version(), spark_version()
     if args.action == "fetch":
         jars = fetch(hadoop, spark)
     else:

@@ -1,0 +1,218 @@
+"""Notebook 02's step: featurize the new or changed images under a root, commit them as a run.
+
+A pretrained CNN without its top, with global average pooling (MobileNetV2: 1280 floats
+per image; the 7x7 map is never flattened), inside the pandas UDF of
+:mod:`helpers.features.udf`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import pandas as pd
+from pyspark.accumulators import Accumulator
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from helpers.features.models import Weights, driver_weights
+from helpers.features.spec import FeatureSpec
+from helpers.features.store import pending_images, write_features
+from helpers.features.udf import (
+    broadcast_model,
+    feature_udf,
+    runtime_environment,
+    set_arrow_batch,
+    start_python_workers,
+    task_count,
+)
+from helpers.images import list_images
+from helpers.spark.jvm import input_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """How a featurization ran: the spec, its weights and the tasks (manifest facts).
+
+    ``weights_sha256`` names the weights everywhere (a weights file's own SHA-256).
+    ``converted_model`` and ``converted_from_cache`` are set for a converted runtime only.
+    """
+
+    model_name: str
+    feature_dim: int
+    image_size: int
+    batch_size: int
+    weights: str
+    weights_sha256: str
+    runtime: str
+    tasks: int
+    converted_model: str | None = None
+    converted_from_cache: bool | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's keys for these facts (the conversion's only when there was one)."""
+        values = asdict(self)
+        if self.converted_model is None:
+            del values["converted_model"], values["converted_from_cache"]
+        return values
+
+
+@dataclass
+class Featurization:
+    """A lazy featurization: the DataFrame to write, facts for the manifest, two counters."""
+
+    features: DataFrame
+    info: FeatureInfo
+    decoded: Accumulator
+    with_tensorflow: Accumulator
+
+    @property
+    def images_decoded(self) -> int:
+        """Images the UDF decoded so far (after the write: once per image, plus any retries)."""
+        return int(self.decoded.value)
+
+    @property
+    def batches_with_tensorflow(self) -> int:
+        """Arrow batches a converted runtime ran in a worker that had TensorFlow imported."""
+        return int(self.with_tensorflow.value)
+
+
+def featurize(
+    spark: SparkSession,
+    images: DataFrame,
+    spec: FeatureSpec,
+    *,
+    count: int | None = None,
+    loaded: Weights | None = None,
+) -> Featurization:
+    """Add CNN features to ``images`` (from :func:`helpers.images.list_images`), lazily.
+
+    Writing the result decodes and featurizes each image once; its rows are ``path, split,
+    label, features, error, size, modified``. ``count`` (rows, when the caller knows it)
+    sizes the tasks; ``loaded`` are the weights, when the caller read them already.
+    """
+    spec = spec.resolved()
+    warm_up = start_python_workers(spark, spec)
+    if loaded is None:
+        loaded = driver_weights(spec.model_name, spec.weights, spec.image_size)
+    broadcast, converted = broadcast_model(spark, spec, loaded)
+    if warm_up is not None:
+        warm_up.wait_submitted(spark)
+    extract, decoded, with_tensorflow = feature_udf(spark, spec, broadcast, loaded.checksum)
+    count = len(input_files(images)) if count is None else count
+    tasks = task_count(spark, count)
+    set_arrow_batch(spark, spec.batch_size)
+    with runtime_environment(spark, spec.runtime):
+        result = images.coalesce(tasks).withColumn("result", extract("content"))
+    out = result.select(
+        "path",
+        "split",
+        "label",
+        F.col("result.features").alias("features"),
+        F.col("result.error").alias("error"),
+        F.col("length").alias("size"),
+        F.col("modificationTime").alias("modified"),
+    )
+    info = FeatureInfo(
+        model_name=spec.model_name,
+        feature_dim=spec.dim,
+        image_size=spec.image_size,
+        batch_size=spec.batch_size,
+        weights=spec.weights,
+        weights_sha256=loaded.checksum,
+        runtime=spec.runtime,
+        tasks=tasks,
+        converted_model=None if converted is None else converted.path.name,
+        converted_from_cache=None if converted is None else converted.cached,
+    )
+    log.info("featurizing %d files in %d tasks with %s", count, tasks, spec)
+    return Featurization(out, info, decoded, with_tensorflow)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What :func:`extract_features` did, for the manifest and the notebook.
+
+    ``files`` found under ``data_root``; ``featurized`` of them new or changed, the others
+    ``skipped``; ``images_decoded`` by the UDF; ``run_id`` of the committed run (None when
+    nothing was new); ``listing``: the files read specially or not read; ``info``: the
+    model, weights and tasks (None when nothing was featurized).
+    """
+
+    files: int
+    featurized: int
+    skipped: int
+    listing: dict[str, Any]
+    images_decoded: int = 0
+    run_id: str | None = None
+    info: FeatureInfo | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``features`` section's keys for this step (flat, as the manifest has them)."""
+        values = {
+            "files": self.files,
+            "featurized": self.featurized,
+            "skipped": self.skipped,
+            "listing": self.listing,
+        }
+        if self.info is not None:
+            values.update(self.info.to_manifest())
+        return {**values, "images_decoded": self.images_decoded, "run_id": self.run_id}
+
+    def summary(self) -> pd.DataFrame:
+        """A few lines for the notebook: files, featurized, skipped, model, weights, run."""
+        rows: dict[str, Any] = {
+            "files found": self.files,
+            "featurized now": self.featurized,
+            "already featurized (skipped)": self.skipped,
+            "images decoded": self.images_decoded,
+        }
+        if self.info is not None:
+            rows["model"] = (
+                f"{self.info.model_name} ({self.info.feature_dim} features, "
+                f"{self.info.image_size} px, {self.info.runtime})"
+            )
+            rows["weights sha256"] = self.info.weights_sha256[:16] + "..."
+        rows["run"] = self.run_id or "none (nothing new)"
+        return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
+
+
+def extract_features(
+    spark: SparkSession,
+    data_root: str,
+    output_root: str,
+    spec: FeatureSpec,
+    *,
+    overwrite: bool = False,
+) -> Extraction:
+    """Featurize the new or changed images under ``data_root`` and commit them as one run.
+
+    Images already featurized under ``output_root`` (same path, size and modification time)
+    are skipped unless ``overwrite``. The Keras workers' start and the driver's weight
+    loading overlap the listing.
+    """
+    spec = spec.resolved()
+    start_python_workers(spark, spec)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fruits-load-weights")
+    try:
+        loading = pool.submit(driver_weights, spec.model_name, spec.weights, spec.image_size)
+        listing = list_images(spark, data_root)
+        files = listing.files
+        todo = pending_images(spark, listing.images, output_root, overwrite=overwrite)
+        count = files if todo is listing.images else todo.count()  # first run: no job
+        found = Extraction(
+            files=files, featurized=count, skipped=files - count, listing=listing.report()
+        )
+        if count == 0:
+            log.info("all %d images already featurized under %s", files, output_root)
+            return found
+        loaded = loading.result()
+    finally:
+        pool.shutdown(wait=False)
+    run = featurize(spark, todo, spec, count=count, loaded=loaded)
+    run_id = write_features(spark, run.features, output_root, overwrite=overwrite)
+    return replace(found, images_decoded=run.images_decoded, run_id=run_id, info=run.info)

@@ -1,0 +1,199 @@
+"""The SparkSession: local mode on a laptop or CI, the existing one on EMR and Databricks.
+
+Where the data lives decides part of the session: a local session that reads or writes
+``s3://`` or ``s3a://`` needs the S3A connector (hadoop-aws) on its classpath, and jars can
+only be added when the JVM starts. So the notebook hands its roots to :func:`get_spark`,
+which adds what :func:`storage_conf` says before the session exists. On EMR (EMRFS serves
+``s3://``) and Databricks the cluster's own session is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from pyspark.sql import SparkSession
+
+from helpers import env
+from helpers.config import check_master
+from helpers.spark.cds import driver_java_options
+from helpers.spark.jars import cached_jars
+from helpers.spark.jvm import filesystem_class_error, hadoop_conf_set, jvm_hadoop_version
+from helpers.spark.settings import (
+    JIT_OPTION,
+    LISTING_CONF,
+    LOCAL_CONF,
+    SESSION_CONF,
+    aws_region,
+    executor_conf,
+    on_cluster,
+    resolve_hadoop_aws_jars,
+    resolve_s3_endpoint,
+    s3_roots,
+    storage_conf,
+    storage_env,
+)
+from helpers.spark.versions import hadoop_version, spark_version
+
+log = logging.getLogger(__name__)
+
+
+def java_options() -> str:
+    """JVM options of the drivers (and a local cluster's executors) started here: the class
+    archive of :mod:`helpers.spark.cds` when made, and C1-only JIT unless ``$FRUITS_JIT=full``."""
+    jit = "" if env.get(env.JIT_ENV).lower() == "full" else JIT_OPTION
+    return " ".join(option for option in (driver_java_options(), jit) if option)
+
+
+def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
+    """The settings :func:`get_spark` gives a session it starts on ``master``.
+
+    Off EMR and Databricks: the driver's memory and :func:`java_options`.
+    Local mode: :data:`LOCAL_CONF`; any other master: the driver-side listing and
+    :func:`executor_conf`. A ``spark://`` master on this machine (:mod:`helpers.dev.cluster`)
+    also gets the driver's address, and :func:`java_options` for its executors (they run this
+    pyspark's jars, so they can map the same class archive).
+    """
+    conf: dict[str, str] = {}
+    options = "" if on_cluster() else java_options()
+    if not on_cluster():  # a cluster's spark-defaults size its own driver
+        conf["spark.driver.memory"] = driver_memory
+        conf["spark.driver.extraJavaOptions"] = options
+    conf.update(LOCAL_CONF if master.startswith("local") else {**LISTING_CONF, **executor_conf()})
+    if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.executor.extraJavaOptions"] = options
+    return conf
+
+
+def s3a_jars(hadoop_aws_jars: str = "", version: str | None = None) -> list[str]:
+    """The local S3A jars a new session loads: ``hadoop_aws_jars`` or
+    ``$FRUITS_HADOOP_AWS_JARS`` if given, else the ones ``python -m helpers.spark.jars fetch``
+    cached for this Spark, else ``[]`` (then Ivy downloads hadoop-aws)."""
+    jars = resolve_hadoop_aws_jars(hadoop_aws_jars)
+    return jars or cached_jars(version or hadoop_version(), spark_version())
+
+
+def _missing_s3a_message(roots: Sequence[str], version: str) -> str:
+    return (
+        f"Spark cannot open {roots[0]}: the S3A connector (org.apache.hadoop:hadoop-aws:"
+        f"{version}) is not on this session's classpath. Start the session with "
+        f"get_spark(data_root=..., output_root=...) before any other Spark call: it adds "
+        f"spark.jars.packages=org.apache.hadoop:hadoop-aws:{version}, downloaded from Maven "
+        f"Central on first use. Offline, pass hadoop_aws_jars='/path/hadoop-aws-{version}.jar,"
+        f"/path/aws-java-sdk-bundle-<version>.jar' (or set ${env.HADOOP_AWS_JARS_ENV}). A session "
+        f"that is already running cannot load jars: stop it (restart the kernel) first."
+    )
+
+
+def require_s3a(spark: SparkSession, roots: Sequence[str]) -> None:
+    """Fail at once, naming the fix, if ``spark`` cannot open ``roots`` (s3:// or s3a://).
+
+    Without this check the first read would fail minutes later with a bare
+    ``ClassNotFoundException`` deep in a Java stack trace.
+    """
+    version = jvm_hadoop_version(spark)
+    for root in roots:
+        scheme = root.split("://", 1)[0].lower()
+        error = filesystem_class_error(spark, scheme)
+        if error is not None:
+            raise RuntimeError(_missing_s3a_message([root], version)) from error
+
+
+def _configure_active(spark: SparkSession, roots: list[str], conf: dict[str, str]) -> None:
+    """Apply the Hadoop part of ``conf`` to a running local session, then check S3A is there."""
+    prefix = "spark.hadoop."
+    hadoop_conf_set(spark, {k[len(prefix) :]: v for k, v in conf.items() if k.startswith(prefix)})
+    require_s3a(spark, roots)
+
+
+def get_spark(
+    app_name: str = "fruits",
+    master: str | None = None,
+    driver_memory: str = "4g",
+    *,
+    data_root: str | None = None,
+    output_root: str | None = None,
+    hadoop_aws_jars: str | None = None,
+    s3_endpoint: str | None = None,
+) -> SparkSession:
+    """Return the active SparkSession if there is one (EMR, Databricks, Livy), else a new one.
+
+    ``master`` (the ``spark_master`` parameter; empty or ``None``: the default) is
+    ``local[*,3]`` off-cluster and the cluster's own settings on EMR or Databricks. A local
+    session runs its Python workers with the interpreter running this code, so the notebook
+    kernel, the driver and the pandas UDFs see the same packages; a session on another
+    master (``spark://...``, ``yarn``) gets :func:`executor_conf`, so that its executors do
+    too, with the runtime-preloading daemon. A driver started here maps the class
+    archive of :mod:`helpers.spark.cds` when ``make setup`` made it (a faster JVM start and
+    first jobs), and so do the executors of a cluster on this machine (``spark://127.0.0.1``).
+
+    ``data_root`` and ``output_root`` are the notebook's parameters: when one is ``s3://`` or
+    ``s3a://`` and this is not EMR or Databricks, the session is configured for S3A
+    (:func:`storage_conf`) and checked, so a missing connector fails here with the fix.
+    ``hadoop_aws_jars`` (comma-separated local jars) and ``s3_endpoint`` default to
+    ``$FRUITS_HADOOP_AWS_JARS`` and ``$AWS_ENDPOINT_URL_S3``/``$AWS_ENDPOINT_URL``; given
+    explicitly, they are exported to those variables so s3fs and boto3 agree with Spark.
+    """
+    roots = s3_roots([data_root, output_root])
+    local_storage = bool(roots) and not on_cluster()
+    conf: dict[str, str] = {}
+    if local_storage:  # checked before anything changes: a bad jar path or URL fails here
+        version = hadoop_version()
+        jars = s3a_jars(hadoop_aws_jars or "", version)
+        endpoint = resolve_s3_endpoint(s3_endpoint or "")
+        conf = storage_conf(roots, version, jars, endpoint, aws_region())
+    os.environ.update(storage_env(s3_endpoint or "", hadoop_aws_jars or ""))
+    master = check_master(master) if master and master.strip() else None
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        log.info("reusing the active Spark session (master %s)", active.sparkContext.master)
+        if master is not None and master != active.sparkContext.master:
+            log.warning(
+                "spark_master %s ignored: a session on %s is already running (restart the "
+                "kernel to change masters)",
+                master,
+                active.sparkContext.master,
+            )
+        if local_storage:
+            _configure_active(active, roots, conf)
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: quiet TensorFlow
+    builder = SparkSession.builder.appName(app_name)
+    if master is None and not on_cluster():
+        master = "local[*,3]"  # every core; a failed task is retried, as on a cluster
+    if master is not None:
+        builder = builder.master(master)
+        for key, value in master_conf(master, driver_memory).items():
+            builder = builder.config(key, value)
+    for key, value in {**SESSION_CONF, **conf}.items():
+        builder = builder.config(key, value)
+    if conf:
+        log.info(
+            "S3A for %s: %s",
+            ", ".join(roots),
+            conf.get("spark.jars.packages") or conf.get("spark.jars"),
+        )
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        if "spark.jars.packages" in conf:
+            raise RuntimeError(
+                f"Spark could not start with {conf['spark.jars.packages']} (needed for "
+                f"{roots[0]} in local mode): the first run downloads it from Maven Central "
+                f"into ~/.ivy2. Without internet, download hadoop-aws and its AWS SDK bundle "
+                f"and pass hadoop_aws_jars='/path/hadoop-aws.jar,/path/aws-sdk-bundle.jar' "
+                f"(or set ${env.HADOOP_AWS_JARS_ENV}). Spark's stderr names the download that "
+                "failed."
+            ) from exc
+        raise
+    spark.sparkContext.setLogLevel("WARN")
+    log.info("Spark %s session, master %s", spark.version, spark.sparkContext.master)
+    if conf:
+        require_s3a(spark, roots)
+    return spark
