@@ -7,7 +7,7 @@
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
-(b) the notebooks' feature step, ``helpers.features.extract_features``, end to end:
+(b) the notebooks' feature step, ``helpers.features.extract.extract_features``, end to end:
 binaryFile read, pandas UDF (decode, resize, model), Parquet write and publication,
 including the driver's weight load and broadcast and the workers' start-up and model
 builds (with a converted runtime, the conversion too unless it is cached: the

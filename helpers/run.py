@@ -9,7 +9,7 @@
 Each notebook gets the parameters its ``parameters`` cell declares; executed copies go to
 ``<output_root>/notebooks/`` (papermill writes ``s3://`` itself). ``s3_endpoint`` and
 ``hadoop_aws_jars`` reach the notebooks' kernels through the environment, where
-:func:`helpers.spark.get_spark` and every S3 client read them.
+:func:`helpers.spark.session.get_spark` and every S3 client read them.
 
 ``kernel`` is the Jupyter kernel the notebooks run in: ``python3`` (the code runs in the
 kernel), or ``pysparkkernel``, sparkmagic's PySpark kernel as on EMR's JupyterHub: each cell

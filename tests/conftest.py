@@ -33,8 +33,7 @@ def pytest_report_header(config) -> list[str]:
     import pandas
     import pyspark
 
-    from helpers.jars import scala_version
-    from helpers.spark import hadoop_version
+    from helpers.spark.versions import hadoop_version, scala_version
 
     return [
         f"fruits set: Spark {pyspark.__version__} (Hadoop {hadoop_version()}, Scala "
@@ -46,7 +45,7 @@ def pytest_report_header(config) -> list[str]:
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session for the whole run."""
-    from helpers.spark import get_spark
+    from helpers.spark.session import get_spark
 
     # local[2,3]: two cores, and a failed task is tried up to 3 times, as on a cluster
     session = get_spark("fruits-tests", master="local[2,3]", driver_memory="2g")
@@ -61,7 +60,7 @@ def cluster(tmp_path_factory):
     Its executors are separate JVMs, as on EMR or Databricks; sessions reach it through
     subprocesses (papermill kernels, a driver script), as this process has its local session.
     """
-    from helpers.cluster import standalone_cluster
+    from helpers.dev.cluster import standalone_cluster
 
     with standalone_cluster(2, 1, "2g", tmp_path_factory.mktemp("spark-cluster")) as running:
         yield running
@@ -153,3 +152,27 @@ def write_odd_names(folder: Path) -> None:
         (folder / name).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
     for name in ODD_IGNORED:
         (folder / name).write_text("not an image")
+
+
+def crash_first_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the features UDF's Python worker die at its first batch in the first attempt of
+    task 0, so that Spark must retry it. The wrapper reaches the workers pickled by value
+    (this module is not importable there); the pipeline itself has no fault branch."""
+    import sys
+
+    from pyspark import cloudpickle
+
+    import helpers.features.udf as udf
+
+    original = udf.featurize_batch
+
+    def crashing(*args, **kwargs):
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        if context is not None and context.partitionId() == 0 and context.attemptNumber() == 0:
+            os._exit(1)
+        return original(*args, **kwargs)
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(udf, "featurize_batch", crashing)

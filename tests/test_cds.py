@@ -1,4 +1,4 @@
-"""The class archive of local Spark drivers (helpers.cds): made once, checked, used."""
+"""The class archive of local Spark drivers (helpers.spark.cds): made once, checked, used."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pyspark
 
-from helpers import cds
 from helpers.paths import PROJECT_ROOT
+from helpers.spark import cds
 
 SESSION = """
-from helpers.spark import get_spark
+from helpers.spark.session import get_spark
 spark = get_spark("cds-test", master="local[1]")
 jvm = spark.sparkContext._jvm
 print(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())

@@ -19,20 +19,15 @@ import psutil
 import pytest
 from conftest import DATA_SAMPLE
 
-from helpers.cds import driver_java_options
-from helpers.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_workers, status
-from helpers.features import extract_features
+from helpers.dev.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_workers, status
+from helpers.env import JIT_ENV
+from helpers.features.extract import extract_features
+from helpers.features.spec import FeatureSpec
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
-from helpers.spark import (
-    JIT_ENV,
-    JIT_OPTION,
-    LISTING_CONF,
-    PYTHON_WORKER_CONF,
-    executor_conf,
-    java_options,
-    master_conf,
-)
+from helpers.spark.cds import driver_java_options
+from helpers.spark.session import java_options, master_conf
+from helpers.spark.settings import JIT_OPTION, LISTING_CONF, PYTHON_WORKER_CONF, executor_conf
 
 BATCH = 16
 ARROW = 64  # 320 images in 2 tasks of 3 Arrow batches: a task can be caught half-way
@@ -42,21 +37,37 @@ FILES = len(list(DATA_SAMPLE.rglob("*.jpg")))
 # The driver of the fault runs: the notebooks' feature step on the cluster, once per run
 # folder (its markers/ and out/), all in one application, in its own process (this one
 # already has its local session).
+# Each worker leaves one empty file per Arrow batch it featurized in the run's markers/,
+# ``<partition>-<attempt>-<batch>-<pid>``, so the test sees the tasks under way and retried.
 DRIVER = """
 import os
 import sys
-import helpers.features
-from helpers.config import PROGRESS_ENV
-from helpers.features import extract_features
-from helpers.spark import get_spark
+import helpers.features.udf as udf
+from helpers.features.extract import extract_features
+from helpers.features.spec import FeatureSpec
+from helpers.spark.session import get_spark
+
+def marking(original, folder):
+    done = {}
+    def featurize_batch(*args, **kwargs):
+        from pyspark import TaskContext
+        result = original(*args, **kwargs)
+        context = TaskContext.get()
+        key = (context.partitionId(), context.attemptNumber())
+        batch = done[key] = done.get(key, -1) + 1
+        name = f"{key[0]}-{key[1]}-{batch}-{os.getpid()}"
+        open(os.path.join(folder, name), "w").close()
+        return result
+    return featurize_batch
 
 master, data, weights, size, batch, arrow, *runs = sys.argv[1:]
-helpers.features.ARROW_IMAGES = int(arrow)
+udf.ARROW_IMAGES = int(arrow)
 spark = get_spark("fruits-fault", master=master, driver_memory="1g")
+original = udf.featurize_batch
+spec = FeatureSpec(weights=weights, image_size=int(size), batch_size=int(batch))
 for run in runs:
-    os.environ[PROGRESS_ENV] = os.path.join(run, "markers")
-    out = os.path.join(run, "out")
-    extract_features(spark, data, out, weights=weights, image_size=int(size), batch_size=int(batch))
+    udf.featurize_batch = marking(original, os.path.join(run, "markers"))
+    extract_features(spark, data, os.path.join(run, "out"), spec)
 spark.stop()
 """
 
@@ -76,9 +87,8 @@ def _max_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
 def local_features(spark, weights, tmp_path_factory) -> pd.DataFrame:
     """data_sample featurized by the local session (the reference)."""
     out = tmp_path_factory.mktemp("local-out")
-    extract_features(
-        spark, str(DATA_SAMPLE), str(out), weights=weights, image_size=SIZE, batch_size=BATCH
-    )
+    spec = FeatureSpec(weights=weights, image_size=SIZE, batch_size=BATCH)
+    extract_features(spark, str(DATA_SAMPLE), str(out), spec)
     return _features(out)
 
 

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.config import (
-    MODELS,
-    PARAMETERS,
-    WEIGHTS_ENV,
-    coerce,
-    defaults,
-    resolve_weights,
-    validate,
-)
+from helpers.config import PARAMETERS, coerce, defaults, validate
+from helpers.env import WEIGHTS_ENV
+from helpers.features.models import MODELS, resolve_weights
 
 
 def test_defaults_cover_every_parameter(monkeypatch: pytest.MonkeyPatch) -> None:

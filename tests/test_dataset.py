@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import write_jpeg
+from conftest import crash_first_attempt, write_jpeg
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
-from helpers import dataset
-from helpers.dataset import COMMITS, read_features, write_features
-from helpers.features import Extraction, extract_features
+from helpers.features import store
+from helpers.features.extract import Extraction, extract_features
+from helpers.features.spec import FeatureSpec
+from helpers.features.store import COMMITS, read_features, write_features
 
 
 def _add_images(root: Path, label: str, count: int, start: int = 0) -> None:
@@ -24,7 +24,8 @@ def _add_images(root: Path, label: str, count: int, start: int = 0) -> None:
 
 
 def _extract(spark, root: Path, out: Path, weights: str, **kwargs) -> Extraction:
-    return extract_features(spark, str(root), str(out), weights=weights, batch_size=8, **kwargs)
+    spec = FeatureSpec(weights=weights, batch_size=8)
+    return extract_features(spark, str(root), str(out), spec, **kwargs)
 
 
 def _rows(spark, out: Path):
@@ -79,7 +80,7 @@ def test_crashed_worker_is_retried_and_result_identical(
 ):
     """A Python worker killed mid-task on its first attempt: Spark retries, same features."""
     _extract(spark, tiny_root, tmp_path / "clean", weights)
-    monkeypatch.setenv("FRUITS_FAULT", "crash-worker:0")
+    crash_first_attempt(monkeypatch)
     spark.sparkContext.setJobGroup("crash-test", "worker crash injected")
     crashed = _extract(spark, tiny_root, tmp_path / "crashed", weights)
     spark.sparkContext.setJobGroup("", "")
@@ -97,12 +98,23 @@ def test_crashed_worker_is_retried_and_result_identical(
     np.testing.assert_array_equal(np.stack(got["features"]), np.stack(expected["features"]))
 
 
+# The driver kills itself from a worker at task 0's first batch: a run interrupted mid-write.
 KILLED_RUN = """
-import sys
-from helpers.features import extract_features
-from helpers.spark import get_spark
+import os, signal, sys
+import helpers.features.udf as udf
+from helpers.features.extract import extract_features
+from helpers.features.spec import FeatureSpec
+from helpers.spark.session import get_spark
+original, driver = udf.featurize_batch, os.getpid()
+def killing(*args, **kwargs):
+    from pyspark import TaskContext
+    if TaskContext.get().partitionId() == 0:
+        os.kill(driver, signal.SIGKILL)
+    return original(*args, **kwargs)
+udf.featurize_batch = killing
 spark = get_spark("killed-run", master="local[2]", driver_memory="1g")
-extract_features(spark, sys.argv[1], sys.argv[2], weights=sys.argv[3], batch_size=8)
+spec = FeatureSpec(weights=sys.argv[3], batch_size=8)
+extract_features(spark, sys.argv[1], sys.argv[2], spec)
 """
 
 
@@ -113,12 +125,10 @@ def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root,
     before = _rows(spark, out)
     _add_images(tiny_root, "Kiwi", 3)
 
-    env = {**os.environ, "FRUITS_FAULT": "kill-driver:0"}
     log = tmp_path / "killed.log"
     with log.open("wb") as sink:  # a file, not a pipe: no wait for the orphaned JVM
         killed = subprocess.run(
             [sys.executable, "-c", KILLED_RUN, str(tiny_root), str(out), weights],
-            env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
             timeout=300,
@@ -143,22 +153,6 @@ def test_empty_file_gets_a_row_with_an_error(spark, weights, tiny_root, tmp_path
     assert summary.files == len(rows) == 11
     assert rows.loc[f"file:{empty}", "error"] == "empty file"
     assert rows.loc[f"file:{empty}", "features"] is None
-
-
-def test_features_written_before_commit_records_stay_readable(spark, tmp_path, caplog):
-    """An old-layout features/ (run= folders, no _commits/) reads with a warning; the next
-    run gives the old runs their records, and both runs are read."""
-    out = tmp_path / "out"
-    old = spark.range(3).selectExpr("concat('old-', id) AS path", "id AS size", "id AS modified")
-    old.write.parquet(f"file://{out}/features/run=20250101T000000Z-abcdef")
-    with caplog.at_level("WARNING", logger="helpers.dataset"):
-        assert read_features(spark, str(out)).count() == 3
-    assert "no commit records" in caplog.text
-    new = spark.range(2).selectExpr("concat('new-', id) AS path", "id AS size", "id AS modified")
-    write_features(spark, new, str(out))
-    assert len(_records(out)) == 2
-    paths = sorted(r.path for r in read_features(spark, str(out)).collect())
-    assert paths == ["new-0", "new-1", "old-0", "old-1", "old-2"]
 
 
 def test_feature_values_are_written_without_a_dictionary(spark, tmp_path):
@@ -201,7 +195,7 @@ def test_commit_record_counts_the_rows_the_write_observed(spark, tmp_path):
 
     pending = Observation("never-run")
     spark.range(3).observe(pending, F.count(F.lit(1)).alias("rows"))  # no action: no count
-    assert dataset._observed_rows(pending, timeout=0.2) is None
+    assert store._observed_rows(pending, timeout=0.2) is None
 
 
 def test_commit_record_counts_the_files_when_the_observed_count_is_missing(
@@ -209,8 +203,8 @@ def test_commit_record_counts_the_files_when_the_observed_count_is_missing(
 ):
     """Without the observed count, the written files are counted with Spark, saying so."""
     out = tmp_path / "out"
-    monkeypatch.setattr(dataset, "_observed_rows", lambda observation: None)
+    monkeypatch.setattr(store, "_observed_rows", lambda observation: None)
     rows = spark.range(5).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
-    with caplog.at_level("WARNING", logger="helpers.dataset"):
+    with caplog.at_level("WARNING", logger="helpers.features.store"):
         write_features(spark, rows.repartition(2), str(out))
     assert "counting" in caplog.text and _record_rows(out) == [5]

@@ -533,8 +533,8 @@ def test_source_archive_is_reproducible_and_complete(tmp_path: Path) -> None:
 
 
 def test_names_agree_with_the_project() -> None:
-    """The wheel name follows pyproject's version; staging matches helpers.dataset's."""
-    from helpers.dataset import STAGING as DATASET_STAGING
+    """The wheel name follows pyproject's version; staging matches helpers.config's."""
+    from helpers.config import STAGING as DATASET_STAGING
 
     version = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert WHEEL_NAME == f"fruits_pipeline-{version}-py3-none-any.whl"

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from conftest import write_jpeg
 
-from helpers.dataset import read_features, write_features
-from helpers.features import TASK_IMAGES, build_model, featurize, load_weights, task_count
+from helpers.features.extract import featurize
+from helpers.features.models import build_model, driver_weights
+from helpers.features.spec import FeatureSpec
+from helpers.features.store import read_features, write_features
+from helpers.features.udf import TASK_IMAGES, task_count
 from helpers.images import decode_image, list_images
 
 
@@ -22,7 +25,8 @@ def featurized(spark, weights, tmp_path_factory):
         write_jpeg(root / "Test" / "Banana" / f"{i}.jpg", (230, 210, 40), seed=10 + i)
     (root / "Test" / "Banana" / "broken.jpg").write_text("not an image")
     out = str(tmp_path_factory.mktemp("out"))
-    run = featurize(spark, list_images(spark, str(root)).images, weights=weights, batch_size=4)
+    spec = FeatureSpec(weights=weights, batch_size=4)
+    run = featurize(spark, list_images(spark, str(root)).images, spec)
     write_features(spark, run.features, out)
     assert run.images_decoded == 7  # each file decoded once, the corrupt one included
     return root, run.info, read_features(spark, out).toPandas().set_index("path")
@@ -53,7 +57,7 @@ def test_spark_features_equal_bare_keras(featurized, weights):
 
     root, _, rows = featurized
     path = root / "Training" / "Apple Red" / "0.jpg"
-    model = build_model("mobilenet_v2", weights, 224)
+    model = build_model("mobilenet_v2", 224, weights)
     pixels = decode_image(path.read_bytes(), 224)[None].astype(np.float32)
     expected = model.predict(keras.applications.mobilenet_v2.preprocess_input(pixels), verbose=0)
     got = rows.loc[f"file:{path}", "features"]
@@ -63,17 +67,23 @@ def test_spark_features_equal_bare_keras(featurized, weights):
 def test_weights_file_errors_name_the_file(tmp_path: Path):
     """A missing or unfit weights file fails with a message naming it and the fix."""
     with pytest.raises(FileNotFoundError, match="FRUITS_WEIGHTS"):
-        load_weights("mobilenet_v2", str(tmp_path / "missing.h5"), 224)
+        driver_weights("mobilenet_v2", str(tmp_path / "missing.h5"), 224)
     bad = tmp_path / "bad.h5"
     bad.write_text("not weights")
     with pytest.raises(ValueError, match="bad.h5"):
-        load_weights("mobilenet_v2", str(bad), 224)
+        driver_weights("mobilenet_v2", str(bad), 224)
 
 
-def test_unknown_model_is_rejected(spark, tiny_root):
-    """An unknown model_name names the choices before any work."""
-    with pytest.raises(ValueError, match="model_name"):
-        featurize(spark, list_images(spark, str(tiny_root)).images, model_name="vgg99")
+def test_feature_spec_is_checked_once_naming_the_parameter():
+    """An unknown model or runtime, or a size below 1, names the parameter before any work."""
+    with pytest.raises(ValueError, match="model_name 'vgg99'.*mobilenet_v2"):
+        FeatureSpec(model_name="vgg99")
+    with pytest.raises(ValueError, match="runtime 'tensorrt'.*litert"):
+        FeatureSpec(runtime="tensorrt")
+    for name in ("image_size", "batch_size"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            FeatureSpec(**{name: 0})
+    assert FeatureSpec.from_params({"image_size": 96, "seed": 1}) == FeatureSpec(image_size=96)
 
 
 def test_reused_workers_take_the_new_weights(spark, featurized, weights):
@@ -84,7 +94,8 @@ def test_reused_workers_take_the_new_weights(spark, featurized, weights):
     vectors = []
     for source in (weights, "random", weights):
         images = list_images(spark, str(root)).images
-        run = featurize(spark, images, weights=source, batch_size=4, runtime="keras")
+        spec = FeatureSpec(weights=source, batch_size=4, runtime="keras")
+        run = featurize(spark, images, spec)
         vectors.append(run.features.toPandas().set_index("path").loc[path, "features"])
     assert not np.allclose(vectors[1], vectors[0])
     np.testing.assert_array_equal(vectors[2], vectors[0])

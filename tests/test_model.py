@@ -27,9 +27,10 @@ from helpers.classify import (
     save_pipeline_model,
     train_classifier,
 )
-from helpers.dataset import read_features
-from helpers.features import extract_features
-from helpers.featurizer import ImageFeaturizer
+from helpers.features.extract import extract_features
+from helpers.features.spec import FeatureSpec
+from helpers.features.store import read_features
+from helpers.features.transformer import ImageFeaturizer
 from helpers.predict import main as predict_main
 from helpers.reduce import fit_reduction, reduce_features, save_reduction
 
@@ -47,7 +48,7 @@ def built(spark, weights, tmp_path_factory):
                 write_jpeg(root / split / label / f"{i}_100.jpg", color, seed=seed)
     (root / "Test" / "Lime" / "broken.jpg").write_text("not an image")
     out = str(tmp_path_factory.mktemp("out"))
-    extract_features(spark, str(root), out, weights=weights, batch_size=8)
+    extract_features(spark, str(root), out, FeatureSpec(weights=weights, batch_size=8))
     features = read_features(spark, out)
     reduction = fit_reduction(features, variance=0.95)
     save_reduction(reduction, reduce_features(reduction, features), out)
@@ -78,7 +79,7 @@ def test_featurizer_equals_featurize_and_reports_bad_bytes(spark, built):
 
 def test_featurizer_rejects_bad_params_and_columns(spark, built):
     """Unknown model or runtime, a missing or non-binary column: errors naming the fix."""
-    with pytest.raises(ValueError, match="modelName 'vgg' is unknown"):
+    with pytest.raises(ValueError, match="'vgg' is unknown"):
         ImageFeaturizer(modelName="vgg")
     with pytest.raises(ValueError, match="runtime 'tpu' is unknown"):
         ImageFeaturizer(runtime="tpu")
@@ -145,7 +146,7 @@ FRESH = """
 import json, sys
 from pyspark.ml import PipelineModel
 from helpers.classify import vector_or_null
-from helpers.spark import get_spark
+from helpers.spark.session import get_spark
 model, folder, target = sys.argv[1:4]
 spark = get_spark("fresh", master="local[2]", driver_memory="1g")
 images = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder)

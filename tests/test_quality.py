@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers.dataset import read_features
 from helpers.evaluate import linear_probe
-from helpers.features import extract_features
+from helpers.features.extract import extract_features
+from helpers.features.spec import FeatureSpec
+from helpers.features.store import read_features
 from helpers.reduce import fit_reduction, reduce_features
 from helpers.sample import make_real_sample
 
@@ -46,7 +47,7 @@ def real_features(spark, weights: str, subset: tuple[Path, int], tmp_path_factor
     """Features of the subset with the real weights, made and read back as notebook 02 does."""
     root, _ = subset
     output_root = str(tmp_path_factory.mktemp("quality_out"))
-    extract_features(spark, str(root), output_root, weights=weights, image_size=224)
+    extract_features(spark, str(root), output_root, FeatureSpec(weights=weights))
     return read_features(spark, output_root)
 
 

@@ -13,7 +13,7 @@ from pyspark.ml.feature import StandardScaler as SparkScaler
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 from sklearn.decomposition import PCA as SklearnPCA
 
-from helpers.dataset import read_features, write_features
+from helpers.features.store import read_features, write_features
 from helpers.paths import join, spark_uri
 from helpers.reduce import (
     choose_k,

@@ -126,26 +126,6 @@ def test_helpers_compile_on_python_39():
     assert result.returncode == 0, result.stderr
 
 
-def test_py4j_calls_live_in_helpers_jvm():
-    """Spark's JVM is reached through helpers.jvm only (its docstring states the Spark Connect
-    limit): no other module, script or notebook touches py4j's private attributes."""
-    private = re.compile(r"\._jvm\b|\._jsc\b|\._jdf\b|\._gateway\b|_py2java|_java2py")
-    files = [
-        *(PROJECT_ROOT / "helpers").rglob("*.py"),
-        *(PROJECT_ROOT / "bench").glob("*.py"),
-        *(PROJECT_ROOT / "notebooks").glob("*.ipynb"),
-    ]
-    offending = [
-        str(f.relative_to(PROJECT_ROOT))
-        for f in files
-        if f.name != "jvm.py" and private.search(f.read_text())
-    ]
-    assert not offending, f"py4j calls outside helpers/jvm.py: {offending}"
-    import helpers.jvm
-
-    assert "Spark Connect" in (helpers.jvm.__doc__ or "")
-
-
 def test_step_functions_take_options_by_keyword():
     """The steps take spark, the roots and the data positionally, every option by keyword,
     and return dataclasses that serialize themselves for the manifest."""
@@ -154,15 +134,15 @@ def test_step_functions_take_options_by_keyword():
     import typing
 
     from helpers.classify import check_pipeline_model, train_classifier
-    from helpers.dataset import feature_counts
     from helpers.eda import eda_summary
     from helpers.evaluate import linear_probe
-    from helpers.features import extract_features, featurize
+    from helpers.features.extract import extract_features, featurize
+    from helpers.features.store import feature_counts
     from helpers.reduce import fit_reduction
 
     positional = {
-        extract_features: ["spark", "data_root", "output_root"],
-        featurize: ["spark", "images"],
+        extract_features: ["spark", "data_root", "output_root", "spec"],
+        featurize: ["spark", "images", "spec"],
         fit_reduction: ["features"],
         train_classifier: ["reduced"],
         check_pipeline_model: ["spark", "model_uri", "reduced"],

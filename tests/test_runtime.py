@@ -16,9 +16,13 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from helpers import features, inference
 from helpers.config import PARAMETERS, validate
-from helpers.features import driver_weights, extract_features, featurize, runtime_environment
+from helpers.features import models, runtimes
+from helpers.features.extract import extract_features, featurize
+from helpers.features.models import driver_weights, preprocess
+from helpers.features.runtimes import RUNTIMES, import_openvino, resolve_runtime
+from helpers.features.spec import FeatureSpec
+from helpers.features.udf import runtime_environment
 from helpers.images import list_images
 from helpers.manifest import versions
 from helpers.paths import PROJECT_ROOT
@@ -28,7 +32,7 @@ IMAGES = 32
 
 def installed(runtime: str) -> bool:
     """Whether this environment has ``runtime``'s packages (Keras: always)."""
-    return runtime == "keras" or not inference._missing(runtime)
+    return not RUNTIMES[runtime].missing()
 
 
 def needs(*runtimes: str) -> None:
@@ -62,10 +66,10 @@ def runs(spark, weights, real_images, tmp_path_factory):
     feature step with each runtime, the driver forbidden to load the weights."""
     patch = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("cache")
-    patch.setattr(inference, "WEIGHTS_CACHE", cache)
+    patch.setenv("XDG_CACHE_HOME", str(cache))
     try:
         loaded = driver_weights("mobilenet_v2", weights, 224)
-        by_runtime: dict = {"cache": cache}
+        by_runtime: dict = {"cache": cache / "fruits"}
         order = (
             ("keras", "keras"),
             ("onnx", "onnxruntime"),
@@ -79,21 +83,22 @@ def runs(spark, weights, real_images, tmp_path_factory):
             if not installed(runtime):
                 continue
             images = list_images(spark, str(real_images)).images
-            run = featurize(spark, images, weights=weights, loaded=loaded, runtime=runtime)
+            spec = FeatureSpec(weights=weights, runtime=runtime)
+            run = featurize(spark, images, spec, loaded=loaded)
             rows = run.features.toPandas().set_index("path").sort_index()
             by_runtime[name] = (run, rows)
 
-        def no_load(*args, **kwargs):
-            raise AssertionError("the driver loaded the weights into a Keras model")
+        def no_model(*args, **kwargs):
+            raise AssertionError("the driver built a Keras model")
 
-        patch.setattr(features, "load_weights", no_load)
+        patch.setattr(models, "build_model", no_model)
+        patch.setattr(runtimes, "build_model", no_model)
         for runtime in ("litert", "onnxruntime", "keras"):
             if not installed(runtime):
                 continue
             out = str(tmp_path_factory.mktemp("out"))
-            by_runtime[f"extract-{runtime}"] = extract_features(
-                spark, str(real_images), out, weights=weights, runtime=runtime
-            )
+            spec = FeatureSpec(weights=weights, runtime=runtime)
+            by_runtime[f"extract-{runtime}"] = extract_features(spark, str(real_images), out, spec)
         yield by_runtime
     finally:
         patch.undo()
@@ -124,7 +129,7 @@ def test_openvino_bf16_features_stay_close(runs):
     moved: the hint reached the workers (where the CPU has bfloat16 instructions; elsewhere
     OpenVINO runs f32)."""
     needs("openvino-bf16")
-    ov = inference.import_openvino()
+    ov = import_openvino()
     run, _ = runs["bf16"]
     assert run.info.runtime == "openvino-bf16" and run.images_decoded == IMAGES
     expected, got = _features(runs, "keras"), _features(runs, "bf16")
@@ -194,44 +199,45 @@ def test_numpy_preprocessing_equals_keras(module):
 
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
-    np.testing.assert_array_equal(inference.preprocess(module)(pixels), expected)
+    np.testing.assert_array_equal(preprocess(module)(pixels), expected)
 
 
-def test_unknown_runtime_is_rejected(spark, tiny_root):
+def test_unknown_runtime_is_rejected():
     """An unknown runtime names the parameter and the choices, before any work."""
     with pytest.raises(ValueError, match="runtime 'tensorrt'.*auto.*keras.*onnxruntime"):
         validate({"runtime": "tensorrt"})
     with pytest.raises(ValueError, match="parameter 'runtime'"):
-        featurize(spark, list_images(spark, str(tiny_root)).images, runtime="tensorrt")
+        FeatureSpec(runtime="tensorrt")
 
 
 def test_auto_runtime_is_litert_then_onnxruntime_where_installed(monkeypatch):
     """``auto`` (the default) picks LiteRT when it is installed, else ONNX Runtime when it and
     tf2onnx are, else Keras; a named runtime is kept as it is."""
     assert {p.name: p.default for p in PARAMETERS}["runtime"] == "auto"
-    assert inference.resolve_runtime("auto") == "litert"
-    assert inference.resolve_runtime("keras") == "keras"
-    assert inference.resolve_runtime("openvino-bf16") == "openvino-bf16"
-    monkeypatch.setitem(inference._RUNTIME_PACKAGES, "litert", ("no_such_package_xyz",))
+    assert resolve_runtime("auto") == "litert"
+    assert resolve_runtime("keras") == "keras"
+    assert resolve_runtime("openvino-bf16") == "openvino-bf16"
+    monkeypatch.setattr(RUNTIMES["litert"], "packages", ("no_such_package_xyz",))
     second = "onnxruntime" if installed("onnxruntime") else "keras"  # 3.9: keras
-    assert inference.resolve_runtime("auto") == second
-    monkeypatch.setitem(
-        inference._RUNTIME_PACKAGES, "onnxruntime", ("onnxruntime", "no_such_package_xyz")
-    )
-    assert inference.resolve_runtime("auto") == "keras"
-    assert inference.resolve_runtime("onnxruntime") == "onnxruntime"
+    assert resolve_runtime("auto") == second
+    monkeypatch.setattr(RUNTIMES["onnxruntime"], "packages", ("no_such_package_xyz",))
+    assert resolve_runtime("auto") == "keras"
+    assert resolve_runtime("onnxruntime") == "onnxruntime"
 
 
 def test_converted_runtime_names_missing_packages(monkeypatch):
     """A converted runtime whose packages are missing (the Python 3.9 set) fails before any
     conversion, naming the package and the runtimes that remain."""
-    monkeypatch.setitem(inference._RUNTIME_PACKAGES, "openvino", ("no_such_package_xyz",))
+    openvino = RUNTIMES["openvino"]
+    monkeypatch.setattr(openvino, "packages", ("no_such_package_xyz",))
 
-    def arrays():
+    def convert(*args):
         raise AssertionError("converted without the runtime's packages")
 
+    monkeypatch.setattr(openvino, "convert", convert)
+    weights = models.Weights([], "0" * 64, "test")
     with pytest.raises(ValueError, match="runtime 'openvino' needs no_such_package_xyz.*'keras'"):
-        inference.converted_model("mobilenet_v2", 224, arrays, "0" * 64, "openvino")
+        openvino.converted("mobilenet_v2", 224, weights)
 
 
 def test_daemon_imports_tensorflow_only_for_keras(spark):
@@ -284,7 +290,7 @@ def test_unfit_weights_file_is_named(spark, tiny_root, tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_text("not weights")
     with pytest.raises(ValueError, match="bad.h5.*not a Keras .h5 weights file"):
-        featurize(spark, list_images(spark, str(tiny_root)).images, weights=str(bad))
+        featurize(spark, list_images(spark, str(tiny_root)).images, FeatureSpec(weights=str(bad)))
 
 
 def test_openvino_imports_without_telemetry():
@@ -293,7 +299,7 @@ def test_openvino_imports_without_telemetry():
     needs("openvino")
     code = (
         "import sys, threading\n"
-        "from helpers.inference import import_openvino\n"
+        "from helpers.features.runtimes import import_openvino\n"
         "import_openvino().Core()\n"
         "print(threading.active_count(), sys.modules['openvino_telemetry'])\n"
     )

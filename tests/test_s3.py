@@ -29,17 +29,11 @@ import pyspark
 import pytest
 from conftest import DATA_SAMPLE, moto_server
 
-from helpers import config
-from helpers.config import (
-    HADOOP_AWS_JARS_ENV,
-    S3_ENDPOINT_ENVS,
-    resolve_hadoop_aws_jars,
-    resolve_s3_endpoint,
-)
-from helpers.dataset import read_features, write_features
-from helpers.features import extract_features
-from helpers.jars import CACHE_ENV, cached_jars
-from helpers.jvm import hadoop_conf_get, jvm_hadoop_version
+from helpers.env import HADOOP_AWS_JARS_ENV, MAVEN_REPO_ENV, S3_ENDPOINT_ENVS, WEIGHTS_ENV
+from helpers.features.extract import extract_features
+from helpers.features.models import resolve_weights
+from helpers.features.spec import FeatureSpec
+from helpers.features.store import read_features, write_features
 from helpers.manifest import read_manifest, update_manifest
 from helpers.paths import (
     PROJECT_ROOT,
@@ -53,7 +47,18 @@ from helpers.paths import (
 from helpers.plots import save_figure
 from helpers.reduce import fit_reduction, reduce_features
 from helpers.run import main, run_notebooks
-from helpers.spark import get_spark, hadoop_version, s3_roots, storage_conf
+from helpers.spark.jars import cached_jars
+from helpers.spark.jvm import hadoop_conf_get, jvm_hadoop_version
+from helpers.spark.session import get_spark
+from helpers.spark.settings import (
+    resolve_hadoop_aws_jars,
+    resolve_s3_endpoint,
+    s3_roots,
+    storage_conf,
+)
+from helpers.spark.versions import hadoop_version
+
+JARS_CACHE_ENV = "FRUITS_JARS_CACHE"
 
 BUCKET = "fruits-test"
 REGION = "eu-west-3"
@@ -223,7 +228,7 @@ def test_jars_fetched_once_and_checked(tmp_path: Path, monkeypatch: pytest.Monke
     """fetch downloads each jar from the repository once, checked against its .sha1."""
     import hashlib
 
-    from helpers import jars
+    from helpers.spark import jars
 
     repo = tmp_path / "repo"
     for artifact in jars.s3a_artifacts("3.3.4", "3.5.8"):
@@ -231,8 +236,8 @@ def test_jars_fetched_once_and_checked(tmp_path: Path, monkeypatch: pytest.Monke
         jar.parent.mkdir(parents=True)
         jar.write_bytes(artifact.name.encode())
         jar.with_name(jar.name + ".sha1").write_text(hashlib.sha1(jar.read_bytes()).hexdigest())
-    monkeypatch.setenv(jars.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(jars.REPO_ENV, f"file://{repo}")
+    monkeypatch.setenv(JARS_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(MAVEN_REPO_ENV, f"file://{repo}")
     assert jars.cached_jars("3.3.4", "3.5.8") == []
     fetched = jars.fetch("3.3.4", "3.5.8")
     assert [Path(p).name for p in fetched] == [
@@ -332,14 +337,14 @@ def test_new_session_without_maven_fails_fast_with_the_fix(s3: S3, tmp_path: Pat
         "</filesystem></resolvers></ivysettings>"
     )
     script = (
-        "from helpers.spark import get_spark\n"
+        "from helpers.spark.session import get_spark\n"
         f"get_spark('fruits-s3-offline', 'local[1]', '512m', data_root='s3://{BUCKET}/data')\n"
     )
     env = {
         **os.environ,
         "PYSPARK_SUBMIT_ARGS": f"--conf spark.jars.ivySettings={settings} "
         f"--conf spark.jars.ivy={tmp_path / 'ivy'} pyspark-shell",
-        CACHE_ENV: str(tmp_path / "no-jars"),  # not the jars `make jars` fetched
+        JARS_CACHE_ENV: str(tmp_path / "no-jars"),  # not the jars `make jars` fetched
     }
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
@@ -529,18 +534,19 @@ def test_weights_from_s3_downloaded_once(
     s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """weights (or $FRUITS_WEIGHTS) as an s3:// URI: one local copy, fetched again if changed."""
-    monkeypatch.setattr(config, "WEIGHTS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     s3.client.put_object(Bucket=BUCKET, Key="models/w.h5", Body=b"weights v1")
     uri = f"s3://{BUCKET}/models/w.h5"
-    local = Path(config.resolve_weights(uri))
+    local = Path(resolve_weights(uri))
     assert local.read_bytes() == b"weights v1" and local.is_relative_to(tmp_path / "cache")
     stamp = local.stat().st_mtime_ns
-    monkeypatch.setenv(config.WEIGHTS_ENV, uri)
-    assert Path(config.resolve_weights("imagenet")) == local
+    monkeypatch.setenv(WEIGHTS_ENV, uri)
+    assert Path(resolve_weights("imagenet")) == local
     assert local.stat().st_mtime_ns == stamp  # not fetched again
     s3.client.put_object(Bucket=BUCKET, Key="models/w.h5", Body=b"weights v2, longer")
-    assert Path(config.resolve_weights(uri)).read_bytes() == b"weights v2, longer"
-    assert [p.name for p in (tmp_path / "cache" / "weights").iterdir()] == [local.name]
+    assert Path(resolve_weights(uri)).read_bytes() == b"weights v2, longer"
+    cached = tmp_path / "cache" / "fruits" / "weights"
+    assert [p.name for p in cached.iterdir()] == [local.name]
 
 
 def test_missing_weights_object_is_named(s3: S3) -> None:
@@ -548,7 +554,7 @@ def test_missing_weights_object_is_named(s3: S3) -> None:
     with pytest.raises(
         FileNotFoundError, match=r"weights file 's3://.*/models/none\.h5' not found"
     ):
-        config.resolve_weights(f"s3://{BUCKET}/models/none.h5")
+        resolve_weights(f"s3://{BUCKET}/models/none.h5")
 
 
 # --- Spark itself on S3: S3A against the moto server ------------------------------------
@@ -604,9 +610,8 @@ def test_notebooks_on_s3_through_s3a_match_local_run(
     )
 
     local_out = tmp_path / "local"
-    extract_features(
-        spark, str(small_root), str(local_out), weights=weights, image_size=96, batch_size=64
-    )
+    spec = FeatureSpec(weights=weights, image_size=96, batch_size=64)
+    extract_features(spark, str(small_root), str(local_out), spec)
     local_features = read_features(spark, str(local_out))
     expected = _by_relative_path(local_features.toPandas(), f"file:{small_root}")
     remote = _by_relative_path(pd.read_parquet(io_uri(f"{out}/features")), f"s3://{BUCKET}/small")
@@ -636,11 +641,25 @@ def test_notebooks_on_s3_through_s3a_match_local_run(
         assert not any(secret.encode() in s3.body(key) for secret in SECRETS), key
 
 
+# A writer killed (SIGKILL) at a step of publishing: before its commit record
+# (written-not-committed), right after it (committed), or, on local disk, between writing the
+# record's temporary file and renaming it (record-written-not-renamed).
 KILL_STEP = """
-import json, sys
-from helpers.dataset import read_features, write_features, write_features
-from helpers.spark import get_spark
+import json, os, signal, sys
+from helpers.features import store
+from helpers.features.store import read_features, write_features
+from helpers.spark.session import get_spark
 root, run, fault = sys.argv[1], sys.argv[2], sys.argv[3]
+kill = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+write_whole, fs_move = store.write_whole, store.fs_move
+if fault == "written-not-committed":
+    store.write_whole = kill
+elif fault == "committed":
+    store.write_whole = lambda *args: (write_whole(*args), kill())
+elif fault == "record-written-not-renamed":
+    def moving(spark, source, target):
+        return kill() if source.endswith(".tmp") else fs_move(spark, source, target)
+    store.fs_move = moving
 spark = get_spark("kill-step", master="local[1]", driver_memory="1g", output_root=root)
 try:
     seen = sorted(r.path + "@" + r.run for r in read_features(spark, root).collect())
@@ -661,11 +680,9 @@ print("DONE", flush=True)
 
 def _kill_step(root: str, run: str, fault: str, log: Path) -> tuple[int, list[str]]:
     """One writer process: read what is visible, then write run ``run`` with ``fault``."""
-    env = {**os.environ, config.FAULT_ENV: f"kill-publish:{fault}" if fault else ""}
     with log.open("wb") as sink:  # a file, not a pipe: no wait for an orphaned JVM
         done = subprocess.run(
             [sys.executable, "-c", KILL_STEP, root, run, fault],
-            env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
             timeout=300,

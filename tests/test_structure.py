@@ -84,12 +84,14 @@ def test_environment_is_read_in_env_only() -> None:
 
 
 def test_py4j_only_in_jvm_module() -> None:
-    """Every call into the JVM goes through helpers/spark/jvm.py."""
-    words = ("._jvm", "._jsc", "._jdf", "._gateway", "import py4j", "from py4j")
-    found = [
-        hit
-        for path in _modules().values()
-        if path != HELPERS / "spark" / "jvm.py"
-        for hit in _uses(path, words)
+    """Every call into the JVM goes through helpers/spark/jvm.py: no other module, benchmark
+    or notebook touches py4j or a classic session's private attributes (the seam a Spark
+    Connect port replaces)."""
+    words = ("._jvm", "._jsc", "._jdf", "._gateway", "_py2java", "import py4j", "from py4j")
+    files = [
+        *_modules().values(),
+        *(PROJECT_ROOT / "bench").glob("*.py"),
+        *(PROJECT_ROOT / "notebooks").glob("*.ipynb"),
     ]
+    found = [hit for path in files if path.name != "jvm.py" for hit in _uses(path, words)]
     assert found == []

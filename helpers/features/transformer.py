@@ -153,7 +153,7 @@ class ImageFeaturizer(
 
     A pretrained CNN without its top and with global average pooling (MobileNetV2: 1280
     floats), as in notebook 02 and with the same code: features equal
-    :func:`helpers.features.featurize`'s for the same bytes and settings. The weights are
+    :func:`helpers.features.extract.featurize`'s for the same bytes and settings. The weights are
     loaded on the driver on first use (or from the saved stage) and broadcast once per
     session; each Python worker builds the model once. The DataFrame's partitioning is
     kept: many small files in one partition run in one task (repartition first to use

@@ -1,13 +1,8 @@
 """Class data sharing for local Spark drivers: the JVM maps its classes from an archive.
 
-A local session's JVM loads, parses and verifies some ten thousand classes, most of them
-during the first DataFrame operations and the first jobs; on these 2 cores that is a few
-seconds of every notebook run, competing with the Python workers. A dynamic AppCDS archive
-(JDK 13+, ``-XX:ArchiveClassesAtExit``) records those classes once; later JVMs map it
-(``-XX:SharedArchiveFile``) instead of loading them again. Measured with
-``bench/featurize.py`` (2,575 images, a fresh session each run, same machine): the
-feature step took 21.0-23.2 s with the archive against 24.3-27.1 s without (ONNX Runtime),
-41.2 s against 45.5 s (Keras); bench/README, "Start-up".
+A new JVM loads, parses and verifies some ten thousand classes in its first jobs, on the
+cores the Python workers need. A dynamic AppCDS archive (JDK 13+) records them once; later
+JVMs map it instead (docs/decisions.md).
 
 ``python -m helpers.spark.cds`` (run by ``make setup``) makes the archive once: a child process
 runs a small Spark workload like the notebooks' (binaryFile listing, a pandas UDF, Parquet

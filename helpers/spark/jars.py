@@ -6,7 +6,7 @@ version and Scala for Spark's side of the S3A committers (``PathOutputCommitProt
 ``BindingParquetOutputCommitter``). The installed pyspark chooses: 3.5 (Hadoop 3.3.4, Scala
 2.12) takes ``hadoop-aws-3.3.4`` with the SDK v1 ``aws-java-sdk-bundle-1.12.262``; 4.0
 (Hadoop 3.4.1, Scala 2.13) ``hadoop-aws-3.4.1`` with the SDK v2 ``bundle-2.24.6`` and
-``spark-hadoop-cloud_2.13``. ``python -m helpers.jars fetch`` (run by ``make setup``)
+``spark-hadoop-cloud_2.13``. ``python -m helpers.spark.jars fetch`` (run by ``make setup``)
 downloads them into ````$XDG_CACHE_HOME/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
 Maven Central's SHA-1; :func:`cached_jars` hands them to :func:`helpers.spark.session.get_spark`.
 Nothing is committed to git, and offline jars given as ``hadoop_aws_jars`` still win.
@@ -162,8 +162,8 @@ def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.jars fetch|path``: download the S3A jars, or print them."""
-    parser = argparse.ArgumentParser(prog="python -m helpers.jars", description=__doc__)
+    """``python -m helpers.spark.jars fetch|path``: download the S3A jars, or print them."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.spark.jars", description=__doc__)
     parser.add_argument("action", choices=("fetch", "path"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         jars = cached_jars(hadoop, spark)
         if not jars:
-            log.error("S3A jars for Hadoop %s not cached: run python -m helpers.jars fetch", hadoop)
+            log.error(
+                "S3A jars for Hadoop %s not cached: run python -m helpers.spark.jars fetch", hadoop
+            )
             return 1
     sys.stdout.write(",".join(jars) + "\n")
     return 0

@@ -29,10 +29,8 @@ SESSION_CONF = {
     "spark.sql.adaptive.enabled": "true",
 }
 
-#: Sessions this project starts (local, or on a ``spark://`` master) list up to 1,024 folders
-#: on the driver: above Spark's default of 32, the ``binaryFile`` listing of Fruits-360's
-#: 2 x 103 class folders runs as a Spark job of 100 tasks instead, twice, and on a 2 x 1-core
-#: standalone cluster that took 8 s of a 30 s feature step (bench/README.md, cluster mode).
+#: List up to 1,024 folders on the driver: above Spark's 32, listing Fruits-360's class
+#: folders became a Spark job of its own (docs/decisions.md).
 LISTING_CONF = {"spark.sql.sources.parallelPartitionDiscovery.threshold": "1024"}
 
 #: Extra settings for a local session, where the driver is also the only executor.
@@ -99,14 +97,8 @@ def executor_conf(python: str | None = None) -> dict[str, str]:
     }
 
 
-#: The JIT of the JVMs this project starts on this machine: C1 only. On a cluster of this
-#: machine the driver and every executor compiled the same hot code with C2 on the cores the
-#: Python workers need; C1 only took a 2,575-image feature step there from 28-32 s to
-#: 20-22 s, and local runs (2,575 images; notebooks at 7,725 and 23,175) stayed within the
-#: noise of the default JIT (bench/README.md, cluster mode). C1 only also shrinks the JVM's
-#: default code cache to 48 MB, which a long session fills (the Spark 4 test session did:
-#: "Out of space in CodeCache for adapters" killed its JVM): hence the default size of a
-#: C1-then-C2 JVM, 240 MB, reserved and committed only as used.
+#: The JIT of the JVMs started here: C1 only leaves the cores to the Python workers
+#: (docs/decisions.md); the code cache keeps C2's default size, which long sessions need.
 JIT_OPTION = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
 
@@ -143,7 +135,7 @@ def storage_conf(
 
     Empty unless a root is ``s3://`` or ``s3a://``. Then: the S3A connector matching
     ``hadoop_version`` (the local ``hadoop_aws_jars``, which :func:`s3a_jars` finds in the
-    cache ``python -m helpers.jars fetch`` fills; else ``spark.jars.packages``, downloaded
+    cache ``python -m helpers.spark.jars fetch`` fills; else ``spark.jars.packages``, downloaded
     from Maven Central by Ivy on first use into ``~/.ivy2``), ``s3://`` served by S3A like
     ``s3a://``, the default AWS credential chain, and for an S3-compatible store
     (``s3_endpoint``) its URL with path-style access. When the jars include
