@@ -1,5 +1,5 @@
 """The notebooks as EMR's JupyterHub runs them: sparkmagic's PySpark kernel sends each cell to
-a real Apache Livy server (helpers.livy), whose PySpark session runs it and writes the outputs.
+a real Apache Livy server (helpers.dev.livy), whose PySpark session runs it and writes the outputs.
 
 The server is a session fixture on 127.0.0.1; without sparkmagic (``make livy``) or a Livy
 distribution (none cached, no zip: Maven Central has no Livy repl jar), or on Spark 4 (Livy
@@ -21,8 +21,7 @@ import pytest
 from conftest import write_jpeg
 from papermill.exceptions import PapermillExecutionError
 
-from helpers.livy import (
-    CONF_DIR_ENV,
+from helpers.dev.livy import (
     LivyServer,
     install,
     install_kernel,
@@ -30,6 +29,7 @@ from helpers.livy import (
     status,
     unsupported_spark,
 )
+from helpers.env import SPARKMAGIC_CONF_ENV
 from helpers.run import NOTEBOOKS, run_notebooks
 
 LIVY_NOTEBOOKS = NOTEBOOKS[:3]  # EDA, features, PCA + t-SNE
@@ -60,7 +60,7 @@ def livy(tmp_path_factory) -> LivyServer:
     state = tmp_path_factory.mktemp("livy")
     with livy_server("local[2]", state, sparkmagic_conf_dir=state / "sparkmagic") as server:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(CONF_DIR_ENV, server.sparkmagic_conf_dir)
+            patch.setenv(SPARKMAGIC_CONF_ENV, server.sparkmagic_conf_dir)
             yield server
 
 
@@ -155,7 +155,7 @@ def test_kernel_goes_into_this_environment(tmp_path, monkeypatch):
 
 def test_livy_kernel_without_server_names_the_fix(tmp_path, monkeypatch):
     """Without a sparkmagic config, the run stops before any notebook, naming the command."""
-    monkeypatch.setenv(CONF_DIR_ENV, str(tmp_path / "nothing"))
+    monkeypatch.setenv(SPARKMAGIC_CONF_ENV, str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="python -m helpers.livy start"):
         run_notebooks({"output_root": str(tmp_path / "out")}, kernel="pysparkkernel")
     assert not (tmp_path / "out" / "notebooks").exists()

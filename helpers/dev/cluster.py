@@ -21,12 +21,7 @@ import argparse
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,15 +29,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from helpers.dev.process import (
+    HOST,
+    alive,
+    free_port,
+    read_record,
+    recorded_status,
+    spawn,
+    stop_recorded,
+    wait_until,
+    write_record,
+)
 from helpers.paths import PROJECT_ROOT
+from helpers.spark import versions
 
 log = logging.getLogger(__name__)
 
 #: Where ``start`` records the cluster unless told otherwise (ignored by git).
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".cluster"
-HOST = "127.0.0.1"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
@@ -64,7 +68,7 @@ class Cluster:
 
     def save(self) -> None:
         """Write this cluster's record to ``<state_dir>/cluster.json``."""
-        Path(self.state_dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        write_record(self.state_dir, STATE_FILE, asdict(self))
 
     def master_state(self) -> dict[str, Any]:
         """The master's JSON page: workers, cores, applications."""
@@ -73,34 +77,13 @@ class Cluster:
 
 def spark_home() -> Path:
     """The Spark installation whose classes the cluster runs (pip pyspark's, or $SPARK_HOME)."""
-    from pyspark.find_spark_home import _find_spark_home
-
-    home = Path(_find_spark_home())
+    home = versions.spark_home()
     if not (home / "bin" / "spark-class").is_file():
         raise FileNotFoundError(
             f"no bin/spark-class under Spark home {home}: install pyspark "
             f'(pip install -e ".[spark]") or point SPARK_HOME at a full Spark'
         )
     return home
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def _port(preferred: int) -> int:
-    """``preferred`` if it is free on 127.0.0.1, else any free port (0: any free port)."""
-    if preferred:
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, preferred))
-                return preferred
-            except OSError:
-                log.info("port %d is taken: using a free one", preferred)
-    return free_port()
 
 
 def _get_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -127,64 +110,9 @@ def _daemon_env(state_dir: Path) -> dict[str, str]:
 
 def _launch(state_dir: Path, name: str, main_class: str, args: list[str]) -> int:
     """Start ``spark-class main_class args`` (it execs the JVM: the pid is the JVM's)."""
-    logs = state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    (state_dir / "tmp").mkdir(exist_ok=True)
-    out = open(logs / f"{name}.out", "ab")  # noqa: SIM115 (the child keeps it)
-    process = subprocess.Popen(
-        [str(spark_home() / "bin" / "spark-class"), main_class, *args],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=_daemon_env(state_dir),
-        start_new_session=True,  # a Ctrl-C in the calling terminal does not reach it
-    )
-    out.close()
-    return process.pid
-
-
-def _log_tail(state_dir: Path, name: str, lines: int = 20) -> str:
-    path = state_dir / "logs" / f"{name}.out"
-    if not path.is_file():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(
-    condition: Any, what: str, timeout: float, pids: dict[str, int], state_dir: Path
-) -> Any:
-    """Poll ``condition()`` until it returns a true value; fail if a process in ``pids`` dies.
-
-    Each try asks the processes themselves (their web UI), so this waits on observable
-    state; the short pause between tries only spares the CPU.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        for name, pid in pids.items():
-            if not _alive(pid):
-                raise RuntimeError(
-                    f"Spark {name} (pid {pid}) exited while waiting for {what}; its log "
-                    f"({state_dir / 'logs' / (name + '.out')}):\n{_log_tail(state_dir, name)}"
-                )
-        try:
-            result = condition()
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"no {what} after {timeout:.0f} s; logs under {state_dir / 'logs'}:\n"
-                + "\n".join(f"--- {n}\n{_log_tail(state_dir, n)}" for n in pids)
-            )
-        time.sleep(0.2)
+    (state_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    command = [str(spark_home() / "bin" / "spark-class"), main_class, *args]
+    return spawn(state_dir, name, command, _daemon_env(state_dir))
 
 
 def alive_workers(webui_url: str) -> list[dict[str, Any]]:
@@ -211,13 +139,13 @@ def start(
         raise ValueError(f"workers and cores must be >= 1, got workers={workers} cores={cores}")
     state_dir = Path(state_dir).resolve()
     running = read_state(state_dir)
-    if running is not None and _alive(running.master_pid):
+    if running is not None and alive(running.master_pid):
         raise RuntimeError(
             f"a cluster is already running from {state_dir} ({running.master_url}): "
             f"python -m helpers.cluster stop --state-dir {state_dir}"
         )
     state_dir.mkdir(parents=True, exist_ok=True)
-    master_port, webui_port = _port(master_port), _port(webui_port)
+    master_port, webui_port = free_port(master_port), free_port(webui_port)
     master_url = f"spark://{HOST}:{master_port}"
     webui_url = f"http://{HOST}:{webui_port}"
     master_pid = _launch(
@@ -300,13 +228,13 @@ def ensure_workers(cluster: Cluster, timeout: float = 120.0) -> Cluster:
     """Replace ``cluster``'s workers whose process is gone; return once all are registered."""
     state_dir = Path(cluster.state_dir)
     wanted = len(cluster.worker_pids)
-    alive = [pid for pid in cluster.worker_pids if _alive(pid)]
-    if len(alive) < wanted:
-        log.info("restarting %d lost workers of %s", wanted - len(alive), cluster.master_url)
+    running = [pid for pid in cluster.worker_pids if alive(pid)]
+    if len(running) < wanted:
+        log.info("restarting %d lost workers of %s", wanted - len(running), cluster.master_url)
         survivors = [
             (pid, port)
             for pid, port in zip(cluster.worker_pids, cluster.worker_ports)
-            if pid in alive
+            if pid in running
         ]
         cluster.worker_pids = [pid for pid, _ in survivors]  # in order
         cluster.worker_ports = [port for _, port in survivors]
@@ -324,33 +252,8 @@ def ensure_workers(cluster: Cluster, timeout: float = 120.0) -> Cluster:
 
 def read_state(state_dir: Path | str = DEFAULT_STATE_DIR) -> Cluster | None:
     """The cluster recorded in ``state_dir``, or ``None`` if none was started there."""
-    path = Path(state_dir, STATE_FILE)
-    if not path.is_file():
-        return None
-    return Cluster(**json.loads(path.read_text()))
-
-
-def _terminate(pids: list[int], timeout: float) -> None:
-    """SIGTERM ``pids`` and their children, then SIGKILL what is left after ``timeout``."""
-    processes = []
-    for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            processes += [process, *process.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-    for process in processes:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, left = psutil.wait_procs(processes, timeout=timeout)
-    for process in left:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=timeout)
+    record = read_record(state_dir, STATE_FILE)
+    return None if record is None else Cluster(**record)
 
 
 def stop(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 20.0) -> bool:
@@ -358,27 +261,25 @@ def stop(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 20.0) -> bo
 
     Returns whether there was one. Safe to call twice.
     """
-    cluster = read_state(state_dir)
-    if cluster is None:
+    record = stop_recorded(
+        state_dir, STATE_FILE, lambda r: (r["worker_pids"], [r["master_pid"]]), timeout
+    )
+    if record is None:
         return False
-    _terminate(cluster.worker_pids, timeout)
-    _terminate([cluster.master_pid], timeout)
-    Path(state_dir, STATE_FILE).unlink(missing_ok=True)
-    log.info("stopped the Spark cluster %s", cluster.master_url)
+    log.info("stopped the Spark cluster %s", record["master_url"])
     return True
 
 
 def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> dict[str, Any]:
     """What the master says about the cluster recorded in ``state_dir``."""
-    cluster = read_state(state_dir)
-    if cluster is None:
-        return {"running": False, "state_dir": str(state_dir)}
-    try:
-        state = cluster.master_state()
-    except (urllib.error.URLError, OSError):
-        return {"running": False, "master_url": cluster.master_url, "stale_record": True}
+    return recorded_status(state_dir, STATE_FILE, _describe, "master_url")
+
+
+def _describe(record: dict[str, Any]) -> dict[str, Any]:
+    """The master's account of its workers, cores and applications (OSError: it is gone)."""
+    cluster = Cluster(**record)
+    state = cluster.master_state()
     return {
-        "running": True,
         "master_url": cluster.master_url,
         "webui_url": cluster.webui_url,
         "workers": [

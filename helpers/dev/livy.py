@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -53,7 +52,19 @@ from typing import Any
 
 from helpers import env
 from helpers.config import check_master
-from helpers.dev.cluster import _alive, _terminate, free_port, spark_home, wait_until
+from helpers.dev.cluster import spark_home
+from helpers.dev.process import (
+    HOST,
+    alive,
+    free_port,
+    log_path,
+    read_record,
+    recorded_status,
+    spawn,
+    stop_recorded,
+    wait_until,
+    write_record,
+)
 from helpers.paths import PROJECT_ROOT
 from helpers.spark.jars import Artifact, maven_repo
 from helpers.spark.settings import LOCAL_CONF, executor_conf
@@ -93,9 +104,10 @@ SHARED_DIST = PROJECT_ROOT.parent / "shared" / "livy" / f"{DIST_NAME}.zip"
 
 #: Where ``start`` records the server unless told otherwise (ignored by git).
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".livy"
-HOST = "127.0.0.1"
 STATE_FILE = "livy.json"
 SERVER_CLASS = "org.apache.livy.server.LivyServer"
+#: The server's name in error messages and its log's (``logs/livy-server.out``).
+PROCESS = "livy-server"
 KERNEL = "pysparkkernel"
 
 #: A jar each folder must hold.
@@ -211,7 +223,7 @@ class LivyServer:
 
     def save(self) -> None:
         """Write this server's record to ``<state_dir>/livy.json``."""
-        Path(self.state_dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        write_record(self.state_dir, STATE_FILE, asdict(self))
 
     def sessions(self) -> list[dict[str, Any]]:
         """Livy's sessions (id, state, kind)."""
@@ -244,7 +256,7 @@ class LivyServer:
                 started,
                 f"Livy session {session} to start",
                 timeout,
-                {"livy-server": self.pid},
+                {PROCESS: self.pid},
                 Path(self.state_dir),
             )
             if state != "idle":
@@ -261,7 +273,7 @@ class LivyServer:
                 finished,
                 f"statement {statement} of Livy session {session}",
                 timeout,
-                {"livy-server": self.pid},
+                {PROCESS: self.pid},
                 Path(self.state_dir),
             )
         finally:
@@ -337,18 +349,10 @@ def _write_properties(path: Path, values: dict[str, str]) -> None:
     path.write_text("".join(f"{key} = {value}\n" for key, value in values.items()))
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
-    if not path.is_file():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def read_state(state_dir: Path | str = DEFAULT_STATE_DIR) -> LivyServer | None:
     """The server recorded in ``state_dir``, or ``None`` if none was started there."""
-    path = Path(state_dir, STATE_FILE)
-    if not path.is_file():
-        return None
-    return LivyServer(**json.loads(path.read_text()))
+    record = read_record(state_dir, STATE_FILE)
+    return None if record is None else LivyServer(**record)
 
 
 def start(
@@ -373,7 +377,7 @@ def start(
         raise RuntimeError(unsupported_spark())
     state_dir = Path(state_dir).resolve()
     running = read_state(state_dir)
-    if running is not None and _alive(running.pid):
+    if running is not None and alive(running.pid):
         raise RuntimeError(
             f"a Livy server is already running from {state_dir} ({running.url}): "
             f"python -m helpers.livy stop --state-dir {state_dir}"
@@ -399,13 +403,11 @@ def start(
     (magic_dir / "config.json").write_text(json.dumps(sparkmagic_config(url), indent=2))
     install_kernel()
 
-    logs = state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     child_env = {
         **os.environ,
         "LIVY_HOME": str(home),
         "LIVY_CONF_DIR": str(conf_dir),
-        "LIVY_LOG_DIR": str(logs),
+        "LIVY_LOG_DIR": str(state_dir / "logs"),
         "SPARK_HOME": str(spark_home()),
         "SPARK_CONF_DIR": str(spark_conf_dir),
         "PYSPARK_PYTHON": python,
@@ -414,31 +416,28 @@ def start(
     home_java = env.java_home()
     java = str(home_java / "bin" / "java") if home_java else "java"
     classpath = f"{home / 'jars'}/*:{conf_dir}:{spark_conf_dir}"
-    out_path = logs / "livy-server.out"
-    with out_path.open("ab") as out:
-        process = subprocess.Popen(
-            [java, "-Xmx512m", *JAVA_OPENS, "-cp", classpath, SERVER_CLASS],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=state_dir,
-            env=child_env,
-            start_new_session=True,  # a Ctrl-C in the calling terminal does not reach it
-        )
-    server = LivyServer(url, process.pid, master, str(state_dir), str(home), str(magic_dir))
+    command = [java, "-Xmx512m", *JAVA_OPENS, "-cp", classpath, SERVER_CLASS]
+    pid = spawn(state_dir, PROCESS, command, child_env, cwd=state_dir)
+    server = LivyServer(url, pid, master, str(state_dir), str(home), str(magic_dir))
     server.save()
     try:
         wait_until(
             lambda: server.sessions() is not None,
             f"Livy answering at {url}",
             timeout,
-            {"livy-server": process.pid},
+            {PROCESS: pid},
             state_dir,
         )
     except BaseException:
         stop(state_dir)
         raise
-    log.info("Livy %s at %s, sessions on %s (log %s)", LIVY_VERSION, url, master, out_path)
+    log.info(
+        "Livy %s at %s, sessions on %s (log %s)",
+        LIVY_VERSION,
+        url,
+        master,
+        log_path(state_dir, PROCESS),
+    )
     return server
 
 
@@ -478,26 +477,23 @@ LOG4J = {
 
 def stop(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 20.0) -> bool:
     """Stop the server recorded in ``state_dir`` and its sessions' processes. Safe twice."""
-    server = read_state(state_dir)
-    if server is None:
+    record = stop_recorded(state_dir, STATE_FILE, lambda r: ([r["pid"]],), timeout)
+    if record is None:
         return False
-    _terminate([server.pid], timeout)
-    Path(state_dir, STATE_FILE).unlink(missing_ok=True)
-    log.info("stopped the Livy server %s", server.url)
+    log.info("stopped the Livy server %s", record["url"])
     return True
 
 
 def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> dict[str, Any]:
     """What the server recorded in ``state_dir`` says: URL, master, sessions."""
-    server = read_state(state_dir)
-    if server is None:
-        return {"running": False, "state_dir": str(state_dir)}
-    try:
-        sessions = server.sessions()
-    except OSError:
-        return {"running": False, "url": server.url, "stale_record": True}
+    return recorded_status(state_dir, STATE_FILE, _describe, "url")
+
+
+def _describe(record: dict[str, Any]) -> dict[str, Any]:
+    """The server's URL, master and sessions, asked of it (OSError: it is gone)."""
+    server = LivyServer(**record)
+    sessions = server.sessions()
     return {
-        "running": True,
         "url": server.url,
         "master": server.master,
         "sparkmagic_conf_dir": server.sparkmagic_conf_dir,
