@@ -8,12 +8,17 @@ import sys
 from pathlib import Path
 
 import pyspark
+import pytest
 
 from helpers.paths import PROJECT_ROOT
 from helpers.spark import cds
 
+#: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
+pytestmark = pytest.mark.slow
+
 SESSION = """
 from helpers.spark.session import get_spark
+
 spark = get_spark("cds-test", master="local[1]")
 jvm = spark.sparkContext._jvm
 print(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())

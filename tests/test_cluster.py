@@ -29,6 +29,9 @@ from helpers.spark.cds import driver_java_options
 from helpers.spark.session import java_options, master_conf
 from helpers.spark.settings import JIT_OPTION, LISTING_CONF, PYTHON_WORKER_CONF, executor_conf
 
+#: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
+pytestmark = pytest.mark.slow
+
 BATCH = 16
 ARROW = 64  # 320 images in 2 tasks of 3 Arrow batches: a task can be caught half-way
 SIZE = 96  # small images: the cluster's behaviour, not the CNN's cost, is under test
@@ -46,6 +49,7 @@ import helpers.features.udf as udf
 from helpers.features.extract import extract_features
 from helpers.features.spec import FeatureSpec
 from helpers.spark.session import get_spark
+
 
 def marking(original, folder):
     done = {}

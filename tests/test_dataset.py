@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import crash_first_attempt, write_jpeg
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
@@ -118,6 +119,7 @@ extract_features(spark, sys.argv[1], sys.argv[2], spec)
 """
 
 
+@pytest.mark.slow
 def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root, tmp_path):
     """The driver killed while writing: previous features intact; the next run completes."""
     out = tmp_path / "out"

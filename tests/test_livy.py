@@ -32,6 +32,10 @@ from helpers.dev.livy import (
 from helpers.env import SPARKMAGIC_CONF_ENV
 from helpers.run import NOTEBOOKS, run_notebooks
 
+#: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
+pytestmark = pytest.mark.slow
+
+
 LIVY_NOTEBOOKS = NOTEBOOKS[:3]  # EDA, features, PCA + t-SNE
 
 CLASSES = {"Apple Red": (200, 20, 30), "Banana": (230, 210, 40), "Lime": (60, 200, 40)}
@@ -168,7 +172,7 @@ def test_livy_sessions_on_the_standalone_cluster(livy, cluster, tmp_path_factory
     code = (
         "import sys\n"
         "from pyspark.sql import functions as F\n"
-        "from helpers.spark import get_spark\n"
+        "from helpers.spark.session import get_spark\n"
         "session = get_spark()\n"
         "pythons = session.sparkContext.parallelize(range(4), 2)"
         ".map(lambda _: sys.executable).distinct().collect()\n"

@@ -158,6 +158,7 @@ rows.to_json(target, orient="records")
 """
 
 
+@pytest.mark.slow
 def test_pipeline_model_in_a_fresh_session(spark, built, tmp_path):
     """Loaded by another process without the .h5 or its path: features -> pca equal to
     pca/ (1e-4), the Test images named, the bad file an error and nulls, not a crash."""
@@ -188,6 +189,7 @@ def test_pipeline_model_in_a_fresh_session(spark, built, tmp_path):
     assert check.images == 3 and check.max_relative_pca_difference <= 1e-4
 
 
+@pytest.mark.slow
 def test_predict_command(built, tmp_path, capsys):
     """Top-3 with probabilities for files and a folder; a bad image reported, the rest named;
     a missing model or path: exit 2 with the fix."""
@@ -215,6 +217,7 @@ def test_predict_command(built, tmp_path, capsys):
     assert "missing.jpg' does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pipeline_model_loads_with_pyspark_alone(built):
     """The saved folder is a plain PipelineModel: pyspark's own loader reads every stage."""
     model = PipelineModel.load(built[2])

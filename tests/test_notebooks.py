@@ -26,6 +26,10 @@ from helpers.config import PARAMETERS
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
 
+#: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
+pytestmark = pytest.mark.slow
+
+
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
 

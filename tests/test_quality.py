@@ -21,6 +21,10 @@ from helpers.features.store import read_features
 from helpers.reduce import fit_reduction, reduce_features
 from helpers.sample import make_real_sample
 
+#: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
+pytestmark = pytest.mark.slow
+
+
 TRAIN_PER_CLASS = 20
 TEST_PER_CLASS = 8
 #: Files that cannot be decoded, dropped into the subset: each must give one error row.

@@ -325,6 +325,7 @@ def test_missing_jar_fails_before_spark(s3: S3, tmp_path: Path) -> None:
     assert HADOOP_AWS_JARS_ENV not in os.environ
 
 
+@pytest.mark.slow
 def test_new_session_without_maven_fails_fast_with_the_fix(s3: S3, tmp_path: Path) -> None:
     """A new local session whose hadoop-aws download fails: one error naming the fix.
 
@@ -476,6 +477,7 @@ def _probe_notebook(folder: Path) -> str:
     return "probe.ipynb"
 
 
+@pytest.mark.slow
 def test_papermill_writes_to_s3_and_no_credentials_leak(
     s3: S3,
     tmp_path: Path,
@@ -585,6 +587,7 @@ def _by_relative_path(frame: pd.DataFrame, root: str) -> pd.DataFrame:
     return frame.assign(path=relative).set_index("path").sort_index()
 
 
+@pytest.mark.slow
 @needs_s3a
 def test_notebooks_on_s3_through_s3a_match_local_run(
     spark, s3: S3, small_root: Path, weights: str, tmp_path: Path
@@ -711,6 +714,7 @@ def _kill_chain(root: str, tmp_path: Path) -> None:
         assert returncode == code, (tmp_path / f"{run}.log").read_text()[-3000:]
 
 
+@pytest.mark.slow
 @needs_s3a
 def test_publish_killed_at_every_step_on_s3(s3: S3, tmp_path: Path) -> None:
     """On S3 (moto) a writer SIGKILLed before or after its commit record: readers see the
@@ -725,6 +729,7 @@ def test_publish_killed_at_every_step_on_s3(s3: S3, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_publish_killed_at_every_step_locally(spark, tmp_path: Path) -> None:
     """On local disk the record is a temp file renamed into place: a writer killed between
     the two leaves the previous run visible; the next run completes and clears the debris.
