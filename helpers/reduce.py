@@ -226,7 +226,13 @@ def _file_moments(groups: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
     def batches() -> Iterator[pa.RecordBatch]:
         for paths in groups:
             for path in paths:
-                parquet = pq.ParquetFile(path)
+                try:
+                    parquet = pq.ParquetFile(path)
+                except (pa.ArrowException, OSError) as exc:  # named here: Spark's trace does not
+                    raise ValueError(
+                        f"features file {path} is not a readable Parquet file ({exc}); run "
+                        "notebook 02 with overwrite=True to write the features again"
+                    ) from exc
                 yield from parquet.iter_batches(FILE_BATCH_ROWS, columns=MOMENT_COLUMNS)
 
     for part in _partition_moments(batches()):
