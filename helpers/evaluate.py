@@ -61,7 +61,8 @@ class Score:
 ScoreLike = Union[Score, Mapping[str, Any]]
 
 
-def _score(value: ScoreLike) -> Score:
+def as_score(value: ScoreLike) -> Score:
+    """``value`` as a :class:`Score` (scores read back from the manifest are mappings)."""
     return value if isinstance(value, Score) else Score.from_manifest(value)
 
 
@@ -167,7 +168,7 @@ def probe_table(probes: Mapping[str, ScoreLike]) -> pd.DataFrame:
     :class:`Score` or as read back from the manifest."""
     rows = {}
     for name, value in probes.items():
-        score = _score(value)
+        score = as_score(value)
         if score.skipped is not None:
             rows[name] = {"note": f"skipped: {score.skipped}"}
             continue
@@ -183,7 +184,7 @@ def probe_table(probes: Mapping[str, ScoreLike]) -> pd.DataFrame:
 
 def probe_summary(probes: Mapping[str, ScoreLike]) -> str:
     """One line for a log or a terminal: each probe's accuracy, or why it was skipped."""
-    scores = {name: _score(value) for name, value in probes.items()}
+    scores = {name: as_score(value) for name, value in probes.items()}
     return "; ".join(
         f"{name} skipped ({s.skipped})" if s.skipped is not None else f"{name} {s.accuracy:.3f}"
         for name, s in scores.items()

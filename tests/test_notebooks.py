@@ -26,10 +26,6 @@ from helpers.config import PARAMETERS
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
 
-#: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
-pytestmark = pytest.mark.slow
-
-
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
 
@@ -64,6 +60,7 @@ def test_bad_parameter_fails_before_any_notebook(tmp_path, capsys):
         run_notebooks({"colour": "red"})
 
 
+@pytest.mark.slow
 def test_eda_notebook_validates_its_parameters(tmp_path):
     """Notebook 01 run on its own (papermill, Databricks) checks its parameters before Spark
     starts, like 02 and 03: a bad value fails naming the parameter."""
@@ -116,6 +113,7 @@ def outputs(weights, tmp_path_factory) -> tuple[Path, int]:
     return root, files
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs(outputs):
     """Every file has a row; features, PCA, model, figures, manifest, notebooks are there."""
     outputs, files = outputs
@@ -176,6 +174,7 @@ def test_bad_roots_fail_before_any_notebook(tmp_path):
 
 # what it checks is Python (the probe and the classifier skipped, with their reason); notebooks
 # 02-04 on Spark 4 run in test_end_to_end_outputs
+@pytest.mark.slow
 @pytest.mark.spark_neutral
 def test_one_class_splits_degrade(weights, tmp_path):
     """Training with one class, Test with another: PCA, t-SNE and outputs are written, and

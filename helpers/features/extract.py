@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -30,6 +31,7 @@ from helpers.features.udf import (
 )
 from helpers.images import list_images
 from helpers.spark.jvm import input_files
+from helpers.spark.progress import Report, udf_progress
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +190,14 @@ def extract_features(
     spec: FeatureSpec,
     *,
     overwrite: bool = False,
+    progress: Report | None = None,
 ) -> Extraction:
     """Featurize the new or changed images under ``data_root`` and commit them as one run.
 
     Images already featurized under ``output_root`` (same path, size and modification time)
     are skipped unless ``overwrite``. The Keras workers' start and the driver's weight
-    loading overlap the listing.
+    loading overlap the listing. ``progress(done, total)`` is told the images featurized
+    while the run writes (:func:`helpers.report.progress_display` shows them in a notebook).
     """
     spec = spec.resolved()
     start_python_workers(spark, spec)
@@ -214,5 +218,7 @@ def extract_features(
     finally:
         pool.shutdown(wait=False)
     run = featurize(spark, todo, spec, count=count, loaded=loaded)
-    run_id = write_features(spark, run.features, output_root, overwrite=overwrite)
+    watch = nullcontext() if progress is None else udf_progress(spark, count, progress)
+    with watch:
+        run_id = write_features(spark, run.features, output_root, overwrite=overwrite)
     return replace(found, images_decoded=run.images_decoded, run_id=run_id, info=run.info)
