@@ -7,18 +7,13 @@ How it is fitted, and why: PCA of standardized columns is the eigendecomposition
 d x d correlation matrix. One Spark pass computes it: each task turns its Arrow batches
 into a float64 matrix and adds up the column sums and the scatter matrix X^T X with one
 BLAS-3 product (``mapInArrow``), the driver combines the tasks' partial results and
-decomposes the matrix with numpy's LAPACK. When the frame is a plain scan of local Parquet
-files (notebook 03's, one committed run), the tasks read those files themselves with
-pyarrow instead: the JVM's conversion of every value to Arrow was most of what Spark added
-to scikit-learn's time. Spark ML's own ``StandardScaler.fit`` +
-``PCA.fit`` gives the same model (tests/test_reduce.py) but is about 10 times slower here:
-two passes, a BLAS-2 rank-1 update per row (``RowMatrix``) and the decomposition by
-Breeze, which without a system LAPACK (the log says "Failed to load implementation from:
-dev.ludovic.netlib.lapack.JNILAPACK", as with a pip-installed pyspark) runs pure-Java
-LAPACK on one thread (bench/README.md). The result is an ordinary Spark ML
-``PipelineModel`` (``StandardScalerModel`` + ``PCAModel``) that transforms in the JVM, no
-Python. Memory: every task and the driver hold a few d x d float64 matrices (13 MB each for
-1280 columns); bench/README.md says up to what width it is safe.
+decomposes the matrix with numpy's LAPACK. A plain scan of local Parquet files (notebook
+03's) is read by the tasks with pyarrow, skipping the JVM's value-by-value conversion.
+Spark ML's own ``StandardScaler.fit`` + ``PCA.fit`` gives the same model
+(tests/test_reduce.py) but about 10 times slower (docs/decisions.md). The result is an
+ordinary Spark ML ``PipelineModel`` (``StandardScalerModel`` + ``PCAModel``) that transforms
+in the JVM. Memory: every task and the driver hold a few d x d float64 matrices (13 MB each
+for 1280 columns; bench/README.md says up to what width it is safe).
 """
 
 from __future__ import annotations
@@ -257,9 +252,8 @@ def _moments(features: DataFrame) -> tuple[int, int, np.ndarray, np.ndarray]:
     One pass over ``features``, in at most ``MAX_PARTS`` tasks (one per core up to that):
     the driver receives one mean and one packed triangle per task and combines them with
     the pairwise update of Chan et al. A plain scan of local Parquet files
-    (:func:`local_parquet_files`) is read by the tasks with pyarrow: that skips the JVM's
-    conversion of every value to Arrow, most of Spark's cost over scikit-learn's
-    (bench/README.md). Anything else goes through ``mapInArrow``.
+    (:func:`local_parquet_files`) is read by the tasks with pyarrow; anything else goes
+    through ``mapInArrow``.
     """
     spark = features.sparkSession
     tasks = max(1, min(spark.sparkContext.defaultParallelism, MAX_PARTS))
