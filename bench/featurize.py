@@ -40,7 +40,7 @@ import psutil
 from pyspark.sql import SparkSession
 
 from helpers.features.extract import Extraction, extract_features
-from helpers.features.models import MODELS, build_model, preprocess, resolve_weights
+from helpers.features.models import MODELS, build_model, resolve_weights
 from helpers.features.runtimes import RUNTIME_CHOICES, resolve_runtime
 from helpers.features.spec import BATCH_SIZE, FeatureSpec
 from helpers.features.store import read_features
@@ -69,11 +69,12 @@ def bare_keras(
     files: list[Path], weights: str, model_name: str, size: int, batch: int, cores: int
 ) -> float:
     """Images per second of read + decode + resize + predict in this process."""
+    import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
-    prepare = preprocess(model_name)  # equal to Keras' preprocess_input (tests/test_runtime.py)
+    prepare = getattr(keras.applications, MODELS[model_name]["module"]).preprocess_input
     model = build_model(model_name, size, weights)
     model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))  # warm-up, not timed
     started = time.perf_counter()
