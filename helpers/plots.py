@@ -123,27 +123,6 @@ def class_balance(counts: pd.DataFrame) -> Figure:
     return fig
 
 
-def sample_grid(samples: pd.DataFrame, per_class: int) -> Figure:
-    """A grid of thumbnails: one row per class (``label``), ``per_class`` images (``pixels``)."""
-    labels = sorted(samples["label"].unique())
-    fig, axes = plt.subplots(
-        len(labels), per_class, figsize=(1.3 * per_class + 1.6, 1.3 * len(labels)), squeeze=False
-    )
-    for row, label in enumerate(labels):
-        images = samples[samples["label"] == label]["pixels"].tolist()[:per_class]
-        for col, ax in enumerate(axes[row]):
-            if col < len(images):
-                ax.imshow(images[col])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-        axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle("Sample images per class")
-    fig.tight_layout()
-    return fig
-
-
 def variance_curves(explained: np.ndarray, threshold: float, k: int) -> Figure:
     """Scree (log scale) and cumulative explained variance, with the threshold and k marked."""
     components = np.arange(1, len(explained) + 1)

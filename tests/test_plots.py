@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 from helpers.plots import (
     LEGEND_MAX_CLASSES,
     class_balance,
-    sample_grid,
     save_figure,
     tsne_scatter,
     variance_curves,
@@ -58,21 +57,6 @@ def test_class_balance(tmp_path: Path) -> None:
     assert isinstance(fig, Figure)
     assert len(fig.axes[0].get_yticklabels()) == 3
     _check_saved(fig, tmp_path, "class_balance")
-
-
-def test_sample_grid(tmp_path: Path) -> None:
-    """sample_grid lays out one row per class and per_class columns, tolerating short classes."""
-    rng = np.random.default_rng(0)
-    samples = pd.DataFrame(
-        {
-            "label": ["Apple Red"] * 3 + ["Banana"] * 2,
-            "pixels": [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(5)],
-        }
-    )
-    fig = sample_grid(samples, per_class=3)
-    assert isinstance(fig, Figure)
-    assert len(fig.axes) == 2 * 3
-    _check_saved(fig, tmp_path, "sample_grid")
 
 
 def test_variance_curves(tmp_path: Path) -> None:

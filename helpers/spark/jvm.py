@@ -54,12 +54,6 @@ def fs_scheme(spark: SparkSession, uri: str) -> str:
     return str(fs.getUri().getScheme())
 
 
-def fs_exists(spark: SparkSession, uri: str) -> bool:
-    """Whether ``uri`` exists (file or folder)."""
-    fs, path = _fs_path(spark, uri)
-    return bool(fs.exists(path))
-
-
 def fs_delete(spark: SparkSession, uri: str, recursive: bool = True) -> None:
     """Delete ``uri`` (and, ``recursive``, everything under it) if it exists."""
     fs, path = _fs_path(spark, uri)
