@@ -1,9 +1,8 @@
 """The notebooks' interpretations (helpers.report) and the featurization's progress
-(helpers.spark.progress, read from a real local session's REST API)."""
+(helpers.spark.progress, on a real local session)."""
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +11,7 @@ from pyspark.sql import functions as F
 
 from helpers import report
 from helpers.evaluate import Score
-from helpers.spark.progress import python_rows, udf_progress
+from helpers.spark.progress import task_progress
 
 
 def test_note_is_markdown_in_jupyter_and_text_elsewhere():
@@ -75,34 +74,19 @@ def test_variance_probe_and_classifier_notes():
     assert report.classifier_note({"skipped": "no Test"}, probes) == "No classifier: no Test."
 
 
-def _udf_job(spark, rows: int) -> None:
+def test_task_progress_counts_finished_tasks_up_to_the_total(spark):
+    """Reports follow the finished tasks of the block's last stage: they never go back, never
+    exceed the total, and end at it; the job group is restored afterwards."""
+
     @F.pandas_udf("long")
     def plus_one(ids: pd.Series) -> pd.Series:
         return ids + 1
 
-    spark.range(rows, numPartitions=2).select(plus_one("id")).collect()
-
-
-def test_python_rows_counts_what_the_udfs_returned(spark):
-    """The REST API's SQL metrics count the rows of the Python UDF nodes of new executions."""
-    start = python_rows(spark)
-    assert start is not None
-    _udf_job(spark, 100)
-    found = threading.Event()
-    for _ in range(100):  # the listener bus records the finished execution asynchronously
-        rows = python_rows(spark, start[1])
-        if rows is not None and rows[0] == 100:
-            found.set()
-            break
-        found.wait(0.1)
-    assert found.is_set()
-
-
-def test_udf_progress_reports_up_to_the_total(spark):
-    """Reports never exceed the total, never go back, and end at the total."""
     seen: list[tuple[int, int]] = []
-    with udf_progress(spark, 50, lambda done, total: seen.append((done, total)), every=0.05):
-        _udf_job(spark, 50)
-    assert seen[-1] == (50, 50)
+    with task_progress(spark, 80, lambda done, total: seen.append((done, total)), every=0.01):
+        frame = spark.range(80, numPartitions=8).select(plus_one("id"))
+        frame.write.format("noop").mode("overwrite").save()
+    assert seen[-1] == (80, 80)
     done = [d for d, _ in seen]
-    assert done == sorted(done) and max(done) <= 50
+    assert done == sorted(done) and max(done) <= 80
+    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None

@@ -31,7 +31,7 @@ from helpers.features.udf import (
 )
 from helpers.images import list_images
 from helpers.spark.jvm import input_files
-from helpers.spark.progress import Report, udf_progress
+from helpers.spark.progress import Report, task_progress
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ def extract_features(
 
     Images already featurized under ``output_root`` (same path, size and modification time)
     are skipped unless ``overwrite``. The Keras workers' start and the driver's weight
-    loading overlap the listing. ``progress(done, total)`` is told the images featurized
-    while the run writes (:func:`helpers.report.progress_display` shows them in a notebook).
+    loading overlap the listing. ``progress(done, total)`` is told the images featurized,
+    task by task, while the run writes (:func:`helpers.report.progress_display` shows them).
     """
     spec = spec.resolved()
     start_python_workers(spark, spec)
@@ -218,7 +218,7 @@ def extract_features(
     finally:
         pool.shutdown(wait=False)
     run = featurize(spark, todo, spec, count=count, loaded=loaded)
-    watch = nullcontext() if progress is None else udf_progress(spark, count, progress)
+    watch = nullcontext() if progress is None else task_progress(spark, count, progress)
     with watch:
         run_id = write_features(spark, run.features, output_root, overwrite=overwrite)
     return replace(found, images_decoded=run.images_decoded, run_id=run_id, info=run.info)
