@@ -27,7 +27,7 @@ setup: $(STAMP)
 jars: $(STAMP)
 	$(BIN)/python -m helpers.spark.jars fetch
 
-# sparkmagic (the extra 'livy'; needs libkrb5-dev) and Apache Livy for tests/test_livy.py, cached
+# sparkmagic (the extra 'livy'; needs libkrb5-dev) and Apache Livy for tests/test_dev_livy.py, cached
 # in ~/.cache/fruits/livy from a binary zip ($$FRUITS_LIVY_DIST, ../shared/livy/): Maven Central
 # has no Livy repl jar. Without them the Livy tests skip, saying why.
 livy: $(STAMP)
