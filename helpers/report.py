@@ -35,6 +35,8 @@ def balance_note(counts: pd.DataFrame) -> Note:
         return Note("No images found.")
     small, large = per_class.index[0], per_class.index[-1]
     ratio = per_class.iloc[-1] / per_class.iloc[0]
+    if per_class.iloc[0] == per_class.iloc[-1]:
+        return Note(f"{len(per_class)} classes of {_n(per_class.iloc[0])} images each: balanced.")
     verdict = "balanced" if ratio <= 1.5 else "imbalanced: weigh or resample the small classes"
     return Note(
         f"{len(per_class)} classes, {_n(per_class.sum())} images. Largest class **{large}** "
@@ -85,8 +87,7 @@ def variability_note(variability: pd.DataFrame) -> Note:
 
 
 def features_note(extraction: Any, counts: Any, seconds: float) -> Note:
-    """What the feature step did, how fast, and how many rows hold an error."""
-    rate = f", {extraction.featurized / seconds:.0f} images/s" if extraction.featurized else ""
+    """What the feature step did, and how many rows hold an error."""
     errors = (
         f"{counts.errors} rows hold an error instead of features (listed below)"
         if counts.errors
@@ -94,7 +95,7 @@ def features_note(extraction: Any, counts: Any, seconds: float) -> Note:
     )
     return Note(
         f"{_n(extraction.featurized)} images featurized and {_n(extraction.skipped)} kept from "
-        f"earlier runs in {seconds:.0f} s{rate}; of {_n(counts.rows)} rows, {errors}."
+        f"earlier runs; of {_n(counts.rows)} rows, {errors}. The notebook took {seconds:.0f} s."
     )
 
 
@@ -120,9 +121,14 @@ def probe_note(probes: Mapping[str, ScoreLike]) -> Note:
         return Note(f"No comparison: {reasons or 'a probe is missing'}.")
     change = (reduced.accuracy - full.accuracy) * 100
     verdict = "loses" if change < 0 else "gains"
+    cost = (
+        "the reduction keeps what the probe needs"
+        if abs(change) < 0.05
+        else f"the reduction {verdict} {abs(change):.1f} point"
+    )
     return Note(
         f"The linear probe reaches {full.accuracy:.1%} on Test with every feature and "
-        f"{reduced.accuracy:.1%} with PCA: the reduction {verdict} {abs(change):.1f} point."
+        f"{reduced.accuracy:.1%} with PCA: {cost}."
     )
 
 

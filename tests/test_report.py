@@ -33,6 +33,8 @@ def test_balance_note_names_the_extremes():
     assert "**Apple** (50)" in note and "**Kiwi** (20)" in note and "2.5x apart" in note
     assert "imbalanced" in note
     assert report.balance_note(counts.iloc[:0]) == "No images found."
+    even = counts.assign(images=[10, 0, 10, 10])
+    assert report.balance_note(even) == "3 classes of 10 images each: balanced."
 
 
 def test_properties_duplicates_and_variability_notes():
@@ -53,7 +55,7 @@ def test_features_note_counts_and_rate():
     extraction = SimpleNamespace(featurized=300, skipped=20)
     counts = SimpleNamespace(rows=320, errors=2)
     note = report.features_note(extraction, counts, 10.0)
-    assert "300 images featurized and 20 kept" in note and "30 images/s" in note
+    assert "300 images featurized and 20 kept" in note and "took 10 s" in note
     assert "2 rows hold an error" in note
 
 
@@ -68,6 +70,8 @@ def test_variance_probe_and_classifier_notes():
     assert "k = 3 of 8 components keep 95.0%" in note and "first 2 already" in note
     probes = {"full": Score(accuracy=0.99), "pca_3": {"accuracy": 0.985}}
     assert "the reduction loses 0.5 point" in report.probe_note(probes)
+    same = report.probe_note({"full": Score(accuracy=1.0), "pca_3": Score(accuracy=1.0)})
+    assert same.endswith("the reduction keeps what the probe needs.")
     skipped = report.probe_note({"full": Score(skipped="one class"), "pca_3": Score(0.5)})
     assert skipped == "No comparison: full: one class."
     assert "+0.5 point against the probe" in report.classifier_note(Score(accuracy=0.99), probes)
