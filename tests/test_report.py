@@ -86,6 +86,7 @@ def test_task_progress_counts_finished_tasks_up_to_the_total(spark):
     def plus_one(ids: pd.Series) -> pd.Series:
         return ids + 1
 
+    before = spark.sparkContext.getLocalProperty("spark.jobGroup.id")
     seen: list[tuple[int, int]] = []
     with task_progress(spark, 80, lambda done, total: seen.append((done, total)), every=0.01):
         frame = spark.range(80, numPartitions=8).select(plus_one("id"))
@@ -93,4 +94,4 @@ def test_task_progress_counts_finished_tasks_up_to_the_total(spark):
     assert seen[-1] == (80, 80)
     done = [d for d, _ in seen]
     assert done == sorted(done) and max(done) <= 80
-    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
+    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") == before
