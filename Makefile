@@ -71,4 +71,5 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(OUTPUT) spark-warehouse metastore_db derby.log .pytest_cache
+	$(BIN)/python -m helpers.outputs clean $(OUTPUT)
+	rm -rf spark-warehouse metastore_db derby.log .pytest_cache

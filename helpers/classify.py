@@ -28,12 +28,9 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from helpers.config import STAGING
 from helpers.evaluate import Score
-from helpers.features.store import new_run_id
 from helpers.features.transformer import ImageFeaturizer
-from helpers.paths import join, spark_uri
-from helpers.spark.jvm import fs_delete, fs_move
+from helpers.outputs import publish, published
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +152,14 @@ class ModelCheck:
 
 def read_reduced(spark: SparkSession, output_root: str) -> DataFrame:
     """``pca/`` under ``output_root`` (notebook 03's output), ``pca`` as a Spark ML vector."""
-    reduced = spark.read.parquet(spark_uri(join(output_root, "pca")))
+    reduced = spark.read.parquet(published(output_root, "pca"))
     return reduced.withColumn("pca", array_to_vector("pca"))
 
 
-def load_reduction_model(output_root: str) -> PipelineModel:
-    """The fitted scaler + PCA of ``pca_model/`` under ``output_root`` (notebook 03)."""
-    return PipelineModel.load(spark_uri(join(output_root, "pca_model")))
+def load_reduction_model(spark: SparkSession, output_root: str) -> PipelineModel:
+    """The fitted scaler + PCA of ``pca_model/`` under ``output_root``: the version that made
+    the current ``pca/`` rows (notebook 03 publishes them together)."""
+    return PipelineModel.load(published(output_root, "pca_model", via="pca"))
 
 
 def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classification:
@@ -240,20 +238,31 @@ def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classificati
     return Classification(model, labels, result, params)
 
 
-def check_weights(featurizer: ImageFeaturizer, expected: str | None) -> str:
-    """The featurizer's weights checksum, once checked to be ``expected`` (the manifest's
-    ``weights_sha256``) when that is known.
+def check_weights(featurizer: ImageFeaturizer, settings: dict[str, Any] | None) -> str:
+    """The featurizer's weights checksum, once checked to match ``settings``, those of the
+    committed features (:func:`helpers.features.store.committed_settings`), when known.
 
-    A pipeline whose CNN differs from the one that made ``features/`` would feed the PCA
-    vectors it was not fitted on. One checksum names the weights everywhere
-    (:attr:`helpers.features.models.Weights.checksum`: a weights file's own SHA-256).
+    A pipeline whose CNN, weights or image size differ from those that made ``features/``
+    would feed the PCA vectors it was not fitted on. One checksum names the weights
+    everywhere (:attr:`helpers.features.models.Weights.checksum`: a weights file's SHA-256).
     """
     checksum = featurizer.weightsChecksum()
-    if expected and expected != checksum:
+    if not settings:
+        return checksum
+    mine = {
+        "model_name": featurizer.getModelName(),
+        "weights_sha256": checksum,
+        "image_size": featurizer.getImageSize(),
+    }
+    differ = [k for k, v in mine.items() if settings.get(k) != v]
+    if differ:
+        shown = ", ".join(
+            f"{k} {str(mine[k])[:12]} (features/: {str(settings.get(k))[:12]})" for k in differ
+        )
         raise ValueError(
-            f"weights '{featurizer.getWeights()}' (sha256 {checksum[:12]}...) are not those "
-            f"that made features/ (sha256 {expected[:12]}... in manifest.json): pass the "
-            f"same 'weights' as notebook 02, or run it again with overwrite=True"
+            f"this featurizer differs from the one that made features/: {shown}; pass the "
+            "same model_name, weights and image_size as notebook 02, or run 02 again with "
+            "overwrite=True"
         )
     return checksum
 
@@ -287,16 +296,18 @@ def pipeline_model(
 
 
 def save_pipeline_model(model: PipelineModel, output_root: str) -> str:
-    """Write ``model`` to ``output_root/pipeline_model/`` whole (staging, then moved)."""
+    """Publish ``model`` as the new version of ``output_root/pipeline_model/``; its URI."""
     spark = SparkSession.getActiveSession()
     assert spark is not None, "save_pipeline_model needs an active SparkSession"
-    staging = join(output_root, STAGING, new_run_id())
-    model.write().save(spark_uri(join(staging, PIPELINE_MODEL)))
-    target = join(output_root, PIPELINE_MODEL)
-    fs_move(spark, join(staging, PIPELINE_MODEL), target)
-    fs_delete(spark, staging)
+    publish(
+        spark,
+        output_root,
+        {PIPELINE_MODEL: lambda uri: model.write().save(uri)},
+        purpose="04_classifier: pipeline_model/",
+    )
+    target = published(output_root, PIPELINE_MODEL)
     log.info("saved the pipeline model to %s", target)
-    return spark_uri(target)
+    return target
 
 
 def pipeline_labels(model: PipelineModel) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 from helpers import env
 from helpers.env import HADOOP_AWS_JARS_ENV, S3_ENDPOINT_ENVS, WEIGHTS_ENV
 from helpers.features.spec import BATCH_SIZE, FeatureSpec
+from helpers.paths import resolve
 
 #: Image files the pipeline reads, by extension (any letter case), with Pillow's format name.
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
@@ -169,6 +170,32 @@ def coerce(name: str, value: Any) -> Any:
 GLOB_CHARS = "*?[]{}\\"
 
 
+def _canonical(uri: str) -> str:
+    """``uri`` in one spelling per location: ``s3a://``/``s3n://`` as ``s3://``, any scheme
+    in lower case, a local path absolute with links resolved, no trailing ``/``."""
+    resolved = resolve(uri)
+    scheme, sep, rest = resolved.partition("://")
+    if not sep:
+        return resolved.rstrip("/")
+    scheme = "s3" if scheme.lower() in ("s3a", "s3n") else scheme.lower()
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def check_roots(data_root: str, output_root: str) -> None:
+    """Refuse a ``data_root`` and an ``output_root`` that are one folder or nested.
+
+    Outputs inside the data would be read as images by the next run (its figures as a class
+    named ``figures``); data inside the outputs could be tidied away with them.
+    """
+    data, output = _canonical(data_root), _canonical(output_root)
+    if data == output or output.startswith(data + "/") or data.startswith(output + "/"):
+        where = "the same folder" if data == output else "nested in one another"
+        raise ValueError(
+            f"data_root '{data_root}' and output_root '{output_root}' are {where} ({data}, "
+            f"{output}): choose an output_root outside the images, and the images outside it"
+        )
+
+
 def validate(params: dict[str, Any]) -> dict[str, Any]:
     """Check parameter values before any heavy work; return them coerced to their types."""
     values = {name: coerce(name, value) for name, value in params.items()}
@@ -180,6 +207,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
                 f"as glob patterns ({GLOB_CHARS}) and would not find its files; use a folder "
                 "name without them"
             )
+    if values.get("data_root") and values.get("output_root"):
+        check_roots(values["data_root"], values["output_root"])
     FeatureSpec.from_params(values)  # the feature settings given, checked as the step will
     variance = values.get("pca_variance", 0.95)
     if not 0 < variance <= 1:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from helpers.lease import writer_lease
 from helpers.paths import exists, join, read_bytes, write_bytes
 
 PACKAGES = (
@@ -59,10 +60,15 @@ def read_manifest(output_root: str) -> dict[str, Any]:
 
 
 def update_manifest(output_root: str, section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Replace one section of ``output_root/manifest.json`` and write the file whole."""
-    manifest = read_manifest(output_root)
-    manifest[section] = {**values, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    manifest["versions"] = versions()
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=_plain)
-    write_bytes(join(output_root, "manifest.json"), text.encode())
+    """Replace one section of ``output_root/manifest.json`` and write the file whole.
+
+    The read-modify-write holds the output root's lease: two runs never interleave it.
+    """
+    with writer_lease(output_root, f"manifest.json ({section})"):
+        manifest = read_manifest(output_root)
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest[section] = {**values, "finished": finished}
+        manifest["versions"] = versions()
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=_plain)
+        write_bytes(join(output_root, "manifest.json"), text.encode())
     return manifest

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from helpers.classify import PIPELINE_MODEL, pipeline_labels, vector_or_null
 from helpers.images import list_images
+from helpers.outputs import POINTER, model_folder
 from helpers.paths import exists, is_remote, join, list_files, read_bytes, resolve, spark_uri
 from helpers.spark.session import get_spark
 
@@ -33,7 +34,7 @@ DEFAULT_MODEL = join("outputs", PIPELINE_MODEL)
 
 def check_model_path(model: str) -> None:
     """Raise, naming the fix, when no saved pipeline model is at ``model``."""
-    if not exists(join(resolve(model), "metadata")):
+    if not exists(join(resolve(model), "metadata")) and not exists(join(model, POINTER)):
         raise FileNotFoundError(
             f"no pipeline model at '{model}': run the pipeline first (python -m helpers.run "
             f"writes <output_root>/{PIPELINE_MODEL}/) or pass --model <output_root>/"
@@ -44,7 +45,7 @@ def check_model_path(model: str) -> None:
 def load_pipeline_model(model: str) -> PipelineModel:
     """The saved pipeline model at ``model``; a clear error when it is not there."""
     check_model_path(model)
-    loaded = PipelineModel.load(spark_uri(model))
+    loaded = PipelineModel.load(model_folder(model))
     if not pipeline_labels(loaded):
         raise ValueError(
             f"the pipeline model at '{model}' has no classifier (its Training split had fewer "

@@ -39,12 +39,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from threadpoolctl import threadpool_limits
 
-from helpers.config import STAGING
-from helpers.features.store import new_run_id
-from helpers.paths import join, spark_uri
+from helpers.outputs import publish, published
 from helpers.spark.jvm import (
-    fs_delete,
-    fs_move,
     java_pca_model,
     java_standard_scaler_model,
     parquet_scan_files,
@@ -371,16 +367,20 @@ def variance_table(
 
 
 def save_reduction(reduction: Reduction, reduced: DataFrame, output_root: str) -> str:
-    """Write the fitted model to ``pca_model/`` and the reduced rows to ``pca/``.
+    """Publish the fitted model to ``pca_model/`` and the reduced rows to ``pca/``; the URI
+    of the rows.
 
-    Each is written whole into staging, then moved into place: a run stopped half-way
-    leaves the previous model and rows readable.
+    One new version of each, then their pointers, ``pca``'s last (:mod:`helpers.outputs`):
+    a run stopped at any step leaves the previous pair readable.
     """
     spark = reduced.sparkSession
-    staging = join(output_root, STAGING, new_run_id())
-    reduction.model.write().save(spark_uri(join(staging, "pca_model")))
-    reduced.write.parquet(spark_uri(join(staging, "pca")))
-    for name in ("pca_model", "pca"):
-        fs_move(spark, join(staging, name), join(output_root, name))
-    fs_delete(spark, staging)
-    return spark_uri(join(output_root, "pca"))
+    publish(
+        spark,
+        output_root,
+        {
+            "pca_model": lambda uri: reduction.model.write().save(uri),
+            "pca": lambda uri: reduced.write.parquet(uri),
+        },
+        purpose="03_pca_tsne: pca/, pca_model/",
+    )
+    return published(output_root, "pca")

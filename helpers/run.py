@@ -36,18 +36,14 @@ from helpers.config import PARAMETERS, add_parameter_option, coerce, defaults, v
 from helpers.evaluate import probe_summary
 from helpers.features.models import resolve_weights
 from helpers.images import EXTENSIONS_TEXT, is_image_name
+from helpers.lease import check_free
 from helpers.manifest import read_manifest
+from helpers.outputs import NOTEBOOKS
 from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
 from helpers.spark.settings import resolve_hadoop_aws_jars, resolve_s3_endpoint, storage_env
 
 log = logging.getLogger(__name__)
 
-NOTEBOOKS = (
-    "01_eda.ipynb",
-    "02_feature_extraction.ipynb",
-    "03_pca_tsne.ipynb",
-    "04_classifier.ipynb",
-)
 #: The plain Python kernel, and sparkmagic's PySpark kernel (cells run in Apache Livy).
 KERNELS = ("python3", "pysparkkernel")
 
@@ -90,6 +86,7 @@ def run_notebooks(
     with _environment(env):
         for root in (values["data_root"], values["output_root"]):
             check_access(root)
+        check_free(values["output_root"])  # another run writing there: refused now, named
         if not is_remote(values["data_root"]):
             _check_local_roots(values["data_root"], values["output_root"])
         return _execute(values, notebooks, notebook_dir, kernel)

@@ -21,6 +21,9 @@ WEIGHTS_FILE = SHARED / "models" / WEIGHTS_NAME
 FRUITS360 = SHARED / "data" / "fruits360"
 DATA_SAMPLE = PROJECT_ROOT / "data_sample"
 
+#: Feature settings for tests that write feature rows of their own making.
+SETTINGS = {"model_name": "mobilenet_v2", "weights_sha256": "0" * 64, "image_size": 224}
+
 # This machine cannot download Keras weights: point the default at the local copy.
 if WEIGHTS_FILE.is_file():
     os.environ.setdefault("FRUITS_WEIGHTS", str(WEIGHTS_FILE))

@@ -143,3 +143,33 @@ def test_resolve_weights_missing_file(
     assert "nowhere.h5" in message
     assert "'weights'" in message
     assert WEIGHTS_ENV in message
+
+
+@pytest.mark.parametrize(
+    ("data_root", "output_root"),
+    [
+        ("/data/fruits", "/data/fruits"),
+        ("/data/fruits", "/data/fruits/outputs"),
+        ("/data/fruits/", "file:/data"),
+        ("s3://b/fruits", "s3a://b/fruits/out"),
+        ("S3A://b/fruits/out", "s3://b/fruits"),
+    ],
+)
+def test_validate_refuses_equal_or_nested_roots(data_root: str, output_root: str) -> None:
+    """Outputs inside the data would be read as images by the next run: refused up front."""
+    with pytest.raises(ValueError, match="data_root .* output_root .* (same folder|nested)"):
+        validate({"data_root": data_root, "output_root": output_root})
+
+
+def test_validate_accepts_sibling_roots(tmp_path) -> None:
+    """Siblings, even with one name a prefix of the other, are fine."""
+    validate({"data_root": str(tmp_path / "fruits"), "output_root": str(tmp_path / "fruits2")})
+    validate({"data_root": "s3://b/fruits", "output_root": "s3://b/fruits-out"})
+
+
+def test_validate_resolves_links_before_comparing_roots(tmp_path) -> None:
+    """An output_root reached through a link into the data is nested all the same."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(ValueError, match="nested"):
+        validate({"data_root": str(tmp_path / "data"), "output_root": str(tmp_path / "link/out")})

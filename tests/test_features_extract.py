@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_jpeg
+from conftest import SETTINGS, write_jpeg
 
 from helpers.features.extract import featurize
 from helpers.features.models import build_model, driver_weights
@@ -27,7 +27,7 @@ def featurized(spark, weights, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("out"))
     spec = FeatureSpec(weights=weights, batch_size=4)
     run = featurize(spark, list_images(spark, str(root)).images, spec)
-    write_features(spark, run.features, out)
+    write_features(spark, run.features, out, SETTINGS)
     assert run.images_decoded == 7  # each file decoded once, the corrupt one included
     return root, run.info, read_features(spark, out).toPandas().set_index("path")
 

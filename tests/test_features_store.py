@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import crash_first_attempt, write_jpeg
+from conftest import SETTINGS, crash_first_attempt, write_jpeg
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
@@ -167,7 +167,7 @@ def test_feature_values_are_written_without_a_dictionary(spark, tmp_path):
     rows = spark.range(64).selectExpr(
         "'same' AS path", "array_repeat(CAST(1.5 AS FLOAT), 8) AS features", "id AS size"
     )
-    write_features(spark, rows, str(out))
+    write_features(spark, rows, str(out), SETTINGS)
     encodings = {}
     for file in out.glob("features/run=*/*.parquet"):
         metadata = pq.ParquetFile(file).metadata
@@ -190,8 +190,8 @@ def test_commit_record_counts_the_rows_the_write_observed(spark, tmp_path):
     observation no action completes gives no count once the wait is over."""
     out = tmp_path / "out"
     rows = spark.range(64).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
-    write_features(spark, rows.repartition(3), str(out))
-    write_features(spark, rows.where("id < 0"), str(out))
+    write_features(spark, rows.repartition(3), str(out), SETTINGS)
+    write_features(spark, rows.where("id < 0"), str(out), SETTINGS)
     assert sorted(_record_rows(out)) == [0, 64]
     assert read_features(spark, str(out)).count() == 64
 
@@ -208,5 +208,72 @@ def test_commit_record_counts_the_files_when_the_observed_count_is_missing(
     monkeypatch.setattr(store, "_observed_rows", lambda observation: None)
     rows = spark.range(5).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
     with caplog.at_level("WARNING", logger="helpers.features.store"):
-        write_features(spark, rows.repartition(2), str(out))
+        write_features(spark, rows.repartition(2), str(out), SETTINGS)
     assert "counting" in caplog.text and _record_rows(out) == [5]
+
+
+def test_a_crafted_commit_record_is_ignored_and_never_followed(spark, tmp_path, caplog):
+    """A record whose ``run`` climbs out of ``features/`` (or names odd files) is named in a
+    warning and ignored: an overwrite run deletes nothing outside its own runs."""
+    out = tmp_path / "out"
+    canary = tmp_path / "canary"
+    (canary / "keep").mkdir(parents=True)
+    rows = spark.range(3).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
+    write_features(spark, rows, str(out), SETTINGS)
+    commits = out / "features" / COMMITS
+    crafted = {"run": "x/../../../canary", "files": [], "rows": 0, "overwrite": False}
+    (commits / "run=x.json").write_text(json.dumps(crafted))
+    odd_file = {**crafted, "run": "20990101T000000Z-abcdef", "files": [{"name": "../../x"}]}
+    (commits / "run=20990101T000000Z-abcdef.json").write_text(json.dumps(odd_file))
+    (commits / "run=20990101T000000Z-000000.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="helpers.features.store"):
+        assert read_features(spark, str(out)).count() == 3
+        write_features(spark, rows, str(out), SETTINGS, overwrite=True)
+    assert (canary / "keep").is_dir()
+    for name in ("run=x.json", "run=20990101T000000Z-abcdef.json", "not valid JSON"):
+        assert name in caplog.text
+    assert read_features(spark, str(out)).count() == 3
+
+
+def test_a_users_files_in_features_are_refused_and_kept(spark, tmp_path):
+    """``features/`` holding a file or folder this pipeline did not write: refused, kept."""
+    out = tmp_path / "out"
+    (out / "features" / "mine").mkdir(parents=True)
+    rows = spark.range(2).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
+    with pytest.raises(FileExistsError, match="features holds files .*mine"):
+        write_features(spark, rows, str(out), SETTINGS)
+    assert sorted(p.name for p in (out / "features").iterdir()) == ["mine"]
+
+
+def test_other_settings_are_refused_unless_overwrite(spark, weights, tiny_root, tmp_path):
+    """Features made at 224 px, two new images, a re-run at 100 px without ``overwrite``:
+    refused naming both settings and ``overwrite``, nothing written; with ``overwrite`` every
+    image is featurized again and the records name 100 px."""
+    out = tmp_path / "out"
+    _extract(spark, tiny_root, out, weights)
+    _add_images(tiny_root, "Kiwi", 2)
+    at_100 = FeatureSpec(weights=weights, batch_size=8, image_size=100)
+    with pytest.raises(ValueError, match=r"image_size 224.*image_size 100.*overwrite=True"):
+        extract_features(spark, str(tiny_root), str(out), at_100)
+    assert len(_records(out)) == 1
+    again = extract_features(spark, str(tiny_root), str(out), at_100, overwrite=True)
+    assert again.featurized == 12
+    assert store.committed_settings(spark, str(out))["image_size"] == 100
+
+
+def test_runs_of_mixed_settings_are_refused_by_readers(spark, tmp_path):
+    """Two committed runs of different settings (or one without settings): readers refuse."""
+    out = tmp_path / "out"
+    rows = spark.range(2).selectExpr("concat('p-', id) AS path", "id AS size", "id AS modified")
+    write_features(spark, rows, str(out), SETTINGS)
+    record = out / "features" / COMMITS / _records(out)[0]
+    changed = json.loads(record.read_text())
+    changed["run"] = "20990101T000000Z-abcdef"
+    changed["settings"]["image_size"] = 100
+    (record.parent / f"run={changed['run']}.json").write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="mix runs of different settings"):
+        read_features(spark, str(out))
+    del changed["settings"]
+    (record.parent / f"run={changed['run']}.json").write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="committed before settings were recorded"):
+        read_features(spark, str(out))

@@ -54,7 +54,7 @@ def built(spark, weights, tmp_path_factory):
     save_reduction(reduction, reduce_features(reduction, features), out)
     classification = train_classifier(read_reduced(spark, out))
     featurizer = ImageFeaturizer(weights=weights, batchSize=8)
-    model = pipeline_model(featurizer, load_reduction_model(out), classification)
+    model = pipeline_model(featurizer, load_reduction_model(spark, out), classification)
     uri = save_pipeline_model(model, out)
     return root, Path(out), uri, featurizer, classification
 
@@ -101,8 +101,8 @@ def test_classifier_scores_test_like_the_probe(built):
 def test_saved_model_is_self_contained_and_checked(spark, built, weights, tmp_path):
     """The featurizer stage's folder holds the weights and their checksum; a damaged copy
     is refused on load."""
-    _, out, _, featurizer, _ = built
-    stages = sorted((out / PIPELINE_MODEL / "stages").iterdir())
+    _, out, uri, featurizer, _ = built
+    stages = sorted((Path(uri.removeprefix("file://")) / "stages").iterdir())
     assert [s.name.split("_", 1)[1].split("_")[0] for s in stages][:2] == [
         "ImageFeaturizer",
         "ArrayToVector",
@@ -116,9 +116,12 @@ def test_saved_model_is_self_contained_and_checked(spark, built, weights, tmp_pa
     assert metadata["weights_format"] == "h5-file" and metadata["weights_sha256"] == digest
     assert featurizer.weightsChecksum() == digest and "weights_arrays_sha256" not in metadata
     assert any((folder / "weights").glob("*.parquet"))
-    assert check_weights(featurizer, digest) == digest
-    with pytest.raises(ValueError, match="are not those that made features/"):
-        check_weights(featurizer, "0" * 64)
+    settings = {"model_name": "mobilenet_v2", "weights_sha256": digest, "image_size": 224}
+    assert check_weights(featurizer, settings) == digest
+    with pytest.raises(ValueError, match="weights_sha256 0000.* differs|differs from the one"):
+        check_weights(featurizer, {**settings, "weights_sha256": "0" * 64})
+    with pytest.raises(ValueError, match=r"image_size 224 \(features/: 100\)"):
+        check_weights(featurizer, {**settings, "image_size": 100})
     damaged = tmp_path / "damaged"
     shutil.copytree(folder, damaged)
     text = (damaged / "metadata" / part.name).read_text()

@@ -142,12 +142,12 @@ def test_end_to_end_outputs(outputs):
 
     reduced = pd.read_parquet(outputs / "pca")
     assert len(reduced) == files - len(BAD) and len(reduced["pca"].iloc[0]) == k
-    assert (outputs / "pca_model" / "metadata").is_dir()
+    assert len(list((outputs / "pca_model").glob("v=*/metadata"))) == 1
     classifier = manifest["classifier"]
     assert classifier["accuracy"] >= 0.9 and len(classifier["worst_classes"]) == 5
     assert classifier["check"]["max_relative_pca_difference"] <= 1e-4
     assert classifier["weights_sha256"] == manifest["features"]["weights_sha256"]
-    assert (outputs / "pipeline_model" / "metadata").is_dir()
+    assert len(list((outputs / "pipeline_model").glob("v=*/metadata"))) == 1
 
     for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
         png = (outputs / "figures" / f"{figure}.png").read_bytes()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SETTINGS
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA as SparkPCA
 from pyspark.ml.feature import StandardScaler as SparkScaler
@@ -14,6 +15,7 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, Str
 from sklearn.decomposition import PCA as SklearnPCA
 
 from helpers.features.store import read_features, write_features
+from helpers.outputs import current_version, published
 from helpers.paths import join, spark_uri
 from helpers.reduce import (
     choose_k,
@@ -197,11 +199,12 @@ def test_save_reduction_round_trip(spark, reduction, features, tmp_path: Path) -
     output_root = str(tmp_path / "out")
     reduced = reduce_features(reduction, features)
     uri = save_reduction(reduction, reduced, output_root)
-    assert uri == spark_uri(join(output_root, "pca"))
-    assert (tmp_path / "out" / "pca").is_dir() and (tmp_path / "out" / "pca_model").is_dir()
+    version = current_version(output_root, "pca")
+    assert uri == spark_uri(join(output_root, "pca", f"v={version}"))
+    assert (tmp_path / "out" / "pca_model" / f"v={version}" / "metadata").is_dir()
 
     saved = spark.read.parquet(uri).toPandas().sort_values("path")
-    loaded = PipelineModel.load(spark_uri(join(output_root, "pca_model")))
+    loaded = PipelineModel.load(published(output_root, "pca_model", via="pca"))
     assert loaded.stages[-1].pc.numCols == reduction.k
     again_pd = reduce_features(replace(reduction, model=loaded), features).toPandas()
     again_pd = again_pd.sort_values("path")
@@ -360,7 +363,7 @@ def test_feature_files_are_read_in_the_tasks(spark, feature_files, reduction) ->
 def test_committed_run_is_fitted_from_its_files(spark, features, tmp_path) -> None:
     """Notebook 03's frame, ``read_features`` of one committed run, is a plain scan of that
     run's files; filtered, projected or combined frames go through Spark's Arrow pass."""
-    write_features(spark, features, str(tmp_path))
+    write_features(spark, features, str(tmp_path), SETTINGS)
     committed = read_features(spark, str(tmp_path))
     files = local_parquet_files(committed)
     assert files and all(f"{tmp_path}/features/run=" in path for path in files)

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy as np
 import pandas as pd
 import pyspark
 import pytest
-from conftest import DATA_SAMPLE, moto_server
+from conftest import DATA_SAMPLE, SETTINGS, moto_server
+from test_outputs import publish_kill_chain
 
 from helpers.env import HADOOP_AWS_JARS_ENV, MAVEN_REPO_ENV, S3_ENDPOINT_ENVS, WEIGHTS_ENV
 from helpers.features.extract import extract_features
@@ -605,9 +607,11 @@ def test_notebooks_on_s3_through_s3a_match_local_run(
     success = json.loads(s3.body(f"runs/e2e/features/run={run_id}/_SUCCESS"))
     assert success["committer"] == "magic"  # S3A's committer wrote the Parquet, no rename
     # metadata/part-00000 (Spark 3.5) or part-00000-<uuid>-c000.txt (Spark 4)
-    assert any(k.startswith("runs/e2e/pca_model/metadata/part-00000") for k in keys)
+    assert any(k.startswith("runs/e2e/pca_model/v=") and "/metadata/part-00000" in k for k in keys)
     # notebook 04, through S3A
-    assert any(k.startswith("runs/e2e/pipeline_model/metadata/part-00000") for k in keys)
+    assert any(
+        k.startswith("runs/e2e/pipeline_model/v=") and "/metadata/part-00000" in k for k in keys
+    )
     assert {f"runs/e2e/figures/{f}.png" for f in ("class_balance", "pca_variance", "tsne")} <= set(
         keys
     )
@@ -653,6 +657,7 @@ from helpers.features import store
 from helpers.features.store import read_features, write_features
 from helpers.spark.session import get_spark
 root, run, fault = sys.argv[1], sys.argv[2], sys.argv[3]
+SETTINGS = {"model_name": "mobilenet_v2", "weights_sha256": "0" * 64, "image_size": 224}
 kill = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 write_whole, fs_move = store.write_whole, store.fs_move
 if fault == "written-not-committed":
@@ -676,7 +681,7 @@ if run.startswith("all"):  # every path again, as overwrite=True does
     rows = rows.union(spark.range(4).selectExpr(
         "concat('a-', id) AS path", "CAST(id AS LONG) AS size", "CAST(id AS LONG) AS modified"
     ))
-write_features(spark, rows.repartition(2), root, overwrite=run.startswith("all"))
+write_features(spark, rows.repartition(2), root, SETTINGS, overwrite=run.startswith("all"))
 print("DONE", flush=True)
 """
 
@@ -736,14 +741,48 @@ def test_publish_killed_at_every_step_locally(spark, tmp_path: Path) -> None:
     (The other steps run the same code as on S3, tested above.)"""
     root = str(tmp_path / "out")
     rows = "concat('{0}-', id) AS path", "id AS size", "id AS modified"
-    write_features(spark, spark.range(4).selectExpr(*[r.format("a") for r in rows]), root)
+    write_features(spark, spark.range(4).selectExpr(*[r.format("a") for r in rows]), root, SETTINGS)
     returncode, seen = _kill_step(root, "c", "record-written-not-renamed", tmp_path / "c.log")
     assert (returncode, seen) == (-9, ["a"]), (tmp_path / "c.log").read_text()[-3000:]
     features = tmp_path / "out" / "features"
     assert len(list((features / "_commits").glob(".*.tmp"))) == 1  # it died right there
     assert sorted({r.path[0] for r in read_features(spark, root).collect()}) == ["a"]
-    write_features(spark, spark.range(4).selectExpr(*[r.format("d") for r in rows]), root)
+    write_features(spark, spark.range(4).selectExpr(*[r.format("d") for r in rows]), root, SETTINGS)
     assert sorted({r.path[0] for r in read_features(spark, root).collect()}) == ["a", "d"]
     records = sorted(p.stem for p in (features / "_commits").glob("run=*.json"))
     assert sorted(p.name for p in features.glob("run=*")) == records and len(records) == 2
     assert not list((features / "_commits").glob(".*.tmp"))  # the killed temp record is gone
+
+
+def test_writer_lease_on_s3_is_a_conditional_put(s3: S3) -> None:
+    """On S3 the lease is created with ``If-None-Match: *`` (moto checks it like S3): held,
+    it names its holder; a second writer is refused naming it; released, it is gone."""
+    from botocore.exceptions import ClientError
+
+    from helpers.lease import LeaseHeld, writer_lease
+
+    _forget_clients()
+    key = "runs/lease/_lease.json"
+    with writer_lease(f"s3a://{BUCKET}/runs/lease", "first"):
+        holder = json.loads(s3.body(key))
+        assert holder["purpose"] == "first" and holder["pid"] == os.getpid()
+        with pytest.raises(ClientError, match="PreconditionFailed"):
+            s3.client.put_object(Bucket=BUCKET, Key=key, Body=b"x", IfNoneMatch="*")
+    assert s3.keys("runs/lease/") == []
+    other = {**holder, "host": "elsewhere", "token": "other", "renewed": time.time()}
+    s3.client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(other).encode())
+    with pytest.raises(LeaseHeld, match="first by pid .* on elsewhere"):
+        with writer_lease(f"s3://{BUCKET}/runs/lease", "second"):
+            pass
+    assert json.loads(s3.body(key))["token"] == "other"  # another's lease: kept
+
+
+@pytest.mark.slow
+@needs_s3a
+def test_pca_publish_killed_at_every_step_on_s3(s3: S3, tmp_path: Path) -> None:
+    """``pca_model/`` + ``pca/`` on S3 (moto): a writer killed before any pointer, between
+    the two, or after both leaves a whole pair readable; the last publish leaves one version."""
+    publish_kill_chain(f"s3a://{BUCKET}/runs/publish", tmp_path)
+    keys = s3.keys("runs/publish/pca/")
+    versions = {k.split("/")[3] for k in keys if k.split("/")[3].startswith("v=")}
+    assert len(versions) == 1 and "runs/publish/pca/_current.json" in keys

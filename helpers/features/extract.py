@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from helpers.features.models import Weights, driver_weights
 from helpers.features.spec import FeatureSpec
-from helpers.features.store import pending_images, write_features
+from helpers.features.store import check_settings, pending_images, write_features
 from helpers.features.udf import (
     broadcast_model,
     feature_udf,
@@ -183,6 +183,15 @@ class Extraction:
         return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
 
 
+def feature_settings(spec: FeatureSpec, weights: Weights) -> dict[str, Any]:
+    """The settings a features run records: what decides the values (not the runtime)."""
+    return {
+        "model_name": spec.model_name,
+        "weights_sha256": weights.checksum,
+        "image_size": spec.image_size,
+    }
+
+
 def extract_features(
     spark: SparkSession,
     data_root: str,
@@ -195,9 +204,11 @@ def extract_features(
     """Featurize the new or changed images under ``data_root`` and commit them as one run.
 
     Images already featurized under ``output_root`` (same path, size and modification time)
-    are skipped unless ``overwrite``. The Keras workers' start and the driver's weight
-    loading overlap the listing. ``progress(done, total)`` is told the images featurized,
-    task by task, while the run writes (:func:`helpers.report.progress_display` shows them).
+    are skipped unless ``overwrite``; a run with other settings than the committed features
+    is refused unless ``overwrite`` (:func:`helpers.features.store.check_settings`). The Keras
+    workers' start and the driver's weight loading overlap the listing.
+    ``progress(done, total)`` is told the images featurized, task by task, while the run
+    writes (:func:`helpers.report.progress_display` shows them).
     """
     spec = spec.resolved()
     start_python_workers(spark, spec)
@@ -206,19 +217,21 @@ def extract_features(
         loading = pool.submit(driver_weights, spec.model_name, spec.weights, spec.image_size)
         listing = list_images(spark, data_root)
         files = listing.files
-        todo = pending_images(spark, listing.images, output_root, overwrite=overwrite)
-        count = files if todo is listing.images else todo.count()  # first run: no job
-        found = Extraction(
-            files=files, featurized=count, skipped=files - count, listing=listing.report()
-        )
-        if count == 0:
-            log.info("all %d images already featurized under %s", files, output_root)
-            return found
         loaded = loading.result()
     finally:
         pool.shutdown(wait=False)
+    settings = feature_settings(spec, loaded)
+    check_settings(spark, output_root, settings, overwrite=overwrite)
+    todo = pending_images(spark, listing.images, output_root, overwrite=overwrite)
+    count = files if todo is listing.images else todo.count()  # first run: no job
+    found = Extraction(
+        files=files, featurized=count, skipped=files - count, listing=listing.report()
+    )
+    if count == 0:
+        log.info("all %d images already featurized under %s", files, output_root)
+        return found
     run = featurize(spark, todo, spec, count=count, loaded=loaded)
     watch = nullcontext() if progress is None else task_progress(spark, count, progress)
     with watch:
-        run_id = write_features(spark, run.features, output_root, overwrite=overwrite)
+        run_id = write_features(spark, run.features, output_root, settings, overwrite=overwrite)
     return replace(found, images_decoded=run.images_decoded, run_id=run_id, info=run.info)

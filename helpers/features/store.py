@@ -18,14 +18,19 @@ holds on S3A (where a rename is a copy plus a delete per file) as on local disk.
 ``overwrite`` featurizes everything again; its record says so, and readers ignore every
 run committed before it (the older folders are then removed, which is only tidying up).
 
-One writer at a time per ``output_root``: a second run started while one is writing would
-remove the other's uncommitted folder.
+Each record carries the feature settings (model, weights SHA-256, image size; the runtimes
+give the same features and count as one). A run whose settings differ from the committed
+ones is refused unless ``overwrite``, and readers refuse runs of mixed settings: features of
+two CNNs or two sizes never meet in one dataset. A record that is not valid (not JSON, a run
+id or file name not of this pipeline's form) is named in a warning and ignored: no path is
+ever built from it. The writer holds ``output_root``'s lease (:mod:`helpers.lease`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -36,6 +41,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
+from helpers.lease import writer_lease
 from helpers.paths import join, spark_uri
 from helpers.spark.jvm import fs_children, fs_delete, fs_move, fs_read_text, fs_scheme, fs_write
 
@@ -43,7 +49,13 @@ log = logging.getLogger(__name__)
 
 FEATURES = "features"
 COMMITS = "_commits"  # under features/; hidden from Spark and pyarrow readers alike
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
+#: A run id as :func:`new_run_id` makes it; nothing else is taken from a record into a path.
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+#: The Parquet files a run's record may name: Spark's part files, a plain name.
+PART_FILE = re.compile(r"^part-[\w.=-]+\.parquet$")
+#: The settings that decide the features, recorded per run.
+SETTINGS = ("model_name", "weights_sha256", "image_size")
 #: Parquet writer option: no dictionary attempt on the feature values. CNN floats almost
 #: never repeat, so the writer hashed every value of each row group's first page and then
 #: fell back to plain encoding anyway: same files, less CPU beside the inference.
@@ -83,8 +95,29 @@ def _data_files(spark: SparkSession, run_uri: str) -> list[dict[str, Any]]:
     ]
 
 
+def _invalid(name: str, record: Any) -> str:
+    """Why the record in file ``name`` is not one this pipeline wrote; ``''`` if it is."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    run = record.get("run")
+    if not isinstance(run, str) or not RUN_ID.match(run) or name != f"run={run}.json":
+        return f"its run {run!r} is not a run id matching its file name"
+    files = record.get("files")
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("name"), str) and PART_FILE.match(f["name"])
+        for f in files
+    ):
+        return "its files are not plain Parquet part-file names"
+    if not isinstance(record.get("rows"), int) or not isinstance(record.get("overwrite"), bool):
+        return "its rows or overwrite field is missing"
+    return ""
+
+
 def _commit_records(spark: SparkSession, output_root: str) -> list[dict[str, Any]]:
-    """The commit records under ``features/_commits/``, oldest run first."""
+    """The valid commit records under ``features/_commits/``, by run id (oldest first).
+
+    An invalid one is named in a warning and ignored: nothing it says is followed.
+    """
     commits = join(output_root, FEATURES, COMMITS)
     names = [name for name, is_dir, _ in fs_children(spark, commits) if not is_dir]
     records = []
@@ -92,20 +125,76 @@ def _commit_records(spark: SparkSession, output_root: str) -> list[dict[str, Any
         uri = join(commits, name)
         try:
             record = json.loads(fs_read_text(spark, uri))
+            reason = _invalid(name, record)
         except ValueError as exc:
-            raise ValueError(
-                f"commit record {uri} is not valid JSON ({exc}): it was not written by this "
-                "pipeline; remove it (its run is then ignored) or re-run with overwrite=True"
-            ) from exc
+            reason = f"not valid JSON ({exc})"
+        if reason:
+            log.warning(
+                "ignoring commit record %s: %s; it was not written by this pipeline (remove it)",
+                uri,
+                reason,
+            )
+            continue
         records.append(record)
     return records
 
 
 def _committed(spark: SparkSession, output_root: str) -> list[dict[str, Any]]:
     """The records of the runs readers see: the newest overwrite run and those after it."""
-    records = sorted(_commit_records(spark, output_root), key=lambda r: r["run"])
+    records = _commit_records(spark, output_root)
     bases = [i for i, r in enumerate(records) if r.get("overwrite")]
     return records[bases[-1] :] if bases else records
+
+
+def _settings_text(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "unknown settings (committed before settings were recorded)"
+    sha = str(settings.get("weights_sha256", ""))[:12]
+    return (
+        f"model_name {settings.get('model_name')}, image_size {settings.get('image_size')}, "
+        f"weights sha256 {sha}..."
+    )
+
+
+def committed_settings(spark: SparkSession, output_root: str) -> dict[str, Any] | None:
+    """The feature settings of the committed runs (``None`` before the first run).
+
+    Raises ``ValueError`` when the runs readers see were made with different settings, or
+    before settings were recorded: their features cannot be compared with each other.
+    """
+    records = _committed(spark, output_root)
+    if not records:
+        return None
+    found = {json.dumps(r.get("settings"), sort_keys=True) for r in records}
+    first = records[0].get("settings")
+    if len(found) > 1 or not first:
+        kinds = "; ".join(sorted(_settings_text(json.loads(f)) for f in found))
+        raise ValueError(
+            f"features under {join(output_root, FEATURES)} mix runs of different settings "
+            f"({kinds}): run 02_feature_extraction again with overwrite=True"
+        )
+    return dict(first)
+
+
+def check_settings(
+    spark: SparkSession, output_root: str, settings: dict[str, Any], *, overwrite: bool = False
+) -> None:
+    """Refuse a run whose ``settings`` differ from the committed features' (unless
+    ``overwrite``, which featurizes everything again), naming both."""
+    if overwrite:
+        return
+    try:
+        committed = committed_settings(spark, output_root)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; this run asks for {_settings_text(settings)}") from exc
+    wanted = {k: settings[k] for k in SETTINGS}
+    if committed is not None and committed != wanted:
+        raise ValueError(
+            f"features under {join(output_root, FEATURES)} were made with "
+            f"{_settings_text(committed)}; this run asks for {_settings_text(wanted)}. Pass "
+            "overwrite=True to featurize every image again with the new settings, or the "
+            "committed settings to add new images to them"
+        )
 
 
 def new_run_id() -> str:
@@ -117,8 +206,10 @@ def read_features(spark: SparkSession, output_root: str) -> DataFrame:
     """The current features: the newest row per path over all committed runs.
 
     Exactly the files the commit records name are read: an uncommitted run's files, or a
-    stray file in a run folder, are never part of the result.
+    stray file in a run folder, are never part of the result. Runs of different settings
+    are refused (:func:`committed_settings`).
     """
+    committed_settings(spark, output_root)  # runs of mixed settings are refused
     records = _committed(spark, output_root)
     features = join(output_root, FEATURES)
     files = [
@@ -147,13 +238,16 @@ def pending_images(
     return images.join(done, ["path", "length", "modificationTime"], "left_anti")
 
 
-def _record(run_id: str, files: list[dict[str, Any]], rows: int, overwrite: bool) -> bytes:
+def _record(
+    run_id: str, files: list[dict[str, Any]], rows: int, overwrite: bool, settings: dict[str, Any]
+) -> bytes:
     return json.dumps(
         {
             "run": run_id,
             "files": files,
             "rows": rows,
             "overwrite": overwrite,
+            "settings": {k: settings[k] for k in SETTINGS},
             "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "layout": LAYOUT_VERSION,
         },
@@ -161,25 +255,44 @@ def _record(run_id: str, files: list[dict[str, Any]], rows: int, overwrite: bool
     ).encode()
 
 
+def _tmp_record(name: str) -> bool:
+    """Whether ``name`` is a temporary commit record :func:`write_whole` left behind."""
+    match = re.match(r"^\.run=(.+)\.json\.[0-9a-f]{8}\.tmp$", name)
+    return bool(match and RUN_ID.match(match.group(1)))
+
+
 def _prepare(spark: SparkSession, output_root: str) -> set[str]:
     """Make ``features/`` ready for a new run; return the committed run ids.
 
     ``run=`` folders without a record (left by a killed run) are removed, and so are the
-    runs an overwrite run made obsolete, and records a killed run did not rename.
+    runs an overwrite run made obsolete, and records a killed run did not rename. A
+    ``features/`` holding anything else is refused, naming it.
     """
     features = join(output_root, FEATURES)
     commits = join(features, COMMITS)
+    entries = fs_children(spark, features)
+    foreign = sorted(
+        name
+        for name, is_dir, _ in entries
+        if not (is_dir and (name == COMMITS or RUN_ID.match(name.removeprefix("run="))))
+    )
+    if foreign:
+        raise FileExistsError(
+            f"{features} holds files this pipeline did not write ({', '.join(foreign[:5])}): "
+            "move them elsewhere or choose another output_root"
+        )
     records = _commit_records(spark, output_root)
     for name, is_dir, _ in fs_children(spark, commits):
-        if not is_dir and name.startswith(".") and name.endswith(".tmp"):
+        if not is_dir and _tmp_record(name):
             fs_delete(spark, join(commits, name))
     visible = {r["run"] for r in _committed(spark, output_root)}
     for record in records:
         if record["run"] not in visible:  # made obsolete by a later overwrite run
             fs_delete(spark, join(features, f"run={record['run']}"))
             fs_delete(spark, join(commits, f"run={record['run']}.json"))
-    for name, is_dir, _ in fs_children(spark, features):
-        if is_dir and name.startswith("run=") and name[len("run=") :] not in visible:
+    for name, is_dir, _ in entries:
+        run = name.removeprefix("run=")
+        if is_dir and name.startswith("run=") and RUN_ID.match(run) and run not in visible:
             log.info("removing %s, left by a run that did not commit", name)
             fs_delete(spark, join(features, name))
     return visible
@@ -199,34 +312,42 @@ def _observed_rows(observation: Observation, timeout: float = OBSERVED_WAIT_S) -
 
 
 def write_features(
-    spark: SparkSession, features: DataFrame, output_root: str, *, overwrite: bool = False
+    spark: SparkSession,
+    features: DataFrame,
+    output_root: str,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool = False,
 ) -> str:
-    """Write ``features`` as a new run and commit it; return its id.
+    """Write ``features`` as a new run made with ``settings`` and commit it; return its id.
 
     The rows go straight into ``features/run=<id>/``; the run exists for readers from the
     moment its commit record is written. With ``overwrite`` the older runs are hidden by
     that record and then removed. The record's row count is observed by the write itself
-    (``DataFrame.observe``): no second job reads the files back to count them.
+    (``DataFrame.observe``): no second job reads the files back to count them. The whole
+    write holds ``output_root``'s lease.
     """
-    visible = _prepare(spark, output_root)
-    run_id = new_run_id()
-    folder = join(output_root, FEATURES, f"run={run_id}")
-    observation = Observation(f"fruits-features-{run_id}")
-    observed = features.observe(observation, F.count(F.lit(1)).alias("rows"))
-    observed.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
-    files = _data_files(spark, folder)
-    rows = _observed_rows(observation)
-    if rows is None:
-        log.warning("the write's row count did not arrive: counting %s with Spark", folder)
-        # the schema is known: no job reading a footer to infer it, only the count's
-        reader = spark.read.schema(features.schema)
-        rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
-    record = _record(run_id, files, rows, overwrite)
-    write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)
-    if overwrite:
-        for old in sorted(visible):
-            fs_delete(spark, join(output_root, FEATURES, COMMITS, f"run={old}.json"))
-            fs_delete(spark, join(output_root, FEATURES, f"run={old}"))
+    with writer_lease(output_root, "02_feature_extraction: features/"):
+        check_settings(spark, output_root, settings, overwrite=overwrite)
+        visible = _prepare(spark, output_root)
+        run_id = new_run_id()
+        folder = join(output_root, FEATURES, f"run={run_id}")
+        observation = Observation(f"fruits-features-{run_id}")
+        observed = features.observe(observation, F.count(F.lit(1)).alias("rows"))
+        observed.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
+        files = _data_files(spark, folder)
+        rows = _observed_rows(observation)
+        if rows is None:
+            log.warning("the write's row count did not arrive: counting %s with Spark", folder)
+            # the schema is known: no job reading a footer to infer it, only the count's
+            reader = spark.read.schema(features.schema)
+            rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
+        record = _record(run_id, files, rows, overwrite, settings)
+        write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)
+        if overwrite:
+            for old in sorted(visible):
+                fs_delete(spark, join(output_root, FEATURES, COMMITS, f"run={old}.json"))
+                fs_delete(spark, join(output_root, FEATURES, f"run={old}"))
     log.info("features run %s committed under %s (%d rows)", run_id, folder, rows)
     return run_id
 
