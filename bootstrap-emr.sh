@@ -21,8 +21,12 @@
 #   (--profile, /etc/profile.d/fruits.sh, which the pipeline step sources too). Spark and Livy get it from
 #   the cluster configurations that `python -m helpers.emr` writes.
 # --index-url: a PyPI mirror for clusters without internet access.
+# --venv: a folder this script created (it holds .fruits-bootstrap), an empty one or none;
+#   any other is refused, never removed. --profile: a file this script wrote, or none.
 # --dry-run: checks the arguments and prints every command instead of running it (no sudo,
 #   no network, no change to the machine).
+# Values are checked before use: no control characters, no credentials in a URI (they would
+# show in EMR's console and logs), plain absolute paths; the profile gets them shell-quoted.
 # pyspark is EMR's own and is never installed; the system Python and its pip are not touched.
 # `python -m helpers.emr deploy` uploads these files and passes the arguments (docs/emr.md).
 set -euo pipefail
@@ -82,6 +86,31 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+# First, as the messages below show these values.
+# redact URI: the URI with everything between :// and its last @ (or the end) as ***.
+redact() {
+  local scheme="${1%%://*}" rest="${1#*://}"
+  if [[ "$rest" == *@* ]]; then echo "${scheme}://***@${rest##*@}"; else echo "${scheme}://***"; fi
+}
+# check_value OPTION VALUE: refuse control characters and credentials, without showing them.
+check_value() {
+  local option="$1" value="$2"
+  [[ "$value" != *[[:cntrl:]]* ]] \
+    || usage_error "$option holds a control character (a newline?): give one plain value"
+  # userinfo (@ in the authority), or a : not followed by a port (an S3 bucket has none)
+  local uri_re='^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)' s3_re='^[sS]3[aAnN]?://' host
+  [[ "$value" =~ $uri_re ]] || return 0
+  host="${BASH_REMATCH[1]##*]}" # an IPv6 literal [::1] holds colons of its own
+  if [[ "${BASH_REMATCH[1]}" == *@* ]] \
+    || [[ "$host" == *:* && (! "${host##*:}" =~ ^[0-9]+$ || "$value" =~ $s3_re) ]]; then
+    usage_error "$option '$(redact "$value")' holds credentials (user:secret@), refused: bootstrap arguments show in EMR's console and logs; let the instance role grant access"
+  fi
+}
+check_value --wheel "$WHEEL"
+check_value --requirements "$REQUIREMENTS"
+check_value --weights "$WEIGHTS"
+check_value --index-url "$INDEX_URL"
+
 case "$PYTHON_VERSION" in
   3.9) PYTHON="python3.9" PYTHON_PACKAGES=(python3 python3-pip) ;;
   3.11) PYTHON="python3.11" PYTHON_PACKAGES=(python3.11 python3.11-pip) ;;
@@ -95,8 +124,15 @@ esac
 if [[ -n "$WEIGHTS" && "$WEIGHTS" != *.h5 && "$WEIGHTS" != *.keras ]]; then
   usage_error "--weights '$WEIGHTS' is not a Keras weights file (*.h5 or *.keras)"
 fi
-for path in "$VENV" "$WEIGHTS_DIR" "$PROFILE"; do
-  [[ "$path" == /* ]] || usage_error "'$path' must be an absolute path (--venv, --weights-dir, --profile)"
+for option in --venv --weights-dir --profile; do
+  case "$option" in
+    --venv) path="$VENV" ;;
+    --weights-dir) path="$WEIGHTS_DIR" ;;
+    --profile) path="$PROFILE" ;;
+  esac
+  [[ "$path" == /* ]] || usage_error "$option '$path' must be an absolute path"
+  [[ "$path" =~ ^(/[A-Za-z0-9_.+-]+)+$ && "/$path/" != *"/../"* && "/$path/" != *"/./"* ]] \
+    || usage_error "$option '$path' must be a plain absolute path: letters, digits, . _ + - and /, no . or .. parts"
 done
 
 # --- helpers -------------------------------------------------------------------------------
@@ -114,9 +150,23 @@ run() {
 as_root() {
   if [[ $EUID -eq 0 ]]; then run "$@"; else run sudo "$@"; fi
 }
-# fetch SOURCE DEST: copy an s3:// object or a local file to DEST.
+# quote VALUE: VALUE in single quotes, for a line of shell that sources it.
+quote() {
+  local q="'\\''"
+  printf "'%s'" "${1//\'/$q}"
+}
+# is_empty_dir DIR: a folder (not a link) holding nothing, hidden names included.
+is_empty_dir() {
+  [[ -d "$1" && ! -L "$1" ]] || return 1
+  local entry
+  for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do # an unmatched pattern stays as written
+    if [[ -e "$entry" || -L "$entry" ]]; then return 1; fi
+  done
+}
+# fetch SOURCE DEST: copy an s3:// object (S3:// alike) or a local file to DEST.
 fetch() {
-  if [[ "$1" == s3://* ]]; then
+  if [[ "${1,,}" == s3://* ]]; then
+    set -- "s3://${1#*://}" "$2"
     [[ $DRY_RUN -eq 1 ]] || command -v aws >/dev/null 2>&1 \
       || fail "the aws CLI is missing: it copies $1 (EMR nodes have it)"
     run aws s3 cp --only-show-errors "$1" "$2" || fail "cannot copy $1: check the URI and that the cluster's instance role may read it"
@@ -142,12 +192,30 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
   as_root dnf install -y -q "${PYTHON_PACKAGES[@]}" \
     || fail "cannot install ${PYTHON_PACKAGES[*]} with dnf: check the node's access to the Amazon Linux repositories"
 fi
+# Only an environment this script created is reused or removed: it holds the marker.
+marker="$VENV/.fruits-bootstrap"
+ours=0
+if [[ -f "$marker" ]]; then
+  ours=1
+elif [[ -e "$VENV" || -L "$VENV" ]] && ! is_empty_dir "$VENV"; then
+  fail "--venv $VENV exists and was not created by bootstrap-emr.sh (no $marker): it is neither removed nor installed into; remove it yourself or pass another --venv"
+fi
 wanted="import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYTHON_VERSION'.split('.'))))"
-if [[ $DRY_RUN -eq 0 ]] && [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "$wanted"; then
+if [[ $DRY_RUN -eq 0 && $ours -eq 1 ]] && [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "$wanted"; then
   log "reusing the Python $PYTHON_VERSION environment $VENV"
 else
   log "creating the Python $PYTHON_VERSION environment $VENV"
-  as_root rm -rf "$VENV" || fail "cannot remove the outdated environment $VENV"
+  if [[ $ours -eq 1 ]]; then
+    as_root rm -rf "$VENV" || fail "cannot remove the outdated environment $VENV"
+  fi
+  # the marker first: an environment left half-made by a failure is still ours to replace
+  as_root mkdir -p "$VENV" || fail "cannot create the folder $VENV"
+  if [[ $DRY_RUN -eq 1 ]]; then
+    as_root tee "$marker"
+  else
+    echo "# created by bootstrap-emr.sh, which may remove and re-create this environment" \
+      | as_root tee "$marker" >/dev/null || fail "cannot write $marker"
+  fi
   as_root "$PYTHON" -m venv "$VENV" || fail "$PYTHON cannot create the virtual environment $VENV"
 fi
 # the environment's own pip, pinned; the system pip is never upgraded
@@ -182,14 +250,21 @@ run "$VENV/bin/python" -m pip check \
   || fail "the pinned set $REQUIREMENTS and the project disagree: regenerate the set (python -m helpers.pins lock)"
 
 # --- weights and the login environment ------------------------------------------------------
-profile="export FRUITS_VENV=$VENV"
+profile="export FRUITS_VENV=$(quote "$VENV")"
 if [[ -n "$WEIGHTS" ]]; then
   weights="$WEIGHTS_DIR/${WEIGHTS##*/}"
   as_root mkdir -p "$WEIGHTS_DIR"
   fetch "$WEIGHTS" "$work/${WEIGHTS##*/}"
   as_root install -m 0644 "$work/${WEIGHTS##*/}" "$weights" || fail "cannot write $weights"
-  profile+=$'\n'"export FRUITS_WEIGHTS=$weights"
+  profile+=$'\n'"export FRUITS_WEIGHTS=$(quote "$weights")"
   log "weights $WEIGHTS -> $weights (FRUITS_WEIGHTS)"
+fi
+# a file of ours only: the one a previous run wrote, or none
+if [[ -e "$PROFILE" || -L "$PROFILE" ]]; then
+  first=""
+  if [[ -f "$PROFILE" && ! -L "$PROFILE" ]]; then IFS= read -r first <"$PROFILE" || true; fi
+  [[ "$first" == "# written by bootstrap-emr.sh" ]] \
+    || fail "--profile $PROFILE exists and was not written by bootstrap-emr.sh: it is not replaced; pass another --profile"
 fi
 log "writing $PROFILE: ${profile//$'\n'/; }"
 if [[ $DRY_RUN -eq 1 ]]; then

@@ -7,13 +7,16 @@ Parquet read back with pandas) use :func:`io_uri`, the same location as fsspec, 
 pandas and papermill name it: ``s3a://`` becomes ``s3://`` (one bucket, one s3fs client)
 and ``dbfs:/x`` the driver's FUSE path ``/dbfs/x``. S3 credentials and an S3-compatible
 endpoint come from the environment (AWS default chain, ``AWS_ENDPOINT_URL``), never from
-here, and errors name the bucket and the fix.
+here, and errors name the bucket and the fix. A URI holding credentials (``user:secret@`` in
+any scheme, any case) is refused by every function here that looks at a URI, and no message
+shows them (:func:`refuse_credentials`, :func:`redact`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +26,18 @@ import fsspec
 
 from helpers import PROJECT_ROOT
 
-_REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "gs://", "abfss://", "dbfs:/", "hdfs://")
+#: Schemes of object stores and cluster file systems, matched case-insensitively.
+_REMOTE_SCHEMES = ("s3", "s3a", "s3n", "gs", "abfss", "hdfs", "dbfs")
+_S3_SCHEMES = ("s3", "s3a", "s3n")
+
+#: Azure's schemes name the container where userinfo would be (``abfss://container@account``):
+#: there only a ``:`` (``container:secret@``) makes it credentials.
+_CONTAINER_SCHEMES = ("abfs", "abfss", "wasb", "wasbs")
+_CONTAINER_RE = re.compile(r"^[a-z0-9$][a-z0-9-]*$")
+
+#: ``scheme:`` at the start of a URI (RFC 3986), and whether ``//`` (an authority) follows.
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 #: Unity Catalog volumes: a FUSE path on Databricks, read by Spark without a scheme.
 VOLUMES_PREFIX = "/Volumes/"
@@ -32,14 +46,93 @@ VOLUMES_PREFIX = "/Volumes/"
 DBFS_FUSE = "/dbfs"
 
 
+def _credentials_span(uri: str) -> tuple[int, int] | None:
+    """Where the credentials of ``scheme://user:secret@host/...`` are in ``uri``, if any.
+
+    Credentials are userinfo (``@`` in the authority) in every scheme but Azure's, where
+    ``container@`` names a container unless it holds more than a container name may; or a
+    ``:`` not followed by a port (``s3://KEY:SECRET/...``; an S3 bucket name has no ``:`` at
+    all). A secret holding ``/`` (AWS secret keys may) makes the span run to the first ``@``
+    after it, or to the end.
+    """
+    match = _SCHEME_RE.match(uri)
+    if match is None or not match.group(2):
+        return None
+    start = match.end()
+    stop = _AUTHORITY_END.search(uri, start)
+    end = stop.start() if stop else len(uri)
+    authority = uri[start:end]
+    if "@" in authority:
+        userinfo = authority[: authority.rindex("@")]
+        container = match.group(1).lower() in _CONTAINER_SCHEMES
+        if not (container and _CONTAINER_RE.match(userinfo)):
+            return start, start + len(userinfo)
+        authority = authority[len(userinfo) + 1 :]
+    host = authority.rsplit("]", 1)[-1]  # an IPv6 literal [::1] holds colons of its own
+    _, colon, port = host.rpartition(":")
+    s3 = match.group(1).lower() in _S3_SCHEMES
+    if colon and (s3 or not port.isdigit()):
+        at = uri.find("@", start)
+        return start, at if at != -1 else len(uri)  # no @: where the secret ends is unknown
+    return None
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any credentials replaced by ``***`` (``s3://***@bucket/x``): for messages."""
+    span = _credentials_span(uri.strip())
+    if span is None:
+        return uri
+    text = uri.strip()
+    return text[: span[0]] + "***" + text[span[1] :]
+
+
+def refuse_credentials(uri: str, name: str = "path") -> None:
+    """Raise ``ValueError`` naming ``name`` if ``uri`` holds credentials, without showing them.
+
+    Credentials in a URI would end up in the notebooks, the manifest, Spark's settings and
+    logs; they belong in the environment, ``AWS_PROFILE`` or an instance role.
+    """
+    if _credentials_span(uri.strip()) is None:
+        return
+    raise ValueError(
+        f"{name} '{redact(uri)}' holds credentials in a URI (user:secret@), refused: they "
+        "would end up in notebooks, the manifest, Spark's settings and logs; give it without "
+        "them (e.g. s3://bucket/prefix) and provide credentials through the environment, "
+        "AWS_PROFILE or an instance role"
+    )
+
+
+def _scheme(uri: str) -> str:
+    """The lower-case scheme of a URI (``'s3'`` for ``S3://b/x``), ``''`` for a plain path."""
+    match = _SCHEME_RE.match(uri.strip())
+    return match.group(1).lower() if match else ""
+
+
+def _lower_scheme(uri: str) -> str:
+    """``uri`` with its scheme in lower case: ``S3://b/X`` is ``s3://b/X``."""
+    scheme = _scheme(uri)
+    return scheme + uri[len(scheme) :] if scheme else uri
+
+
 def is_remote(uri: str) -> bool:
-    """Whether ``uri`` names an object store or cluster file system rather than local disk."""
-    return uri.startswith(_REMOTE_SCHEMES)
+    """Whether ``uri`` names an object store or cluster file system rather than local disk.
+
+    The scheme is matched in any case (``S3://`` is S3); a URI holding credentials raises.
+    """
+    refuse_credentials(uri, "URI")
+    scheme = _scheme(uri)
+    if scheme == "dbfs":
+        return uri.strip()[len(scheme) + 1 :].startswith("/")
+    return scheme in _REMOTE_SCHEMES and "://" in uri
 
 
 def is_s3(uri: str) -> bool:
-    """Whether ``uri`` is an ``s3://``, ``s3a://`` or ``s3n://`` URI."""
-    return uri.strip().lower().startswith(("s3://", "s3a://", "s3n://"))
+    """Whether ``uri`` is an ``s3://``, ``s3a://`` or ``s3n://`` URI (any case).
+
+    A URI holding credentials raises.
+    """
+    refuse_credentials(uri, "URI")
+    return _scheme(uri) in _S3_SCHEMES and "://" in uri
 
 
 def bucket_of(uri: str) -> str:
@@ -47,34 +140,29 @@ def bucket_of(uri: str) -> str:
     return uri.strip().split("://", 1)[1].split("/", 1)[0]
 
 
-def resolve(uri: str) -> str:
+def resolve(uri: str, name: str = "path") -> str:
     """Return ``uri`` as an absolute local path, or unchanged (minus a trailing /) if remote.
 
     A relative path is taken from the repository root when running from a checkout,
     so notebooks executed from ``notebooks/`` and ``make run`` agree on ``data_sample``.
     ``/Volumes/...`` is kept as given: it is a Databricks location, not this machine's.
+    A remote scheme is written in lower case (``S3://b/x`` is ``s3://b/x``); a URI holding
+    credentials raises ``ValueError`` naming ``name``, never showing them.
     """
     if not uri or not uri.strip():
         raise ValueError(
-            "path is empty: give a local path, file:, s3://, s3a://, dbfs:/ or /Volumes/"
+            f"{name} is empty: give a local path, file:, s3://, s3a://, dbfs:/ or /Volumes/"
         )
     uri = uri.strip()
+    refuse_credentials(uri, name)
     if is_remote(uri):
-        authority = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else ""
-        if is_s3(uri) and (":" in authority or "@" in authority):  # never in a bucket name
-            raise ValueError(
-                "credentials in a URI are refused (s3://KEY:SECRET@bucket/...): they would "
-                "end up in notebooks, the manifest and logs; give the plain s3://bucket/prefix "
-                "and provide credentials through the environment, AWS_PROFILE or an instance "
-                "role"
-            )
-        return uri.rstrip("/")
+        return _lower_scheme(uri).rstrip("/")
     if uri.startswith(VOLUMES_PREFIX):
         return uri.rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    elif uri.startswith("file:"):
+    if _scheme(uri) == "file":
         uri = uri[len("file:") :]
+        if uri.startswith("//"):
+            uri = uri[len("//") :]
     path = Path(uri).expanduser()
     if not path.is_absolute():
         base = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
@@ -131,7 +219,7 @@ def storage_errors(uri: str) -> Iterator[None]:
         if not is_s3(uri):
             raise
         raise PermissionError(
-            f"S3 refused access to bucket '{bucket_of(uri)}' ({uri}): the AWS credentials "
+            f"S3 refused access to bucket '{bucket_of(uri)}' ({redact(uri)}): the AWS credentials "
             "found (environment, AWS_PROFILE or instance role) are invalid or lack read/write "
             "rights on it; check them with `aws s3 ls s3://" + bucket_of(uri) + "`"
         ) from exc
@@ -147,14 +235,15 @@ def storage_errors(uri: str) -> Iterator[None]:
 
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
             raise PermissionError(
-                f"no AWS credentials for bucket '{bucket_of(uri)}' ({uri}): set AWS_PROFILE "
-                "(after `aws configure` or `aws sso login`) or AWS_ACCESS_KEY_ID and "
+                f"no AWS credentials for bucket '{bucket_of(uri)}' ({redact(uri)}): set "
+                "AWS_PROFILE (after `aws configure` or `aws sso login`) or AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY in the environment, or run where an instance role "
                 "provides them; never put keys in notebooks or parameters"
             ) from exc
         if isinstance(exc, EndpointConnectionError):
             raise ConnectionError(
-                f"cannot reach the S3 endpoint {exc.kwargs.get('endpoint_url', '')} for bucket "
+                f"cannot reach the S3 endpoint {redact(str(exc.kwargs.get('endpoint_url', '')))} "
+                f"for bucket "
                 f"'{bucket_of(uri)}': check the s3_endpoint parameter or $AWS_ENDPOINT_URL "
                 "(unset both for AWS itself)"
             ) from exc
@@ -163,7 +252,7 @@ def storage_errors(uri: str) -> Iterator[None]:
 
 def _no_bucket(uri: str) -> str:
     return (
-        f"S3 bucket '{bucket_of(uri)}' does not exist ({uri}): check the bucket name in "
+        f"S3 bucket '{bucket_of(uri)}' does not exist ({redact(uri)}): check the bucket name in "
         "data_root/output_root and the endpoint ($AWS_ENDPOINT_URL) it lives on"
     )
 

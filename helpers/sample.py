@@ -6,12 +6,16 @@ stratified subset of a real Fruits-360 download for quick experiments on real ph
 
     python -m helpers.sample synthetic [--out data_sample] [--train-per-class 30] ...
     python -m helpers.sample real --source DIR --out DIR --per-class N [--test-per-class M]
+
+Both write only into a folder of their own: a new or empty ``--out``, which they mark with
+``.fruits-sample.json``, or one marked so by an earlier run; any other is refused, naming it.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import shutil
 import zlib
@@ -26,6 +30,9 @@ from helpers.config import IMAGE_EXTENSIONS
 log = logging.getLogger(__name__)
 
 SPLITS = ("Training", "Test")
+
+#: Written into every output folder: only a folder holding it is replaced or added to.
+MARKER = ".fruits-sample.json"
 SIZE = 100  # Fruits-360 images are 100x100
 _S = 200  # drawing canvas (2x, downscaled at the end for anti-aliasing)
 
@@ -159,6 +166,27 @@ def _render(draw_fruit: Callable[[Draw, Rng], None], rng: Rng) -> Image.Image:
     return canvas.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 
+def _claim(out: Path, command: str) -> None:
+    """Make ``out`` ours to write into, or raise ``FileExistsError`` naming it.
+
+    Ours: missing or empty (then marked now), or marked by an earlier run. A folder with
+    anything else may hold someone's images, which the sample would replace or mix with.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FileExistsError(f"--out '{out}' is not a folder: give a new or empty folder")
+    marker = out / MARKER
+    if marker.is_file():
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"--out '{out}' holds files helpers.sample did not write (no {MARKER} in it): "
+            "they are neither replaced nor added to; give a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"written_by": "helpers.sample", "command": command}) + "\n"
+    marker.write_text(text)
+
+
 def make_synthetic(
     out: Path, train_per_class: int = 30, test_per_class: int = 10, seed: int = 0
 ) -> int:
@@ -166,11 +194,13 @@ def make_synthetic(
 
     Each image gets its own rng derived from ``(seed, split, class, n)``, so the output is
     byte-identical across runs and independent of the other counts. ``out/Training`` and
-    ``out/Test`` are deleted first, so regeneration yields exactly the same file set.
+    ``out/Test`` are deleted first, so regeneration yields exactly the same file set; ``out``
+    must be new, empty or written by this module (its marker), else ``FileExistsError``.
     """
     if train_per_class < 1 or test_per_class < 1:
         raise ValueError("train_per_class and test_per_class must be >= 1")
     out = Path(out)
+    _claim(out, "synthetic")
     counts = {"Training": train_per_class, "Test": test_per_class}
     for split in SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
@@ -206,12 +236,25 @@ def make_real_sample(
     folder of class folders. Each class keeps ``per_class`` images (``test_per_class`` for Test,
     default ``max(1, per_class // 3)``), picked with an rng derived from ``seed`` and the class
     path, so one class's sample does not depend on which other classes exist. Existing output
-    class folders are replaced, so re-running never mixes samples.
+    class folders are replaced, so re-running never mixes samples: ``out`` must be new, empty
+    or written by this module (its marker), else ``FileExistsError``; ``out`` equal to,
+    inside or around ``source`` raises ``ValueError``.
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         hint = "point it at a Fruits-360 folder (with Training/ and Test/)"
         raise FileNotFoundError(f"source '{source}' does not exist: {hint}")
+    real_source, real_out = source.resolve(), out.resolve()
+    if (
+        real_out == real_source
+        or real_source in real_out.parents
+        or real_out in real_source.parents
+    ):
+        raise ValueError(
+            f"--out '{out}' and --source '{source}' overlap (the same folder, or one inside "
+            "the other): the sample would replace or re-read the images it copies; give an "
+            "--out outside the source"
+        )
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     test_n = max(1, per_class // 3) if test_per_class is None else test_per_class
@@ -230,6 +273,7 @@ def make_real_sample(
             f"source '{source}' has no images (looked for "
             f"{', '.join('*' + ext for ext in IMAGE_EXTENSIONS)} in <Split>/<Class>/ folders)"
         )
+    _claim(out, "real")
     copied = 0
     for rel, images, wanted in jobs:
         if len(images) < wanted:
@@ -268,18 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "synthetic":
-        n = make_synthetic(args.out, args.train_per_class, args.test_per_class, args.seed)
-        log.info("wrote %d images to %s", n, args.out)
-    else:
-        try:
+    try:
+        if args.command == "synthetic":
+            n = make_synthetic(args.out, args.train_per_class, args.test_per_class, args.seed)
+            log.info("wrote %d images to %s", n, args.out)
+        else:
             n = make_real_sample(
                 args.source, args.out, args.per_class, args.test_per_class, args.seed
             )
-        except (FileNotFoundError, ValueError) as err:
-            log.error("%s", err)
-            return 2
-        log.info("copied %d images from %s to %s", n, args.source, args.out)
+            log.info("copied %d images from %s to %s", n, args.source, args.out)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        log.error("%s", err)
+        return 2
     return 0
 
 

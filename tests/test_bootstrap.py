@@ -52,27 +52,38 @@ WEIGHTS = "s3://fruits-eu/fruits/models/mobilenet_v2_no_top.h5"
 
 
 def _bootstrap(
-    tmp_path: Path, *args: str, commands: tuple[str, ...] = (), real: tuple[str, ...] = ()
+    tmp_path: Path,
+    *args: str,
+    commands: tuple[str, ...] = (),
+    real: tuple[str, ...] = (),
+    scripts: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run the script with a PATH of stand-ins only; return (result, calls made).
 
     Each stand-in (sudo, aws, dnf, cp, pip... and ``commands``) appends its name and
     arguments to a log and fails, except sudo, which logs and runs its command. ``real``
-    names are the machine's own programs. A dry run must start none of them.
+    names are the machine's own programs; ``scripts`` maps a name to the bash lines its
+    stand-in runs after logging. A dry run must start none of them.
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     calls = tmp_path / "calls.log"
     for name in {"aws", "dnf", "cp", "mktemp", "rm", "install", "tee", "pip", *commands}:
         stand_in = bin_dir / name
+        stand_in.unlink(missing_ok=True)  # never write through a link to a real program
         stand_in.write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\nexit 97\n')
         stand_in.chmod(0o755)
     sudo = bin_dir / "sudo"
+    sudo.unlink(missing_ok=True)
     sudo.write_text(f'#!/bin/bash\necho "sudo $*" >> {calls}\nexec "$@"\n')
     sudo.chmod(0o755)
     for name in real:
         (bin_dir / name).unlink(missing_ok=True)
         (bin_dir / name).symlink_to(shutil.which(name))
+    for name, body in (scripts or {}).items():
+        (bin_dir / name).unlink(missing_ok=True)
+        (bin_dir / name).write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\n{body}\n')
+        (bin_dir / name).chmod(0o755)
     result = subprocess.run(
         ["/bin/bash", str(SCRIPT), *args],
         env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
@@ -137,8 +148,13 @@ def test_dry_run_plans_the_install_and_runs_nothing(tmp_path: Path) -> None:
     assert commands.index(replace) == commands.index(wheel_install) - 1
     weights_file = f"{WEIGHTS_DIR}/mobilenet_v2_no_top.h5"
     assert any(c[0] == "install" and c[-1] == weights_file for c in commands)
-    assert f"export FRUITS_WEIGHTS={weights_file}" in result.stdout
+    assert f"export FRUITS_WEIGHTS='{weights_file}'" in result.stdout
     assert ["tee", PROFILE] in commands
+    # no environment on this machine: nothing removed, a marked one created
+    assert not any(c[0] == "rm" for c in commands)
+    marker = commands.index(["tee", f"{VENV_DIR}/.fruits-bootstrap"])
+    assert commands.index(["mkdir", "-p", VENV_DIR]) < marker
+    assert marker < commands.index(["python3.9", "-m", "venv", VENV_DIR])
     pins = sum(1 for _ in read_pins(PROJECT_ROOT / REQUIREMENTS["3.9"]))
     assert f"would install {pins} pinned packages" in result.stdout
     # the order matters: pinned set, then the project, then the check of both, the report
@@ -197,6 +213,12 @@ def test_the_cluster_bootstrap_arguments_are_accepted(tmp_path: Path) -> None:
         ),
         (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--weights", "s3://b/w.txt"], "*.h5"),
         (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--venv", "venv"], "absolute path"),
+        (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--venv", "/opt/x/../y"], "plain"),
+        (["--wheel", WHEEL, "--requirements", "r-py39.txt", "--profile", "/a b"], "plain"),
+        (
+            ["--wheel", WHEEL, "--requirements", "r-py39.txt", "--weights", "/w/a.h5\nrm -rf /"],
+            "--weights holds a control character",
+        ),
         (["--wheel"], "--wheel needs a value"),
         (["--upgrade-pip"], "unknown argument '--upgrade-pip'"),
     ],
@@ -223,12 +245,136 @@ def test_failure_names_the_step(tmp_path: Path) -> None:
         "--venv",
         str(venv),
         commands=("python3.9",),
-        real=("mktemp", "rm"),
+        real=("mktemp", "rm", "mkdir", "tee"),
     )
     assert result.returncode == 1
     assert f"ERROR: python3.9 cannot create the virtual environment {venv}" in result.stderr
+    assert (venv / ".fruits-bootstrap").is_file()  # marked first: the next run may replace it
     assert f"python3.9 -m venv {venv}" in calls
     assert not any(call.startswith(("aws", "dnf", "pip")) for call in calls)
+
+
+SECRET_KEY = "wJalrSECRET/bPxRfiCYEXAMPLEKEY"  # AWS secret keys may hold '/'
+SECRET_PARTS = SECRET_KEY.split("/")
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+@pytest.mark.parametrize("option", ["--wheel", "--requirements", "--weights", "--index-url"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"s3://{ACCESS_KEY}:{SECRET_KEY}@fruits-eu/code/x-py39.h5.whl",
+        f"S3://{ACCESS_KEY}:{SECRET_KEY}@fruits-eu/code/x-py39.h5.whl",
+        f"s3a://{ACCESS_KEY}:{SECRET_KEY}/x-py39.h5.whl",
+        f"s3://{ACCESS_KEY}:ab/{SECRET_KEY}@fruits-eu/x-py39.h5.whl",
+        f"HTTPS://{ACCESS_KEY}@mirror.example/simple/x-py39.h5.whl",
+        f"gs://{ACCESS_KEY}:{SECRET_KEY}@b/x-py39.h5.whl",
+    ],
+)
+def test_credentials_in_arguments_are_refused_unshown(
+    tmp_path: Path, option: str, uri: str
+) -> None:
+    """A URI with user:secret@ in any argument, any scheme or case: refused, never echoed."""
+    args = {"--wheel": WHEEL, "--requirements": "r-py39.txt", option: uri}
+    result, calls = _bootstrap(tmp_path, "--dry-run", *[a for kv in args.items() for a in kv])
+    assert result.returncode == 2, result.stderr
+    assert f"{option} '" in result.stderr and "***" in result.stderr
+    assert "holds credentials" in result.stderr
+    output = result.stdout + result.stderr
+    assert not any(part in output for part in (ACCESS_KEY, *SECRET_PARTS))
+    assert calls == [] and "DRY-RUN" not in result.stdout
+
+
+def _fake_node(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
+    """Arguments for a real (not dry) run on folders of ``tmp_path``, with a python3.9 whose
+    ``-m venv DIR`` makes a DIR/bin/python that accepts everything; (args, scripts, venv)."""
+    requirements = tmp_path / "requirements-py39.txt"
+    requirements.write_text("numpy==1.26.4\n")
+    wheel = tmp_path / "fruits_pipeline-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    venv = tmp_path / "node" / "venv"
+    python = 'if [[ "$1 $2" == "-m venv" ]]; then mkdir -p "$3/bin"; '
+    python += 'printf \'#!/bin/bash\\nexit 0\\n\' > "$3/bin/python"; chmod +x "$3/bin/python"; fi'
+    args = ["--wheel", str(wheel), "--requirements", str(requirements), "--venv", str(venv)]
+    args += ["--weights-dir", str(tmp_path / "node" / "weights")]
+    args += ["--profile", str(tmp_path / "node" / "fruits.sh")]
+    return args, {"python3.9": python}, venv
+
+
+REAL = ("mktemp", "rm", "mkdir", "tee", "cp", "install", "chmod", "printf")
+
+
+def test_profile_values_are_shell_quoted(tmp_path: Path) -> None:
+    """A weights name with quotes, $(...) and blanks reaches FRUITS_WEIGHTS as it is, and
+    sourcing the profile (bash or sh) runs nothing."""
+    args, scripts, venv = _fake_node(tmp_path)
+    weights = tmp_path / "it's $(touch PWNED) `touch PWNED2` x.h5"
+    weights.write_bytes(b"\x89HDF")
+    result, _ = _bootstrap(tmp_path, *args, "--weights", str(weights), real=REAL, scripts=scripts)
+    assert result.returncode == 0, result.stderr
+    profile = tmp_path / "node" / "fruits.sh"
+    installed = tmp_path / "node" / "weights" / weights.name
+    assert installed.read_bytes() == b"\x89HDF"
+    for shell in ("bash", "sh"):
+        shown = subprocess.run(
+            [shell, "-c", f'. "{profile}"; printf "%s|%s" "$FRUITS_VENV" "$FRUITS_WEIGHTS"'],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert shown.stdout == f"{venv}|{installed}", shown.stderr
+    assert not list(tmp_path.glob("PWNED*"))
+    # a second run reuses the environment it created and rewrites its own profile
+    again, calls = _bootstrap(
+        tmp_path, *args, "--weights", str(weights), real=REAL, scripts=scripts
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"reusing the Python 3.9 environment {venv}" in again.stdout
+
+
+def test_venv_not_created_by_the_script_is_refused_untouched(tmp_path: Path) -> None:
+    """--venv naming a folder with someone's files: refused, naming it; nothing removed."""
+    args, scripts, venv = _fake_node(tmp_path)
+    venv.mkdir(parents=True)
+    (venv / "thesis.tex").write_text("years of work")
+    for dry in ([], ["--dry-run"]):
+        result, calls = _bootstrap(tmp_path, *args, *dry, real=REAL, scripts=scripts)
+        assert result.returncode == 1, result.stderr
+        assert f"--venv {venv} exists and was not created by bootstrap-emr.sh" in result.stderr
+        assert (venv / "thesis.tex").read_text() == "years of work"
+        assert not any(c.startswith(("rm", "python3.9")) for c in calls)
+        assert "rm -rf" not in result.stdout
+
+
+def test_venv_made_by_the_script_is_replaced(tmp_path: Path) -> None:
+    """A marked environment of another Python is removed and made again; an empty folder
+    is used as it is; a missing one is created."""
+    args, scripts, venv = _fake_node(tmp_path)
+    venv.mkdir(parents=True)
+    (venv.parent / "keep").write_text("beside the environment")
+    result, _ = _bootstrap(tmp_path, *args, real=REAL, scripts=scripts)  # empty: used
+    assert result.returncode == 0, result.stderr
+    assert (venv / ".fruits-bootstrap").is_file() and (venv.parent / "keep").is_file()
+    (venv / "bin" / "python").write_text("#!/bin/bash\nexit 1\n")  # another Python now
+    (venv / "stale").write_text("left by the old environment")
+    (tmp_path / "calls.log").unlink()
+    result, calls = _bootstrap(tmp_path, *args, real=REAL, scripts=scripts)
+    assert result.returncode == 0, result.stderr
+    assert f"creating the Python 3.9 environment {venv}" in result.stdout
+    assert not (venv / "stale").exists() and (venv / ".fruits-bootstrap").is_file()
+    assert f"python3.9 -m venv {venv}" in calls
+
+
+def test_profile_not_written_by_the_script_is_refused(tmp_path: Path) -> None:
+    """--profile naming someone else's file: refused, naming it, the file unchanged."""
+    args, scripts, _ = _fake_node(tmp_path)
+    profile = tmp_path / "node" / "fruits.sh"
+    profile.parent.mkdir(parents=True)
+    profile.write_text("export MINE=1\n")
+    result, _ = _bootstrap(tmp_path, *args, real=REAL, scripts=scripts)
+    assert result.returncode == 1
+    assert f"--profile {profile} exists and was not written by bootstrap-emr.sh" in result.stderr
+    assert profile.read_text() == "export MINE=1\n"
 
 
 def test_step_script_is_valid_bash() -> None:

@@ -170,6 +170,94 @@ def test_non_eu_region_needs_an_explicit_override() -> None:
     assert EmrSettings(bucket="fruits-us", region="us-east-1", allow_non_eu_region=True)
 
 
+# --- credentials: refused before any plan, never shown -----------------------------------
+
+USER_KEY = "AKIAUSERKEYINAURI7Q3X"
+USER_SECRET = "userSecret/InAUri+9zK"
+USER_PARTS = (USER_KEY, *USER_SECRET.split("/"))
+
+
+@pytest.mark.parametrize("name", ["data_root", "output_root", "weights"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"S3://{USER_KEY}:{USER_SECRET}@fruits-eu/x/w.h5",
+        f"s3://{USER_KEY}:{USER_SECRET}@fruits-eu/x/w.h5",
+        f"s3a://{USER_KEY}@fruits-eu/x/w.h5",
+        f"https://{USER_KEY}:{USER_SECRET}@host/x/w.h5",
+    ],
+)
+def test_credentials_in_settings_are_refused_unshown(name: str, uri: str) -> None:
+    """A root or weights URI with userinfo, any scheme or case: refused naming the setting."""
+    with pytest.raises(ValueError, match=f"{name} '.*\\*\\*\\*.*' holds credentials") as raised:
+        EmrSettings(bucket="fruits-eu", **{name: uri})
+    assert not any(part in str(raised.value) for part in USER_PARTS)
+
+
+def test_upper_case_s3_is_s3() -> None:
+    """S3://b/x roots and weights are s3:// everywhere: plan, bootstrap arguments, step."""
+    settings = EmrSettings(
+        bucket="fruits-eu",
+        data_root="S3://fruits-data/images/",
+        output_root="S3://fruits-out/run",
+        weights="S3://fruits-models/w.h5",
+    )
+    assert settings.data_uri == "s3://fruits-data/images"
+    assert settings.output_uri == "s3://fruits-out/run"
+    args = emr.bootstrap_action(settings)["ScriptBootstrapAction"]["Args"]
+    assert args[args.index("--weights") + 1] == "s3://fruits-models/w.h5"
+    assert emr.expected_artifacts(settings).weights is None  # not a local file to upload
+    script = emr.step_script(settings)
+    assert "'s3://fruits-data/images'" in script or " s3://fruits-data/images " in script
+    with pytest.raises(ValueError, match="local file .* or an s3:// URI"):
+        EmrSettings(bucket="fruits-eu", weights="gs://fruits-models/w.h5")
+
+
+def test_credentials_anywhere_in_a_request_are_refused() -> None:
+    """A URI with userinfo in a parameter, a tag or any other field: no plan, no request."""
+    settings = _settings("fruits-eu")
+    for params in (
+        {"weights": f"s3://{USER_KEY}:{USER_SECRET}@b/w.h5"},
+        {"s3_endpoint": f"{USER_KEY}:{USER_SECRET}@minio:9000"},
+        {"s3_endpoint": f"HTTP://{USER_KEY}@minio:9000"},
+    ):
+        with pytest.raises(ValueError, match="holds credentials") as raised:
+            pipeline_step(settings, params)
+        assert not any(part in str(raised.value) for part in USER_PARTS)
+    tagged = _settings("fruits-eu", tags={"source": f"gs://{USER_KEY}:{USER_SECRET}@b/x"})
+    with pytest.raises(ValueError, match=r"run_job_flow\.Tags.* holds credentials") as raised:
+        job_flow_request(tagged)
+    assert not any(part in str(raised.value) for part in USER_PARTS)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["deploy", "--weights", f"S3://{USER_KEY}:{USER_SECRET}@fruits-eu/w.h5"],
+        ["deploy", "--data-root", f"s3://{USER_KEY}:{USER_SECRET}@fruits-eu/x"],
+        ["deploy", "--output-root", f"S3A://{USER_KEY}@fruits-eu/x", "--run"],
+        ["deploy", "--run", "-p", "weights", f"s3n://{USER_KEY}:{USER_SECRET}@b/w.h5"],
+        ["deploy", "--tag", f"from=s3://{USER_KEY}:{USER_SECRET}@b/x"],
+        ["run", "--cluster-id", "j-1", "-p", "s3_endpoint", f"{USER_KEY}:{USER_SECRET}@h:9"],
+        ["bucket", "--endpoint-url", f"http://{USER_KEY}:{USER_SECRET}@127.0.0.1:9"],
+    ],
+)
+def test_dry_run_refuses_credentials_unshown(args: list[str]) -> None:
+    """python -m helpers.emr ... --dry-run with a key in a URI: exit 2, no plan printed, and
+    neither part of the key anywhere in the output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "helpers.emr", *args, "--bucket", "fruits-eu", "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "holds credentials" in result.stderr and "***" in result.stderr
+    assert result.stdout == ""
+    assert not any(part in result.stdout + result.stderr for part in USER_PARTS)
+
+
 # --- the bucket, read back through the S3 API ---------------------------------------------
 
 

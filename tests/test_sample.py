@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.sample import CLASSES, main, make_real_sample, make_synthetic
+from helpers.sample import CLASSES, MARKER, main, make_real_sample, make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_SAMPLE = REPO / "data_sample"
@@ -28,14 +28,20 @@ def _hashes(root: Path, pattern: str = "*.jpg") -> dict[str, str]:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    """Files under ``root`` but the marker of an output folder."""
+    return sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MARKER
+    )
 
 
 def test_committed_sample_is_generator_output(tmp_path: Path) -> None:
+    assert make_synthetic(tmp_path, 1, 1) == 16  # an earlier run: the folder is marked
+    assert (tmp_path / MARKER).is_file()
     stale = tmp_path / "Training" / "Old Class" / "0_100.jpg"  # must not survive regeneration
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"stale")
     assert make_synthetic(tmp_path) == 320
+    assert not stale.exists()
     assert _hashes(tmp_path) == _hashes(DATA_SAMPLE), "run: python -m helpers.sample synthetic"
 
 
@@ -117,7 +123,7 @@ def test_real_sample_counts_layout_and_determinism(
 def test_real_sample_from_single_split(fake_fruits: Path, tmp_path: Path) -> None:
     n = make_real_sample(fake_fruits / "Test", tmp_path / "out", per_class=2)
     assert n == 3
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Apple Red", "Banana"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "Apple Red", "Banana"]
 
 
 @pytest.mark.skipif(not FRUITS360.is_dir(), reason=f"real Fruits-360 not found at {FRUITS360}")
@@ -151,3 +157,69 @@ def test_cli(fake_fruits: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert main([*real, "--per-class", "1"]) == 0
     assert len(_files(tmp_path / "real")) == 5
     assert main(["real", "--source", str(tmp_path / "nope"), "--out", "x", "--per-class", "1"]) == 2
+
+
+# --- only into folders of its own ---------------------------------------------------------
+
+
+def _user_images(root: Path) -> dict[str, str]:
+    """A user's photos in Fruits-360 layout (names the generator uses too); their hashes."""
+    for split in ("Training", "Test"):
+        for i in range(2):
+            path = root / split / "Banana" / f"{i}_100.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i, 50, 200)).save(path, "JPEG")
+    (root / "notes.txt").write_text("my holiday fruit")
+    return _hashes(root, "*")
+
+
+def test_synthetic_refuses_a_folder_it_did_not_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """synthetic --out on a user's images: exit 2 naming the folder, every file unchanged."""
+    mine = tmp_path / "my photos"
+    before = _user_images(mine)
+    with caplog.at_level(logging.ERROR, logger="helpers.sample"):
+        assert main(["synthetic", "--out", str(mine), "--train-per-class", "1"]) == 2
+    assert f"--out '{mine}' holds files helpers.sample did not write" in caplog.text
+    assert _hashes(mine, "*") == before and not (mine / MARKER).exists()
+    only_a_file = tmp_path / "just-a-file"
+    only_a_file.write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        make_synthetic(only_a_file, 1, 1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert make_synthetic(empty, 1, 1) == 16 and (empty / MARKER).is_file()
+
+
+def test_real_refuses_a_folder_it_did_not_write(fake_fruits: Path, tmp_path: Path) -> None:
+    """real --out on a user's folder: refused, unchanged; its own earlier output is replaced."""
+    mine = tmp_path / "mine"
+    before = _user_images(mine)
+    with pytest.raises(FileExistsError, match=f"'{mine}' holds files"):
+        make_real_sample(fake_fruits, mine, per_class=1)
+    assert _hashes(mine, "*") == before
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around", "same-through-link"])
+def test_real_refuses_overlapping_source_and_out(
+    fake_fruits: Path, tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--out equal to, inside or around --source (a link too): exit 2, the source unchanged,
+    no folder created."""
+    before = _hashes(fake_fruits, "*")
+    out = {
+        "same": fake_fruits,
+        "inside": fake_fruits / "Training" / "sample",
+        "around": tmp_path,
+        "same-through-link": tmp_path / "link",
+    }[where]
+    if where == "same-through-link":
+        out.symlink_to(fake_fruits)
+    argv = ["real", "--source", str(fake_fruits), "--out", str(out), "--per-class", "1"]
+    with caplog.at_level(logging.ERROR, logger="helpers.sample"):
+        assert main(argv) == 2
+    assert "overlap" in caplog.text and str(fake_fruits) in caplog.text
+    assert _hashes(fake_fruits, "*") == before
+    assert not (fake_fruits / "Training" / "sample").exists()
+    assert not (out / MARKER).exists()

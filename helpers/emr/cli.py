@@ -34,6 +34,7 @@ from helpers.emr.cluster import (
     terminate,
 )
 from helpers.emr.settings import DEFAULT_REGION, REQUIREMENTS, EmrSettings
+from helpers.paths import refuse_credentials
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ def _print(document: Any) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.endpoint_url:
+        refuse_credentials(args.endpoint_url, "--endpoint-url")
     if args.command in ("status", "terminate"):
         if args.dry_run:
             _print({args.command: args.cluster_id, "region": args.region})

@@ -7,6 +7,7 @@ and cluster together, :func:`plan` prints what it would do.
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,31 @@ from helpers.emr.settings import (
     WHEEL_NAME,
     EmrSettings,
 )
-from helpers.spark.settings import PYTHON_WORKER_CONF
+from helpers.paths import refuse_credentials
+from helpers.spark.settings import PYTHON_WORKER_CONF, resolve_s3_endpoint
 
 log = logging.getLogger(__name__)
+
+#: A URI anywhere in a text (a step script, an argument): quotes and blanks end it.
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def refuse_credentials_in(document: Any, where: str) -> None:
+    """Raise ``ValueError`` if any URI in ``document`` (nested dicts, lists, strings) holds
+    credentials; the message names ``where`` and the URI with them replaced by ``***``.
+
+    Bootstrap arguments, step scripts and plans are shown by EMR's console and API to anyone
+    who may describe the cluster, and printed by ``--dry-run``.
+    """
+    if isinstance(document, dict):
+        for key, value in document.items():
+            refuse_credentials_in(value, f"{where}.{key}")
+    elif isinstance(document, (list, tuple)):
+        for i, value in enumerate(document):
+            refuse_credentials_in(value, f"{where}[{i}]")
+    elif isinstance(document, str):
+        for match in _URI_IN_TEXT.finditer(document):
+            refuse_credentials(match.group(0), f"a URI in {where}")
 
 
 def bootstrap_action(settings: EmrSettings, wheel_name: str = WHEEL_NAME) -> dict[str, Any]:
@@ -187,13 +210,17 @@ def step_script(settings: EmrSettings, params: dict[str, Any] | None = None) -> 
 def pipeline_step(settings: EmrSettings, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The EMR step running the three notebooks with papermill (command-runner.jar)."""
     for name, value in (params or {}).items():
+        if isinstance(value, str):
+            refuse_credentials(value, f"parameter '{name}'")  # before coerce shows it
         coerce(name, value)  # an unknown name or bad value fails here, not on the cluster
+        if name == "s3_endpoint" and str(value).strip():
+            resolve_s3_endpoint(str(value))  # 'KEY:SECRET@host' without a scheme too
         if name in ("data_root", "output_root"):
             raise ValueError(
                 f"give {name} as --{name.replace('_', '-')}, not as a -p parameter: the step "
                 "passes the cluster's roots itself"
             )
-    return {
+    step = {
         "Name": "fruits: notebooks 01-03 (python -m helpers.run)",
         "ActionOnFailure": "CONTINUE" if settings.keep_alive else "TERMINATE_CLUSTER",
         "HadoopJarStep": {
@@ -201,6 +228,8 @@ def pipeline_step(settings: EmrSettings, params: dict[str, Any] | None = None) -
             "Args": ["bash", "-c", step_script(settings, params)],
         },
     }
+    refuse_credentials_in(step, "the pipeline step")
+    return step
 
 
 def job_flow_request(
@@ -244,6 +273,7 @@ def job_flow_request(
     }
     if settings.security_configuration:
         request["SecurityConfiguration"] = settings.security_configuration
+    refuse_credentials_in(request, "run_job_flow")
     return request
 
 
@@ -321,13 +351,15 @@ def plan(
     if data_dir is not None:
         files = data_uploads(settings, data_dir)
         data.update({"from": str(data_dir), "files": len(files)})
-    return {
+    document = {
         "bucket": bucket_plan(settings),
         "uploads": uploads,
         "data": data,
         "output_root": settings.output_uri,
         "run_job_flow": job_flow_request(settings, artifacts.wheel.name, run, params),
     }
+    refuse_credentials_in(document, "plan")
+    return document
 
 
 def deploy(

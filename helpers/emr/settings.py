@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers import PROJECT_ROOT, __version__
+from helpers.paths import refuse_credentials
 from helpers.pins import SETS
 
 DEFAULT_REGION = "eu-west-3"
@@ -106,6 +107,13 @@ class EmrSettings:
         for name, low in (("core_count", 1), ("task_count", 0), ("tmp_days", 1), ("log_days", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        for name in ("data_root", "output_root", "weights"):
+            value = getattr(self, name).strip()
+            refuse_credentials(value, name)  # before any message that would show the value
+            scheme, sep, rest = value.partition("://")
+            if sep and "/" not in scheme:  # S3://b/x is s3://b/x, as everywhere in the project
+                value = scheme.lower() + sep + rest
+            object.__setattr__(self, name, value)
         for name in ("data_root", "output_root"):
             value = getattr(self, name)
             if value and not value.startswith("s3://"):
@@ -113,11 +121,14 @@ class EmrSettings:
                     f"{name} '{value}' must be an s3:// URI: the cluster cannot see this "
                     "machine's disk (give --data DIR to upload a local folder instead)"
                 )
-            if value and "@" in value.split("/")[2]:
-                raise ValueError(f"{name} must not hold credentials (s3://KEY:SECRET@...)")
         if self.weights and not self.weights.endswith((".h5", ".keras")):
             raise ValueError(
                 f"weights '{self.weights}' is not a Keras weights file (*.h5 or *.keras)"
+            )
+        if "://" in self.weights and not self.weights.startswith("s3://"):
+            raise ValueError(
+                f"weights '{self.weights}' must be a local file (uploaded to models/) or an "
+                "s3:// URI the cluster's instance role can read"
             )
 
     # --- where things are in the bucket ----------------------------------------------------

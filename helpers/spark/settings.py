@@ -190,12 +190,22 @@ def resolve_s3_endpoint(s3_endpoint: str = "") -> str:
 
     ``s3_endpoint`` wins, then ``$AWS_ENDPOINT_URL_S3`` and ``$AWS_ENDPOINT_URL``: the
     variables boto3 and s3fs read themselves, so Spark, the manifest and papermill all talk
-    to the same store.
+    to the same store. An endpoint holding credentials (``user:secret@``) raises without
+    showing them: it would reach Spark's configuration, the kernels' environment and logs.
     """
+    from helpers.paths import redact, refuse_credentials
+
+    given = bool(s3_endpoint.strip())
     endpoint = s3_endpoint.strip() or env.first(env.S3_ENDPOINT_ENVS)
+    name = "s3_endpoint" if given else f"${env.S3_ENDPOINT_ENVS[0]} or ${env.S3_ENDPOINT_ENVS[1]}"
+    if "@" in endpoint and "://" not in endpoint:  # no scheme: 'KEY:SECRET@host:9000'
+        endpoint = "http://" + endpoint
+    refuse_credentials(endpoint, name)
+    scheme, sep, rest = endpoint.partition("://")
+    endpoint = scheme.lower() + sep + rest  # HTTPS://host is https://host
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ValueError(
-            f"s3_endpoint '{endpoint}' is not a URL: give http(s)://host[:port] of the "
+            f"s3_endpoint '{redact(endpoint)}' is not a URL: give http(s)://host[:port] of the "
             f"S3-compatible store (parameter s3_endpoint or ${env.S3_ENDPOINT_ENVS[1]}), or "
             "nothing for AWS"
         )
