@@ -13,7 +13,7 @@ from typing import Any
 from helpers import env
 from helpers.env import HADOOP_AWS_JARS_ENV, S3_ENDPOINT_ENVS, WEIGHTS_ENV
 from helpers.features.spec import BATCH_SIZE, FeatureSpec
-from helpers.paths import resolve
+from helpers.paths import refuse_credentials, resolve
 
 #: Image files the pipeline reads, by extension (any letter case), with Pillow's format name.
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
@@ -170,10 +170,10 @@ def coerce(name: str, value: Any) -> Any:
 GLOB_CHARS = "*?[]{}\\"
 
 
-def _canonical(uri: str) -> str:
+def _canonical(uri: str, name: str) -> str:
     """``uri`` in one spelling per location: ``s3a://``/``s3n://`` as ``s3://``, any scheme
     in lower case, a local path absolute with links resolved, no trailing ``/``."""
-    resolved = resolve(uri)
+    resolved = resolve(uri, name)
     scheme, sep, rest = resolved.partition("://")
     if not sep:
         return resolved.rstrip("/")
@@ -187,7 +187,7 @@ def check_roots(data_root: str, output_root: str) -> None:
     Outputs inside the data would be read as images by the next run (its figures as a class
     named ``figures``); data inside the outputs could be tidied away with them.
     """
-    data, output = _canonical(data_root), _canonical(output_root)
+    data, output = _canonical(data_root, "data_root"), _canonical(output_root, "output_root")
     if data == output or output.startswith(data + "/") or data.startswith(output + "/"):
         where = "the same folder" if data == output else "nested in one another"
         raise ValueError(
@@ -199,6 +199,9 @@ def check_roots(data_root: str, output_root: str) -> None:
 def validate(params: dict[str, Any]) -> dict[str, Any]:
     """Check parameter values before any heavy work; return them coerced to their types."""
     values = {name: coerce(name, value) for name, value in params.items()}
+    for name in ("data_root", "output_root", "weights", "s3_endpoint"):
+        if values.get(name):  # first: no later message may show them
+            refuse_credentials(str(values[name]), name)
     for name in ("data_root", "output_root"):
         found = sorted({c for c in str(values.get(name, "")) if c in GLOB_CHARS})
         if found:

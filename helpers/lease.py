@@ -32,7 +32,7 @@ from typing import Any
 import fsspec
 import psutil
 
-from helpers.paths import io_uri, is_remote, is_s3, join
+from helpers.paths import io_uri, is_remote, is_s3, join, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ def check_free(output_root: str) -> None:
     uri = join(io_uri(output_root), LEASE)
     if not _supported(uri) or io_uri(output_root) in _held:
         return
-    holder = _read(uri)
+    with storage_errors(output_root):
+        holder = _read(uri)
     if holder is not None and not _gone(holder):
         raise LeaseHeld(_refusal(output_root, holder))
 
@@ -225,7 +226,8 @@ def writer_lease(output_root: str, purpose: str) -> Iterator[None]:
         if held is not None:
             held.depth += 1
     if held is None:
-        held = _acquire(output_root, uri, purpose)
+        with storage_errors(output_root):  # a missing bucket or credentials, named
+            held = _acquire(output_root, uri, purpose)
         with _lock:
             _held[key] = held
         threading.Thread(target=_renew, args=(held,), name="fruits-lease", daemon=True).start()

@@ -80,8 +80,8 @@ def run_notebooks(
     resolve_weights(values["weights"])  # a missing weights file fails before any notebook
     resolve_s3_endpoint(values["s3_endpoint"])  # a malformed endpoint too
     resolve_hadoop_aws_jars(values["hadoop_aws_jars"])  # and a missing jar
-    values["data_root"] = resolve(values["data_root"])
-    values["output_root"] = resolve(values["output_root"])
+    values["data_root"] = resolve(values["data_root"], "data_root")
+    values["output_root"] = resolve(values["output_root"], "output_root")
     env = {**storage_env(values["s3_endpoint"], values["hadoop_aws_jars"]), **kernel_env}
     with _environment(env):
         for root in (values["data_root"], values["output_root"]):

@@ -132,7 +132,8 @@ def test_end_to_end_outputs(outputs):
     for section in (manifest["eda"], manifest["features"]):  # the files not read, named
         ignored = section["listing"]["ignored"]
         names = sorted(p.rsplit("/", 1)[1] for p in ignored)
-        assert names == sorted([*ODD_IGNORED, "README.md"])  # data_sample's README too
+        # data_sample's README and sample marker too
+        assert names == sorted([*ODD_IGNORED, "README.md", ".fruits-sample.json"])
     k = manifest["pca"]["k"]
     assert 1 <= k <= 1280 and manifest["pca"]["variance_kept"] >= 0.95
     assert manifest["features"]["rows"] == files and manifest["features"]["errors"] == len(BAD)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from helpers import env
+from helpers.paths import refuse_credentials
 
 #: How every executor, local or on a cluster, runs Python: workers kept across tasks and
 #: forked from :mod:`helpers.daemon` (the features UDFs' workers find their runtime
@@ -103,7 +104,11 @@ JIT_OPTION = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
 
 def s3_roots(roots: Iterable[str | None]) -> list[str]:
-    """The roots among ``roots`` that are ``s3://`` or ``s3a://`` URIs (blanks ignored)."""
+    """The roots among ``roots`` that are ``s3://`` or ``s3a://`` URIs (blanks ignored); a
+    root holding credentials raises ``ValueError`` without showing them."""
+    roots = [r for r in roots if r]
+    for root in roots:
+        refuse_credentials(root, "data_root/output_root")
     return [
         r.strip()
         for r in roots
