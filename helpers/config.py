@@ -19,10 +19,6 @@ from helpers.paths import refuse_credentials, resolve
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
 
-#: Scratch folder under ``output_root`` (PCA outputs before they are published); the leading
-#: underscore hides it from Spark readers, and the EMR bucket's lifecycle expires it.
-STAGING = "_staging"
-
 
 @dataclass(frozen=True)
 class Parameter:

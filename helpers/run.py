@@ -36,7 +36,7 @@ from helpers.config import PARAMETERS, add_parameter_option, coerce, defaults, v
 from helpers.evaluate import probe_summary
 from helpers.features.models import resolve_weights
 from helpers.images import EXTENSIONS_TEXT, is_image_name
-from helpers.lease import check_free
+from helpers.lease import LeaseHeld, check_free
 from helpers.manifest import read_manifest
 from helpers.outputs import NOTEBOOKS
 from helpers.paths import PROJECT_ROOT, check_access, io_uri, is_remote, join, resolve
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             params[name] = getattr(args, name)
     try:
         executed = run_notebooks(params, tuple(args.only or NOTEBOOKS), kernel=args.kernel)
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError, LeaseHeld) as exc:
         log.error("%s", exc)
         return 2
     output_root = resolve(params.get("output_root", defaults()["output_root"]))

@@ -28,7 +28,6 @@ from conftest import DATA_SAMPLE, moto_server
 from helpers import emr
 from helpers.emr import (
     APPLICATIONS,
-    STAGING,
     VENV_PYTHON,
     WHEEL_NAME,
     Artifacts,
@@ -289,7 +288,6 @@ def test_bucket_has_the_settings_the_code_claims(aws: Aws) -> None:
     lifecycle = aws.s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     by_prefix = {r["Filter"]["Prefix"]: r for r in lifecycle}
     assert by_prefix["fruits/tmp/"]["Expiration"]["Days"] == 3
-    assert by_prefix[f"fruits/out/{STAGING}/"]["Expiration"]["Days"] == 3
     assert by_prefix["fruits/logs/"]["Expiration"]["Days"] == 14
     assert by_prefix["fruits/spark-history/"]["Expiration"]["Days"] == 14
     assert by_prefix[""]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
@@ -531,7 +529,8 @@ def test_dry_run_calls_nothing(
     assert {"Key": "team", "Value": "vision"} in document["run_job_flow"]["Tags"]
     assert set(document) == {"bucket", "uploads", "data", "output_root", "run_job_flow"}
     assert document["bucket"]["policy"]["Statement"][0]["Sid"] == "DenyInsecureTransport"
-    assert document["data"]["files"] == sum(1 for p in DATA_SAMPLE.rglob("*") if p.is_file())
+    uploaded = [p for p in DATA_SAMPLE.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert document["data"]["files"] == len(uploaded)
     assert any(u["to"].endswith("/code/requirements-py311.txt") for u in document["uploads"])
     request = document["run_job_flow"]
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
@@ -621,12 +620,9 @@ def test_source_archive_is_reproducible_and_complete(tmp_path: Path) -> None:
 
 
 def test_names_agree_with_the_project() -> None:
-    """The wheel name follows pyproject's version; staging matches helpers.config's."""
-    from helpers.config import STAGING as DATASET_STAGING
-
+    """The wheel name follows pyproject's version."""
     version = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert WHEEL_NAME == f"fruits_pipeline-{version}-py3-none-any.whl"
-    assert STAGING == DATASET_STAGING
     artifacts = emr.expected_artifacts(_settings("fruits-eu-names", python="3.11"))
     assert isinstance(artifacts, Artifacts)
     assert artifacts.requirements == PROJECT_ROOT / "emr/requirements-py311.txt"

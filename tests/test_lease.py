@@ -49,6 +49,11 @@ def test_a_second_writer_is_refused_naming_the_holder_then_takes_over(tmp_path: 
         with pytest.raises(LeaseHeld):
             update_manifest(str(root), "eda", {"images": 1})
         assert not (root / "manifest.json").exists()
+        run = [sys.executable, "-m", "helpers.run", "--data-root", "data_sample"]
+        second = subprocess.run(
+            [*run, "--output-root", str(root)], capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 2 and f"by pid {holder.pid}" in second.stderr
     finally:
         holder.kill()
         holder.wait()

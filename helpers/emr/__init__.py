@@ -23,7 +23,6 @@ here; ``docs/gdpr.md`` says where. Planning and deploying need boto3 only: nothi
 imports Spark, TensorFlow, papermill, Pillow or matplotlib (``tests/test_emr.py`` checks).
 """
 
-from helpers.config import STAGING
 from helpers.emr.artifacts import (
     SOURCE_GLOBS,
     Artifacts,
@@ -87,7 +86,6 @@ __all__ = [
     "SOURCE_GLOBS",
     "SOURCE_NAME",
     "SPARK_HOME",
-    "STAGING",
     "VENV_DIR",
     "VENV_PYTHON",
     "WEIGHTS_DIR",

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from helpers.config import STAGING
 from helpers.emr.settings import EmrSettings
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def bucket_policy(bucket: str, existing: dict[str, Any] | None = None) -> dict[s
 def lifecycle_rules(settings: EmrSettings) -> list[dict[str, Any]]:
     """Retention: temporary outputs and logs expire; unfinished uploads are aborted.
 
-    ``tmp/`` and the features' ``_staging/`` (left by interrupted runs) after ``tmp_days``;
+    ``tmp/`` after ``tmp_days``;
     EMR logs and Spark event logs after ``log_days``; incomplete multipart uploads after a
     day, bucket-wide. Images, features and models are kept until deleted on purpose.
     """
@@ -78,10 +77,6 @@ def lifecycle_rules(settings: EmrSettings) -> list[dict[str, Any]]:
         ("fruits-logs", settings.key("logs") + "/", settings.log_days),
         ("fruits-spark-history", settings.key("spark-history") + "/", settings.log_days),
     ]
-    ours = f"s3://{settings.bucket}/"
-    if settings.output_uri.startswith(ours):  # an output_root in another bucket is not ours
-        output_key = settings.output_uri[len(ours) :]
-        expiring.insert(1, ("fruits-staging", f"{output_key}/{STAGING}/", settings.tmp_days))
     rules: list[dict[str, Any]] = [
         {
             "ID": rule_id,

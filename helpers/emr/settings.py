@@ -50,7 +50,7 @@ class EmrSettings:
     region: str = DEFAULT_REGION
     allow_non_eu_region: bool = False
     kms_key_id: str = ""  # empty: SSE-S3 (AES256); else SSE-KMS with this key
-    tmp_days: int = 7  # tmp/ and the features' _staging/ expire after this many days
+    tmp_days: int = 7  # tmp/ expires after this many days
     log_days: int = 30  # logs/ and spark-history/ expire after this many days
     name: str = "fruits"
     release: str = DEFAULT_RELEASE
