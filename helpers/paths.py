@@ -355,19 +355,26 @@ def read_bytes(uri: str) -> bytes:
 def download(uri: str, folder: Path, missing: str = "") -> Path:
     """A local copy of the remote file ``uri`` in ``folder``, fetched unless already there.
 
-    The copy is named after the URI's hash and file name, and fetched again when the
-    remote size differs; it appears whole or not at all (temp file + rename). A missing
-    object raises ``FileNotFoundError`` with ``missing`` (or a message naming ``uri``).
+    The copy is named after the URI's hash and file name. It is used again only while it
+    matches its record (:mod:`helpers.caches`: its SHA-256, and the object's ETag, or its
+    size where the store gives no ETag); otherwise, a replaced object or a damaged copy, it
+    is fetched again. It appears whole or not at all (temp file + rename), its record after
+    it. A missing object raises ``FileNotFoundError`` with ``missing`` (or a message naming
+    ``uri``).
     """
+    from helpers import caches
+
     with storage_errors(uri):
         fs, path = fsspec.core.url_to_fs(io_uri(uri))
+        fs.invalidate_cache(path)  # s3fs answers info from an earlier listing otherwise
         try:
-            size = fs.info(path)["size"]
+            info = fs.info(path)
         except FileNotFoundError as exc:
             raise FileNotFoundError(missing or f"'{uri}' does not exist") from exc
+        source = {"etag": info.get("ETag") or info.get("etag"), "remote_size": info["size"]}
         digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
         target = folder / f"{digest}-{Path(path).name}"
-        if not target.is_file() or target.stat().st_size != size:
+        if not caches.verified(target, action=f"fetched again from {uri}", **source):
             folder.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             try:
@@ -375,4 +382,5 @@ def download(uri: str, folder: Path, missing: str = "") -> Path:
                 partial.replace(target)
             finally:
                 partial.unlink(missing_ok=True)
+            caches.record(target, **source)
     return target

@@ -6,6 +6,7 @@ LiteRT only, `.ci/test-py39` runs this file there) skips its tests, saying so.""
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from helpers.caches import SUFFIX, read_record, sidecar
 from helpers.config import PARAMETERS, validate
 from helpers.features import models, runtimes
 from helpers.features.extract import extract_features, featurize
@@ -28,6 +30,8 @@ from helpers.manifest import versions
 from helpers.paths import PROJECT_ROOT
 
 IMAGES = 32
+#: Keras model building, kept before the runs fixture forbids it on the driver.
+BUILD_MODEL = models.build_model
 
 
 def installed(runtime: str) -> bool:
@@ -155,7 +159,8 @@ def test_converted_model_is_cached_and_recorded(runs):
         assert run.info.runtime == runtime and run.info.converted_from_cache is True
         assert run.info.converted_model == first.info.converted_model
     assert runs["bf16"][0].info.converted_model == first.info.converted_model
-    assert [p.name for p in (runs["cache"] / "onnx").iterdir()] == [first.info.converted_model]
+    name = first.info.converted_model
+    assert sorted(p.name for p in (runs["cache"] / "onnx").iterdir()) == [name, name + SUFFIX]
     assert first.info.weights_sha256[:32] in first.info.converted_model
     np.testing.assert_array_equal(
         np.stack(again_rows["features"].to_numpy()), np.stack(onnx_rows["features"].to_numpy())
@@ -173,7 +178,7 @@ def test_litert_model_is_its_own_cached_tflite(runs):
     assert name.endswith(".tflite") and first.info.weights_sha256[:32] in name
     found = versions()  # the manifest's record of the installed TensorFlow names the file
     assert f"tensorflow{found.get('tensorflow-cpu') or found['tensorflow']}" in name
-    assert [p.name for p in (runs["cache"] / "tflite").iterdir()] == [name]
+    assert sorted(p.name for p in (runs["cache"] / "tflite").iterdir()) == [name, name + SUFFIX]
     assert second.info.converted_model == runs["extract-litert"].info.converted_model == name
     np.testing.assert_array_equal(
         np.stack(again_rows["features"].to_numpy()), np.stack(rows["features"].to_numpy())
@@ -307,3 +312,35 @@ def test_openvino_imports_without_telemetry():
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
     assert child.stdout.split() == ["1", "None"]
+
+
+def test_damaged_converted_model_is_converted_again(
+    runs, spark, weights, real_images, caplog, monkeypatch
+):
+    """The cached TFLite model damaged in place (same size): the next run converts it again,
+    warning with its name, and gives the same features; without its record, the same. Runs
+    last: it rewrites the cache the tests above read."""
+    needs("litert")
+    for module in (models, runtimes):  # converting builds the model on the driver
+        monkeypatch.setattr(module, "build_model", BUILD_MODEL)
+    first, rows = runs["litert"]
+    path = runs["cache"] / "tflite" / first.info.converted_model
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING, logger="helpers.caches")
+    spec = FeatureSpec(weights=weights, runtime="litert")
+    loaded = driver_weights("mobilenet_v2", weights, 224)
+    for damage in ("its SHA-256 differs from the record", "no record"):
+        caplog.clear()
+        images = list_images(spark, str(real_images)).images
+        run = featurize(spark, images, spec, loaded=loaded)
+        assert run.info.converted_from_cache is False and run.info.converted_model == path.name
+        assert f"cached {path}: {damage}" in caplog.text and "converted again" in caplog.text
+        assert read_record(path)["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        again = run.features.toPandas().set_index("path").sort_index()
+        expected = np.stack(rows["features"].to_numpy())
+        got = np.stack(again["features"].to_numpy())
+        assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-6
+        if damage != "no record":
+            sidecar(path).unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pyspark
 import pytest
 
+from helpers import caches
 from helpers.paths import PROJECT_ROOT
 from helpers.spark import cds
 
@@ -82,3 +84,48 @@ def test_changed_jars_name_another_archive(tmp_path: Path) -> None:
     assert cds._jars_digest(tmp_path) == before
     os.utime(jar, ns=(0, jar.stat().st_mtime_ns + 1_000_000_000))
     assert cds._jars_digest(tmp_path) != before
+
+
+def test_damaged_or_unrecorded_archive_is_not_used_and_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An archive damaged in place (same size) is left out of the JVM options, with a warning
+    naming it, and sessions start without it; make_archive makes it again, and sessions map
+    it. An archive without its record is treated the same (made again, never trusted)."""
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", cache)
+    path = cds.make_archive()
+    assert path is not None and path.is_relative_to(tmp_path)
+    record = caches.read_record(path)
+    assert record is not None and record["sha256"] == caches.sha256(path)
+    assert cds.driver_java_options() == f"{cds.USE_OPTION}{path}"
+
+    caplog.set_level(logging.WARNING, logger="helpers.caches")
+    size = path.stat().st_size
+    path.chmod(0o644)  # the JVM writes it read-only
+    with path.open("r+b") as handle:
+        handle.seek(size // 2)
+        byte = handle.read(1)
+        handle.seek(size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    assert path.stat().st_size == size
+    assert cds.driver_java_options() == ""
+    assert f"cached {path}: its modification time differs" in caplog.text
+    output = _session(XDG_CACHE_HOME=cache)
+    assert "SharedArchiveFile" not in output and output.split()[-1] == "5"
+
+    inode = path.stat().st_ino
+    assert cds.make_archive() == path and path.stat().st_ino != inode  # made again
+    assert caches.verified(path)
+    output = _session(XDG_CACHE_HOME=cache)
+    assert f"{cds.USE_OPTION}{path}" in output and output.split()[-1] == "5"
+    assert "Unable to use shared archive" not in output
+
+    caches.sidecar(path).unlink()
+    caplog.clear()
+    assert cds.driver_java_options() == ""
+    assert f"cached {path}: no record" in caplog.text
+    inode = path.stat().st_ino
+    assert cds.make_archive() == path and path.stat().st_ino != inode
+    assert cds.driver_java_options() == f"{cds.USE_OPTION}{path}"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + caches.SUFFIX]

@@ -13,6 +13,7 @@ The converted runtimes need no TensorFlow on the workers: ``litert`` runs a TFLi
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers import env
+from helpers import caches, env
 from helpers.features.models import Weights, build_model
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ class Runtime:
 
         A cached model needs neither the weight arrays nor TensorFlow on the driver. The file
         is written to a temporary name and renamed: a run killed mid-write, or two drivers
-        converting at once, never leave a truncated model behind.
+        converting at once, never leave a truncated model behind. It is used only while its
+        SHA-256 matches the record written after it (:mod:`helpers.caches`); a damaged file
+        or one without a record is converted again.
         """
         missing = self.missing()
         if missing:
@@ -97,8 +100,10 @@ class Runtime:
             )
         path = self.cache_path(model_name, image_size, weights.checksum)
         if path.is_file():
-            log.info("converted model from the cache: %s", path)
-            return ConvertedModel(path.read_bytes(), path, cached=True)
+            data = path.read_bytes()
+            if caches.verified(path, hashlib.sha256(data).hexdigest(), action="converted again"):
+                log.info("converted model from the cache: %s", path)
+                return ConvertedModel(data, path, cached=True)
         log.info("converting %s at %d px (once per weights): %s", model_name, image_size, path)
         data = self.convert(model_name, image_size, weights.arrays(model_name, image_size))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +115,7 @@ class Runtime:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        caches.record(path, hashlib.sha256(data).hexdigest())
         return ConvertedModel(data, path, cached=False)
 
     # --- a Python worker ------------------------------------------------------------------

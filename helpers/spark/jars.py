@@ -7,8 +7,9 @@ version and Scala for Spark's side of the S3A committers (``PathOutputCommitProt
 2.12) takes ``hadoop-aws-3.3.4`` with the SDK v1 ``aws-java-sdk-bundle-1.12.262``; 4.0
 (Hadoop 3.4.1, Scala 2.13) ``hadoop-aws-3.4.1`` with the SDK v2 ``bundle-2.24.6`` and
 ``spark-hadoop-cloud_2.13``. ``python -m helpers.spark.jars fetch`` (run by ``make setup``)
-downloads them into ````$XDG_CACHE_HOME/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
-Maven Central's SHA-1; :func:`cached_jars` hands them to :func:`helpers.spark.session.get_spark`.
+downloads them into ``$XDG_CACHE_HOME/fruits/jars`` (``$FRUITS_JARS_CACHE``), checked against
+Maven Central's SHA-1 and recorded by their SHA-256 (:mod:`helpers.caches`); :func:`cached_jars`
+hands them to :func:`helpers.spark.session.get_spark` while they match that record.
 Nothing is committed to git, and offline jars given as ``hadoop_aws_jars`` still win.
 """
 
@@ -19,11 +20,12 @@ import hashlib
 import logging
 import os
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import env
+from helpers import caches, env
 from helpers.spark.versions import hadoop_version, scala_version, spark_version
 
 log = logging.getLogger(__name__)
@@ -93,35 +95,58 @@ def s3a_artifacts(
 
 
 def cached_jars(hadoop_version: str, spark_version: str, scala: str | None = None) -> list[str]:
-    """The cached S3A jars for this Spark, or ``[]`` unless every one is there."""
+    """The cached S3A jars for this Spark, or ``[]`` unless every one is there and matches
+    its record.
+
+    Checked by size and modification time against the record :func:`fetch` wrote (hashing
+    the SDK bundle, 280-560 MB, took 0.2-0.4 s: a tenth of a session's start); :func:`fetch`
+    checks their SHA-256. A damaged or unrecorded jar is named in a warning.
+    """
     if hadoop_version not in SDK_BUNDLES:
         return []
     folder = cache_dir()
     jars = [folder / a.file_name for a in s3a_artifacts(hadoop_version, spark_version, scala)]
-    return [str(jar) for jar in jars] if all(jar.is_file() for jar in jars) else []
+    action = "not used: run python -m helpers.spark.jars fetch"
+    found = all(jar.is_file() for jar in jars)
+    if not (found and all([caches.verified(jar, quick=True, action=action) for jar in jars])):
+        return []
+    return [str(jar) for jar in jars]
+
+
+def _maven_sha1(url: str) -> str | None:
+    """The SHA-1 the repository publishes beside ``url``, ``None`` when it has none."""
+    try:
+        with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+            return response.read().decode().split()[0].strip().lower()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        log.warning("%s.sha1 not found: the jar is recorded by its own SHA-256 only", url)
+        return None
 
 
 def _download(url: str, target: Path) -> None:
-    """Fetch ``url`` to ``target`` whole (temp file + rename), checked against its ``.sha1``."""
-    with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
-        expected = response.read().decode().split()[0].strip().lower()
+    """Fetch ``url`` to ``target`` whole (temp file + rename), checked against its ``.sha1``
+    when the repository has one, then recorded by its SHA-256 (:mod:`helpers.caches`)."""
+    expected = _maven_sha1(url)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    digest = hashlib.sha1()
+    sha1, sha256 = hashlib.sha1(), hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
             while chunk := response.read(1 << 20):
-                digest.update(chunk)
+                sha1.update(chunk)
+                sha256.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != expected:
-            raise OSError(f"{url}: SHA-1 {digest.hexdigest()} differs from Maven's {expected}")
+        if expected is not None and sha1.hexdigest() != expected:
+            raise OSError(f"{url}: SHA-1 {sha1.hexdigest()} differs from Maven's {expected}")
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+    caches.record(target, sha256.hexdigest())
 
 
 def _sha1_matches(jar: Path, url: str) -> bool:
-    with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
-        expected = response.read().decode().split()[0].strip().lower()
+    expected = _maven_sha1(url)
     digest = hashlib.sha1()
     with jar.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -132,9 +157,10 @@ def _sha1_matches(jar: Path, url: str) -> bool:
 def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> list[str]:
     """Download the S3A jars for this Spark into :func:`cache_dir` unless already there.
 
-    A jar already cached is checked against Maven's SHA-1 once (a ``.verified`` stamp
-    remembers it). Returns the jars' paths. Network errors name the repository and the
-    offline alternative.
+    A cached jar is used when its SHA-256 matches its record (:mod:`helpers.caches`); one
+    without a record is recorded if it matches Maven's SHA-1, and any other is downloaded
+    again. Returns the jars' paths. Network errors name the repository and the offline
+    alternative.
     """
     repo = maven_repo()
     folder = cache_dir()
@@ -142,10 +168,11 @@ def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> 
     paths = []
     for artifact in s3a_artifacts(hadoop_version, spark_version, scala):
         jar = folder / artifact.file_name
-        stamp = jar.with_name(jar.name + ".verified")
         url = artifact.url(repo)
         try:
-            if not (jar.is_file() and (stamp.is_file() or _sha1_matches(jar, url))):
+            if caches.read_record(jar) is None and jar.is_file() and _sha1_matches(jar, url):
+                caches.record(jar)  # cached before records were kept: Maven's SHA-1 vouches
+            if not caches.verified(jar, action=f"downloaded again from {url}"):
                 log.info("downloading %s", url)
                 _download(url, jar)
         except OSError as exc:
@@ -156,7 +183,7 @@ def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> 
                 f"${env.MAVEN_REPO_ENV} (a Maven mirror), or download the jars elsewhere and "
                 f"pass hadoop_aws_jars= (or ${env.HADOOP_AWS_JARS_ENV})"
             ) from exc
-        stamp.touch()
+        jar.with_name(jar.name + ".verified").unlink(missing_ok=True)  # the record replaces it
         paths.append(str(jar))
     return paths
 
