@@ -550,7 +550,7 @@ def test_weights_from_s3_downloaded_once(
     s3.client.put_object(Bucket=BUCKET, Key="models/w.h5", Body=b"weights v2, longer")
     assert Path(resolve_weights(uri)).read_bytes() == b"weights v2, longer"
     cached = tmp_path / "cache" / "fruits" / "weights"
-    assert [p.name for p in cached.iterdir()] == [local.name]
+    assert sorted(p.name for p in cached.iterdir()) == [local.name, local.name + ".sha256.json"]
 
 
 def test_missing_weights_object_is_named(s3: S3) -> None:
