@@ -93,6 +93,13 @@ def _create(uri: str, data: bytes) -> bool:
         os.link(tmp, target)  # fails if the lease exists; readers never see it half-written
     except FileExistsError:
         return False
+    except OSError:  # a file system without hard links (some FUSE mounts): O_EXCL instead
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
     finally:
         tmp.unlink()
     return True
@@ -115,7 +122,7 @@ def _read(uri: str) -> dict[str, Any] | None:
     fs, path = fsspec.core.url_to_fs(uri)
     try:
         text = fs.cat_file(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         holder = json.loads(text)
@@ -208,7 +215,8 @@ def _acquire(output_root: str, uri: str, purpose: str) -> _Held:
         if not reason:
             raise LeaseHeld(_refusal(output_root, holder))
         log.warning("taking over the lease of %s: %s (%s)", output_root, reason, describe(holder))
-        _remove(uri)
+        if _read(uri) == holder:  # not already taken over by another run meanwhile
+            _remove(uri)
     raise LeaseHeld(_refusal(output_root, _read(uri) or {}))
 
 

@@ -86,9 +86,9 @@ def run_notebooks(
     with _environment(env):
         for root in (values["data_root"], values["output_root"]):
             check_access(root)
-        check_free(values["output_root"])  # another run writing there: refused now, named
         if not is_remote(values["data_root"]):
             _check_local_roots(values["data_root"], values["output_root"])
+        check_free(values["output_root"])  # another run writing there: refused now, named
         return _execute(values, notebooks, notebook_dir, kernel)
 
 
