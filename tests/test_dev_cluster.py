@@ -19,14 +19,22 @@ import psutil
 import pytest
 from conftest import DATA_SAMPLE
 
-from helpers.dev.cluster import EXECUTOR_CLASS, WORKER_CLASS, alive_workers, ensure_workers, status
+from helpers.dev.cluster import (
+    AUTH_FILE,
+    EXECUTOR_CLASS,
+    STATE_FILE,
+    WORKER_CLASS,
+    alive_workers,
+    ensure_workers,
+    status,
+)
 from helpers.env import JIT_ENV
 from helpers.features.extract import extract_features
 from helpers.features.spec import FeatureSpec
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
 from helpers.spark.cds import driver_java_options
-from helpers.spark.session import java_options, master_conf
+from helpers.spark.session import cluster_properties, headless, java_options, master_conf
 from helpers.spark.settings import JIT_OPTION, LISTING_CONF, PYTHON_WORKER_CONF, executor_conf
 
 #: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
@@ -152,6 +160,11 @@ def test_sessions_on_a_master_list_on_the_driver(monkeypatch):
         assert LISTING_CONF.items() <= conf.items()
     assert executor_conf().items() <= yarn.items() and here["spark.driver.host"] == "127.0.0.1"
     assert "spark.driver.host" not in yarn and "spark.executor.extraJavaOptions" not in yarn
+    # the driver listens on the loopback where it is this machine's only, not on a cluster
+    for conf in (here, master_conf("local[2]")):
+        assert conf["spark.driver.bindAddress"] == conf["spark.driver.host"] == "127.0.0.1"
+    for master in ("yarn", "spark://10.0.0.5:7077", "k8s://https://k8s:443"):
+        assert "spark.driver.bindAddress" not in master_conf(master)
     assert here["spark.executor.extraJavaOptions"] == here["spark.driver.extraJavaOptions"]
     assert here["spark.executor.extraJavaOptions"] == java_options()
     assert JIT_OPTION in java_options()  # C1 only, unless FRUITS_JIT=full
@@ -271,3 +284,168 @@ def test_worker_killed_mid_task(cluster, fault_runs, cluster_run):
     finally:
         ensure_workers(cluster)  # the session cluster has its 2 workers again
     assert len(alive_workers(cluster.webui_url)) == 2
+
+
+# A driver of the cluster: its listening sockets, the UI and a job.
+CHECK_DRIVER = """
+import json, sys
+import psutil
+from helpers.spark.session import get_spark
+spark = get_spark("fruits-auth", master=sys.argv[1], driver_memory="1g")
+count = spark.sparkContext.parallelize(range(10), 2).count()
+jvms = psutil.Process().children(recursive=True)
+listening = sorted({c.laddr.ip for p in jvms for c in p.net_connections() if c.status == "LISTEN"})
+print(json.dumps({"count": count, "ui": spark.sparkContext.uiWebUrl, "listening": listening,
+                  "authenticate": spark.conf.get("spark.authenticate")}))
+spark.stop()
+"""
+
+# A driver that does not take the cluster's secret (plain pyspark): none, or a wrong one.
+FOREIGN_DRIVER = """
+import sys
+from pyspark.sql import SparkSession
+builder = SparkSession.builder.master(sys.argv[1]).appName(sys.argv[2])
+builder = builder.config("spark.driver.host", "127.0.0.1")
+if sys.argv[3:]:
+    builder = builder.config("spark.authenticate", "true")
+    builder = builder.config("spark.authenticate.secret", sys.argv[3])
+builder.getOrCreate().sparkContext.parallelize(range(10)).count()
+print("RAN A JOB")
+"""
+
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+def test_cluster_secret_is_private(cluster):
+    """The generated secret is in the 0600 record and properties file only: on no command
+    line (``ps``), in no log, not in status nor in the record's repr."""
+    state = Path(cluster.state_dir)
+    secret = json.loads((state / STATE_FILE).read_text())["secret"]
+    assert len(secret) == 64 and secret in (state / AUTH_FILE).read_text()
+    for name in (STATE_FILE, AUTH_FILE):
+        assert (state / name).stat().st_mode & 0o777 == 0o600
+    commands = []
+    for process in psutil.process_iter(["cmdline"]):
+        commands.append(" ".join(process.info["cmdline"] or []))
+    assert not [c for c in commands if secret in c]
+    assert any(str(state / AUTH_FILE) in c for c in commands)  # what they read instead
+    for path in state.rglob("*"):
+        if path.is_file() and path.name not in (STATE_FILE, AUTH_FILE):
+            assert secret not in path.read_text(errors="replace"), path
+    assert secret not in json.dumps(status(cluster.state_dir)) and secret not in repr(cluster)
+
+
+def test_cluster_refuses_drivers_without_its_secret(cluster):
+    """A driver without the secret, or with another one, cannot register: the master
+    answers it with SASL it does not speak (or a secret that does not match), and no
+    application of theirs appears on the master."""
+    drivers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", FOREIGN_DRIVER, cluster.master_url, name, *secret],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=PROJECT_ROOT,
+        )
+        for name, secret in (("fruits-no-secret", []), ("fruits-wrong-secret", ["0" * 64]))
+    }
+    try:
+        for driver in drivers.values():
+            lines = []
+            for line in driver.stdout:  # until its first failed attempt to reach the master
+                lines.append(line)
+                if "Failed to connect to master" in line or "RAN A JOB" in line:
+                    break
+            output = "".join(lines)
+            assert "Failed to connect to master" in output, output[-3000:]
+            assert "RAN A JOB" not in output
+        apps = {a["name"] for a in cluster.master_state().get("activeapps", [])}
+        assert not apps & set(drivers)
+    finally:
+        for driver in drivers.values():
+            driver.kill()
+            driver.wait()
+            driver.stdout.close()
+
+
+def test_cluster_driver_gets_the_secret_and_listens_on_the_loopback(cluster):
+    """get_spark on the cluster's URL finds its secret (from the master process, wherever
+    its state folder is) and runs a job; the driver listens on 127.0.0.1 only, UI off
+    (a script: headless)."""
+    assert cluster_properties(cluster.master_url) == Path(cluster.state_dir) / AUTH_FILE
+    assert cluster_properties("spark://127.0.0.1:1") is None
+    assert cluster_properties("yarn") is None
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_DRIVER, cluster.master_url],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["count"] == 10 and report["authenticate"] == "true"
+    assert report["ui"] is None
+    assert report["listening"] and set(report["listening"]) <= set(LOOPBACK)
+
+
+def test_local_session_listens_on_the_loopback_only(spark):
+    """The tests' local session (headless: pytest is no notebook) has no UI, and its JVM
+    listens on 127.0.0.1 only (RPC, block manager)."""
+    assert headless()
+    assert spark.sparkContext.uiWebUrl is None
+    assert spark.conf.get("spark.driver.bindAddress") == "127.0.0.1"
+    jvms = [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
+    addresses = {c.laddr.ip for p in jvms for c in p.net_connections() if c.status == "LISTEN"}
+    assert addresses and addresses <= set(LOOPBACK)
+
+
+NOTEBOOK_CELL = """
+import json, psutil
+from helpers.spark.session import get_spark
+spark = get_spark("fruits-ui", master="local[1]", driver_memory="1g")
+jvms = [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
+print(json.dumps({"ui": spark.sparkContext.uiWebUrl, "listening": sorted({
+    c.laddr.ip for p in jvms for c in p.net_connections() if c.status == "LISTEN"})}))
+spark.stop()
+"""
+
+
+def test_notebook_driver_ui_on_the_loopback_and_off_under_papermill(tmp_path):
+    """In a notebook kernel someone may look at: the UI, on 127.0.0.1 only. In a kernel
+    that papermill started (helpers.run, the papermill command): no UI."""
+    import nbformat
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(PROJECT_ROOT))
+    try:
+        outputs = []
+        reply = client.execute_interactive(NOTEBOOK_CELL, timeout=300, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        text = "".join(o["content"].get("text", "") for o in outputs if o["msg_type"] == "stream")
+        interactive = json.loads(text.strip().splitlines()[-1])
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert interactive["ui"].startswith("http://127.0.0.1:")
+    assert interactive["listening"] and set(interactive["listening"]) <= set(LOOPBACK)
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_CELL)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, tmp_path / "ui.ipynb")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(tmp_path / "ui.ipynb"),
+            str(tmp_path / "out.ipynb"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for o in executed.cells[0].outputs)
+    assert json.loads(text.strip().splitlines()[-1])["ui"] is None

@@ -14,6 +14,8 @@ import importlib.util
 import json
 import shutil
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -99,6 +101,32 @@ def test_livy_server_answers_and_sparkmagic_is_configured(livy):
     assert config["kernel_python_credentials"]["url"] == livy.url
     assert config["all_errors_are_fatal"] is True
     assert config["livy_session_startup_timeout_seconds"] >= 120
+    assert config["custom_headers"]["X-Requested-By"]  # what Livy's CSRF protection asks for
+
+
+def _post(url: str, headers: dict[str, str]) -> int:
+    """The HTTP status of an empty JSON POST to ``url``."""
+    request = urllib.request.Request(
+        url, data=b"{}", headers={"Content-Type": "application/json", **headers}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (127.0.0.1)
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_livy_refuses_a_post_without_the_csrf_header(livy):
+    """CSRF protection is on: a POST without X-Requested-By (what a web page can send from a
+    browser) is refused before it reaches a session; with it, Livy handles the request
+    (here: no such session); reading needs no header."""
+    conf = (Path(livy.state_dir) / "conf" / "livy.conf").read_text()
+    assert "livy.server.csrf-protection.enabled = true" in conf
+    statements = f"{livy.url}/sessions/987654/statements"
+    assert _post(statements, {}) == 400
+    assert _post(f"{livy.url}/sessions", {}) == 400
+    assert _post(statements, {"X-Requested-By": "anyone"}) == 404
+    assert livy.sessions() is not None
 
 
 def test_livy_notebooks_write_the_outputs(livy_run, small_tree):
@@ -183,6 +211,11 @@ def test_livy_sessions_on_the_standalone_cluster(livy, cluster, tmp_path_factory
     with livy_server(cluster.master_url, state, sparkmagic_conf_dir=state / "sparkmagic") as server:
         output = server.run_code(code)
     assert output["status"] == "ok", output
+    # the cluster's secret reached the sessions through a file of this user's, no log line
+    secret = json.loads(Path(cluster.state_dir, "cluster.json").read_text())["secret"]
+    defaults = state / "spark-conf" / "spark-defaults.conf"
+    assert secret in defaults.read_text() and defaults.stat().st_mode & 0o777 == 0o600
+    assert not [p for p in state.rglob("*.out") if secret in p.read_text(errors="replace")]
     assert output["data"]["text/plain"] == (
         f"True {cluster.master_url} {[sys.executable]} [0, 2, 4, 6]"
     )

@@ -10,20 +10,24 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from helpers.dev import process
 from helpers.dev.process import (
     alive,
     free_port,
+    identity,
     log_path,
     log_tail,
     read_record,
     recorded_status,
+    same_process,
     spawn,
     stop_recorded,
     terminate,
     wait_until,
+    write_private,
     write_record,
 )
 
@@ -44,8 +48,16 @@ def test_record_round_trip(tmp_path):
     write_record(tmp_path / "state", "x.json", record)
     assert read_record(tmp_path / "state", "x.json") == record
     assert json.loads((tmp_path / "state" / "x.json").read_text()) == record
-    (tmp_path / "plain").write_text("")  # the mode any file written here gets (umask)
-    assert (tmp_path / "state" / "x.json").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert (tmp_path / "state" / "x.json").stat().st_mode & 0o777 == 0o600  # a secret's place
+
+
+def test_write_private_is_for_this_user_only_even_over_an_open_file(tmp_path):
+    path = tmp_path / "secret.properties"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_private(path, "spark.authenticate.secret abc\n")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == "spark.authenticate.secret abc\n"
 
 
 def test_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
@@ -172,11 +184,18 @@ def test_wait_until_retries_through_errors_then_times_out(tmp_path):
         wait_until(lambda: None, "nothing", 0.1, {"me": os.getpid()}, tmp_path)
 
 
+def _record(*processes: subprocess.Popen, **fields) -> dict:
+    """A record of ``processes``, as the launchers write it (pids and identities)."""
+    idents = {str(p.pid): identity(p.pid, p.args) for p in processes}
+    return {"pids": [p.pid for p in processes], "processes": idents, **fields}
+
+
 def test_stop_recorded_stops_the_groups_and_deletes_the_record(tmp_path):
     sleepers = [subprocess.Popen(SLEEP) for _ in range(2)]
-    write_record(tmp_path, "s.json", {"pids": [p.pid for p in sleepers], "url": "u"})
+    written = _record(*sleepers, url="u")
+    write_record(tmp_path, "s.json", written)
     record = stop_recorded(tmp_path, "s.json", lambda r: ([r["pids"][0]], [r["pids"][1]]), 10)
-    assert record == {"pids": [p.pid for p in sleepers], "url": "u"}
+    assert record == written
     assert not any(alive(p.pid) for p in sleepers)
     for sleeper in sleepers:
         sleeper.wait()
@@ -190,7 +209,8 @@ def test_recorded_status(tmp_path):
         "running": False,
         "state_dir": str(tmp_path),
     }
-    write_record(tmp_path, "s.json", {"url": "http://127.0.0.1:1", "pid": 5})
+    me = {str(os.getpid()): identity(os.getpid(), psutil.Process().cmdline())}
+    write_record(tmp_path, "s.json", {"url": "http://127.0.0.1:1", "pid": 5, "processes": me})
     assert recorded_status(tmp_path, "s.json", lambda r: {"url": r["url"]}, "url") == {
         "running": True,
         "url": "http://127.0.0.1:1",
@@ -215,3 +235,81 @@ def test_free_port_keeps_a_free_preferred_port_and_replaces_a_taken_one():
         busy = taken.getsockname()[1]
         other = free_port(busy)
     assert other != busy and other > 0
+
+
+def _launcher(tmp_path) -> list[str]:
+    """A script that execs ``sleep`` with its arguments, as ``spark-class`` execs Java."""
+    script = tmp_path / "launch"
+    script.write_text('#!/bin/sh\nexec sleep "$@"\n')
+    script.chmod(0o755)
+    return [str(script), "60"]
+
+
+def test_same_process_after_exec_and_not_after_pid_reuse(tmp_path):
+    """The recorded process is recognised after its launcher execs (same start time, the
+    command line ends with its arguments); the same pid with another start time or another
+    command is another process."""
+    command = _launcher(tmp_path)
+    pid = spawn(tmp_path, "sleeper", command, os.environ)
+    record = {"processes": {str(pid): identity(pid, command)}}
+    try:
+        wait_until(lambda: psutil.Process(pid).name() == "sleep", "exec", 10, {}, tmp_path)
+        assert same_process(record, pid)
+        earlier = {**record["processes"][str(pid)]}
+        earlier["create_time"] -= 5
+        assert not same_process({"processes": {str(pid): earlier}}, pid)
+        other = {**record["processes"][str(pid)], "args": ["61"]}
+        assert not same_process({"processes": {str(pid): other}}, pid)
+        assert not same_process({}, pid)  # no identity recorded: never taken as ours
+    finally:
+        terminate([pid], 10)
+
+
+@pytest.mark.parametrize("change", ["create_time", "args"])
+def test_stop_and_status_leave_a_reused_pid_alone(tmp_path, change, caplog):
+    """A record whose pid now belongs to an unrelated live process (another start time, or
+    another command line): stop does not signal it, says so and drops the record; status
+    reports it stale and drops the record too."""
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        ident = identity(unrelated.pid, unrelated.args)
+        ident[change] = ident["create_time"] - 30 if change == "create_time" else ["other"]
+        stale = {"url": "http://127.0.0.1:1", "pids": [unrelated.pid]}
+        stale["processes"] = {str(unrelated.pid): ident}
+        write_record(tmp_path, "s.json", stale)
+        with caplog.at_level("WARNING", logger=process.__name__):
+            record = stop_recorded(tmp_path, "s.json", lambda r: (r["pids"],), 2)
+        assert record["reused_pids"] == [unrelated.pid]
+        assert f"pid {unrelated.pid} now belongs to another process" in caplog.text
+        assert read_record(tmp_path, "s.json") is None
+        assert unrelated.poll() is None and alive(unrelated.pid)
+
+        write_record(tmp_path, "s.json", stale)
+        asked = []
+        assert recorded_status(tmp_path, "s.json", asked.append, "url") == {
+            "running": False,
+            "url": "http://127.0.0.1:1",
+            "stale_record": True,
+            "reused_pids": [unrelated.pid],
+        }
+        assert asked == [] and read_record(tmp_path, "s.json") is None
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_stop_signals_only_the_recorded_processes_of_a_group(tmp_path):
+    """In one group, the recorded process is stopped and the reused pid is left alone."""
+    ours, unrelated = subprocess.Popen(SLEEP), subprocess.Popen(["sleep", "60"])
+    try:
+        record = _record(ours)
+        record["pids"].append(unrelated.pid)
+        record["processes"][str(unrelated.pid)] = {"create_time": 0.0, "args": ["60"]}
+        write_record(tmp_path, "s.json", record)
+        stop_recorded(tmp_path, "s.json", lambda r: (r["pids"],), 10)
+        assert ours.wait(10) is not None
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()

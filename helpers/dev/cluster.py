@@ -13,6 +13,12 @@ pip-installed pyspark, ``bin/spark-class org.apache.spark.deploy.master.Master``
 ``start`` returns once every worker is registered with the master (read from the master's
 JSON page), and records the processes and ports in a state folder (``.cluster/`` in the
 repository by default) that ``status`` and ``stop`` read. Tests use :func:`standalone_cluster`.
+
+The cluster authenticates (``spark.authenticate``) with a secret generated at ``start``: it is
+kept in the record (mode 0600) and in ``auth.properties`` (0600), which the master and
+workers read through ``--properties-file`` (the secret is on no command line) and which
+:func:`helpers.spark.session.get_spark` hands to a driver of that master. A driver without
+it cannot register.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -31,13 +38,15 @@ from typing import Any
 
 from helpers.dev.process import (
     HOST,
-    alive,
     free_port,
+    identity,
     read_record,
     recorded_status,
+    same_process,
     spawn,
     stop_recorded,
     wait_until,
+    write_private,
     write_record,
 )
 from helpers.paths import PROJECT_ROOT
@@ -51,6 +60,8 @@ MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 STATE_FILE = "cluster.json"
+#: The daemons' (and drivers') properties: authentication and its secret (mode 0600).
+AUTH_FILE = "auth.properties"
 
 
 @dataclass
@@ -65,6 +76,18 @@ class Cluster:
     worker_ports: list[int] = field(default_factory=list)
     cores: int = 1
     memory: str = "2g"
+    #: ``str(pid)`` -> :func:`helpers.dev.process.identity` of each process started.
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secret: str = field(default="", repr=False)  # never in a log line or a repr
+
+    @property
+    def auth_file(self) -> Path:
+        """The properties file holding the secret, which every JVM of the cluster reads."""
+        return Path(self.state_dir, AUTH_FILE)
+
+    def running(self, pid: int) -> bool:
+        """Whether ``pid`` is a process this cluster started, still running."""
+        return same_process(asdict(self), pid)
 
     def save(self) -> None:
         """Write this cluster's record to ``<state_dir>/cluster.json``."""
@@ -108,11 +131,31 @@ def _daemon_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
-def _launch(state_dir: Path, name: str, main_class: str, args: list[str]) -> int:
-    """Start ``spark-class main_class args`` (it execs the JVM: the pid is the JVM's)."""
+def auth_properties(secret: str) -> dict[str, str]:
+    """The settings of every JVM of a cluster: authentication with ``secret``; no killing
+    of applications from the web UI (any local user can reach it)."""
+    return {
+        "spark.authenticate": "true",
+        "spark.authenticate.secret": secret,
+        "spark.ui.killEnabled": "false",
+    }
+
+
+def _launch(cluster: Cluster, name: str, main_class: str, args: list[str]) -> int:
+    """Start ``spark-class main_class args`` (it execs the JVM: the pid is the JVM's) with
+    the cluster's properties file, and record the process's identity."""
+    state_dir = Path(cluster.state_dir)
     (state_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    command = [str(spark_home() / "bin" / "spark-class"), main_class, *args]
-    return spawn(state_dir, name, command, _daemon_env(state_dir))
+    command = [
+        str(spark_home() / "bin" / "spark-class"),
+        main_class,
+        *args,
+        "--properties-file",
+        str(cluster.auth_file),
+    ]
+    pid = spawn(state_dir, name, command, _daemon_env(state_dir))
+    cluster.processes[str(pid)] = identity(pid, command)
+    return pid
 
 
 def alive_workers(webui_url: str) -> list[dict[str, Any]]:
@@ -139,7 +182,7 @@ def start(
         raise ValueError(f"workers and cores must be >= 1, got workers={workers} cores={cores}")
     state_dir = Path(state_dir).resolve()
     running = read_state(state_dir)
-    if running is not None and alive(running.master_pid):
+    if running is not None and running.running(running.master_pid):
         raise RuntimeError(
             f"a cluster is already running from {state_dir} ({running.master_url}): "
             f"python -m helpers.cluster stop --state-dir {state_dir}"
@@ -148,13 +191,17 @@ def start(
     master_port, webui_port = free_port(master_port), free_port(webui_port)
     master_url = f"spark://{HOST}:{master_port}"
     webui_url = f"http://{HOST}:{webui_port}"
-    master_pid = _launch(
-        state_dir,
+    secret = secrets.token_hex(32)
+    cluster = Cluster(master_url, webui_url, str(state_dir), 0, cores=cores, memory=memory)
+    cluster.secret = secret
+    properties = auth_properties(secret)
+    write_private(cluster.auth_file, "".join(f"{k} {v}\n" for k, v in properties.items()))
+    master_pid = cluster.master_pid = _launch(
+        cluster,
         "master",
         MASTER_CLASS,
         ["--host", HOST, "--port", str(master_port), "--webui-port", str(webui_port)],
     )
-    cluster = Cluster(master_url, webui_url, str(state_dir), master_pid, cores=cores, memory=memory)
     cluster.save()  # recorded at once: stop() works even if a worker fails to start
     try:
         wait_until(
@@ -199,7 +246,7 @@ def add_worker(cluster: Cluster) -> int:
     work_dir.mkdir()  # now, not when the JVM gets to it: the next worker gets the next name
     port = free_port()
     pid = _launch(
-        state_dir,
+        cluster,
         f"worker-{index}",
         WORKER_CLASS,
         [
@@ -228,7 +275,7 @@ def ensure_workers(cluster: Cluster, timeout: float = 120.0) -> Cluster:
     """Replace ``cluster``'s workers whose process is gone; return once all are registered."""
     state_dir = Path(cluster.state_dir)
     wanted = len(cluster.worker_pids)
-    running = [pid for pid in cluster.worker_pids if alive(pid)]
+    running = [pid for pid in cluster.worker_pids if cluster.running(pid)]
     if len(running) < wanted:
         log.info("restarting %d lost workers of %s", wanted - len(running), cluster.master_url)
         survivors = [
@@ -238,6 +285,8 @@ def ensure_workers(cluster: Cluster, timeout: float = 120.0) -> Cluster:
         ]
         cluster.worker_pids = [pid for pid, _ in survivors]  # in order
         cluster.worker_ports = [port for _, port in survivors]
+        for pid in set(map(int, cluster.processes)) - {cluster.master_pid, *running}:
+            del cluster.processes[str(pid)]
         while len(cluster.worker_pids) < wanted:
             add_worker(cluster)
     wait_until(
@@ -259,13 +308,16 @@ def read_state(state_dir: Path | str = DEFAULT_STATE_DIR) -> Cluster | None:
 def stop(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 20.0) -> bool:
     """Stop the cluster recorded in ``state_dir``: workers (and their executors), then master.
 
-    Returns whether there was one. Safe to call twice.
+    Returns whether there was one. Safe to call twice. A recorded pid that now belongs to
+    another process is left alone (:func:`helpers.dev.process.stop_recorded`). The record
+    and ``auth.properties`` (the secret) are deleted.
     """
     record = stop_recorded(
         state_dir, STATE_FILE, lambda r: (r["worker_pids"], [r["master_pid"]]), timeout
     )
     if record is None:
         return False
+    Path(state_dir, AUTH_FILE).unlink(missing_ok=True)
     log.info("stopped the Spark cluster %s", record["master_url"])
     return True
 

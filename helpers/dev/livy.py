@@ -24,10 +24,13 @@ Livy 0.9.0 is used: 0.8.0 (EMR 7's) was built for Spark 3.2 and marks Spark >= 3
 verified; 0.9.0 is built for Spark 3.5 (3.5.6, Scala 2.12).
 
 ``start`` writes ``livy.conf`` (127.0.0.1, a free port, ``livy.spark.master``, the repl and
-rsc jars, no Hive context), a ``spark-defaults.conf`` carrying the project's Python
+rsc jars, no Hive context, CSRF protection: a POST, PUT or DELETE without an
+``X-Requested-By`` header is refused, so a web page cannot drive Livy through a browser), a
+``spark-defaults.conf`` carrying the project's Python
 (``spark.pyspark.python``, the worker daemon) to every session, and sparkmagic's
 ``config.json`` with EMR's settings (``all_errors_are_fatal``, startup and heartbeat
-timeouts) into ``$SPARKMAGIC_CONF_DIR`` or ``.livy/sparkmagic``; it installs sparkmagic's
+timeouts) and the ``X-Requested-By`` header (``custom_headers``: sparkmagic 0.23 sends none
+of its own) into ``$SPARKMAGIC_CONF_DIR`` or ``.livy/sparkmagic``; it installs sparkmagic's
 ``pysparkkernel`` into this environment (``sys.prefix``, through jupyter_client) and
 returns once Livy answers. Tests use :func:`livy_server`.
 """
@@ -46,7 +49,7 @@ import urllib.request
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +58,21 @@ from helpers.config import check_master
 from helpers.dev.cluster import spark_home
 from helpers.dev.process import (
     HOST,
-    alive,
     free_port,
+    identity,
     log_path,
     read_record,
     recorded_status,
+    same_process,
     spawn,
     stop_recorded,
     wait_until,
+    write_private,
     write_record,
 )
 from helpers.paths import PROJECT_ROOT
 from helpers.spark.jars import Artifact, maven_repo
+from helpers.spark.session import cluster_properties
 from helpers.spark.settings import LOCAL_CONF, executor_conf
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,8 @@ SERVER_CLASS = "org.apache.livy.server.LivyServer"
 #: The server's name in error messages and its log's (``logs/livy-server.out``).
 PROCESS = "livy-server"
 KERNEL = "pysparkkernel"
+#: The header Livy's CSRF protection asks of every POST, PUT and DELETE (any value).
+CSRF_HEADER = {"X-Requested-By": "fruits"}
 
 #: A jar each folder must hold.
 KEY_JARS = {
@@ -220,6 +228,8 @@ class LivyServer:
     state_dir: str
     livy_home: str
     sparkmagic_conf_dir: str
+    #: ``str(pid)`` -> :func:`helpers.dev.process.identity` of the server process.
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self) -> None:
         """Write this server's record to ``<state_dir>/livy.json``."""
@@ -234,7 +244,7 @@ class LivyServer:
         request = urllib.request.Request(
             f"{self.url}{path}",
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **CSRF_HEADER},
             method=method or ("GET" if body is None else "POST"),
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (127.0.0.1)
@@ -302,26 +312,39 @@ def livy_conf(home: Path, port: int, master: str) -> dict[str, str]:
         "livy.server.session.timeout-check": "true",
         "livy.server.session.timeout": "1h",
         "livy.ui.enabled": "false",
+        "livy.server.csrf-protection.enabled": "true",
     }
 
 
 def spark_defaults(master: str, python: str) -> dict[str, str]:
-    """Settings of every Livy session: the project's Python and worker daemon, as on EMR."""
+    """Settings of every Livy session: the project's Python and worker daemon, as on EMR;
+    on the standalone cluster of this machine, its authentication and secret too."""
     conf = {**executor_conf(python), "spark.driver.memory": "2g"}
     if master.startswith("local"):
         conf.update(LOCAL_CONF)
     else:  # a cluster on this machine (helpers.cluster): executors reach the driver here
-        conf["spark.driver.host"] = HOST
+        conf["spark.driver.host"] = conf["spark.driver.bindAddress"] = HOST
+        properties = cluster_properties(master)
+        if properties is not None:
+            conf.update(_read_properties(properties))
     return conf
 
 
+def _read_properties(path: Path) -> dict[str, str]:
+    """The ``key value`` (or ``key = value``) lines of a Java properties file."""
+    pairs = (line.replace("=", " ", 1).split(None, 1) for line in path.read_text().splitlines())
+    return {p[0]: p[1].strip() for p in pairs if len(p) == 2 and not p[0].startswith("#")}
+
+
 def sparkmagic_config(url: str) -> dict[str, Any]:
-    """sparkmagic's ``config.json`` for the Livy at ``url`` (no authentication on 127.0.0.1)."""
+    """sparkmagic's ``config.json`` for the Livy at ``url`` (no authentication on 127.0.0.1;
+    the header its CSRF protection asks for)."""
     credentials = {"username": "", "password": "", "url": url, "auth": "None"}
     return {
         "kernel_python_credentials": credentials,
         "kernel_scala_credentials": credentials,
         "kernel_r_credentials": credentials,
+        "custom_headers": dict(CSRF_HEADER),
         **SPARKMAGIC_SETTINGS,
     }
 
@@ -345,8 +368,9 @@ def install_kernel() -> Path:
 
 
 def _write_properties(path: Path, values: dict[str, str]) -> None:
+    """Write a properties file readable by this user only (it may hold a cluster's secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{key} = {value}\n" for key, value in values.items()))
+    write_private(path, "".join(f"{key} = {value}\n" for key, value in values.items()))
 
 
 def read_state(state_dir: Path | str = DEFAULT_STATE_DIR) -> LivyServer | None:
@@ -377,7 +401,7 @@ def start(
         raise RuntimeError(unsupported_spark())
     state_dir = Path(state_dir).resolve()
     running = read_state(state_dir)
-    if running is not None and alive(running.pid):
+    if running is not None and same_process(asdict(running), running.pid):
         raise RuntimeError(
             f"a Livy server is already running from {state_dir} ({running.url}): "
             f"python -m helpers.livy stop --state-dir {state_dir}"
@@ -419,6 +443,7 @@ def start(
     command = [java, "-Xmx512m", *JAVA_OPENS, "-cp", classpath, SERVER_CLASS]
     pid = spawn(state_dir, PROCESS, command, child_env, cwd=state_dir)
     server = LivyServer(url, pid, master, str(state_dir), str(home), str(magic_dir))
+    server.processes[str(pid)] = identity(pid, command)
     server.save()
     try:
         wait_until(

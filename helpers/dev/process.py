@@ -2,8 +2,11 @@
 detached process with its log in a state folder, a JSON record of it there, and the
 ``stop`` and ``status`` that read that record.
 
-A state folder holds JSON records (``cluster.json``) and logs (``logs/<name>.out``); ``stop`` and
-``status`` run in later commands, so they know the processes only from the record.
+A state folder holds JSON records (``cluster.json``, mode 0600: a cluster's holds its secret)
+and logs (``logs/<name>.out``); ``stop`` and ``status`` run in later commands, so they know the
+processes only from the record. A record names each process by its pid, start time and
+command (:func:`identity`): a pid that the system gave to another process since is never
+signalled (:func:`same_process`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,36 @@ def spawn(
     return process.pid
 
 
+def identity(pid: int, command: list[str]) -> dict[str, Any]:
+    """What tells the process ``pid`` started with ``command`` from a later one given its pid:
+    its start time, and the arguments its command line must end with (``command`` less the
+    program: a launcher script that execs Java, as ``spark-class`` does, keeps them)."""
+    return {"create_time": psutil.Process(pid).create_time(), "args": list(command[1:])}
+
+
+def _matching(pid: int, ident: dict[str, Any] | None) -> psutil.Process | None:
+    """The process ``pid`` if it is alive and still the one ``ident`` describes, else None."""
+    if not ident:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        args, cmdline = ident["args"], process.cmdline()
+        started = abs(process.create_time() - ident["create_time"]) < 0.05
+        if started and (not args or cmdline[-len(args) :] == args):
+            return process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return None
+
+
+def same_process(record: Record, pid: int) -> bool:
+    """Whether ``pid`` runs and is the process ``record`` started (same start time and
+    command), not another one that was given its pid since."""
+    return _matching(pid, record.get("processes", {}).get(str(pid))) is not None
+
+
 def alive(pid: int) -> bool:
     """Whether the process ``pid`` runs (a zombie does not: it only awaits its parent)."""
     try:
@@ -87,10 +120,23 @@ def alive(pid: int) -> bool:
 
 def terminate(pids: Iterable[int], timeout: float) -> None:
     """SIGTERM ``pids`` and their children, then SIGKILL what is left after ``timeout``."""
-    processes = []
+    found = []
     for pid in pids:
         try:
-            process = psutil.Process(pid)
+            found.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _terminate(found, timeout)
+
+
+def _terminate(parents: Iterable[psutil.Process], timeout: float) -> None:
+    """SIGTERM ``parents`` and their children, then SIGKILL what is left after ``timeout``.
+
+    psutil's signals check each object's start time: a pid reused meanwhile is not signalled.
+    """
+    processes = []
+    for process in parents:
+        try:
             processes += [process, *process.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
@@ -151,12 +197,21 @@ def write_record(state_dir: Path | str, file: str, record: Record) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{file}.{os.getpid()}.tmp")  # beside it: os.replace stays atomic
     try:
+        write_private(tmp, "")
         with tmp.open("w") as out:
             json.dump(record, out, indent=2)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (0600 from its creation on)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # a file that existed keeps its mode through O_CREAT
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
 
 
 def read_record(state_dir: Path | str, file: str) -> Record | None:
@@ -175,15 +230,37 @@ def stop_recorded(
 ) -> Record | None:
     """Terminate the processes of the record ``file``, group by group, then delete it.
 
-    Returns the record, or ``None`` if there was none (so stopping twice is harmless).
+    Only a pid that is still the recorded process (:func:`same_process`) is signalled; one
+    now held by another process is named in the log and under ``reused_pids`` of the
+    returned record, and left alone. Returns the record, or ``None`` if there was none (so
+    stopping twice is harmless).
     """
     record = read_record(state_dir, file)
     if record is None:
         return None
+    reused = _reused(record, [pid for pids in pid_groups(record) for pid in pids])
     for pids in pid_groups(record):
-        terminate(pids, timeout)
+        idents = record.get("processes", {})
+        matching = [_matching(pid, idents.get(str(pid))) for pid in pids]
+        _terminate([process for process in matching if process is not None], timeout)
     Path(state_dir, file).unlink(missing_ok=True)
-    return record
+    return {**record, "reused_pids": reused} if reused else record
+
+
+def _reused(record: Record, pids: Iterable[int]) -> list[int]:
+    """The ``pids`` that run but are not the recorded processes, each logged."""
+    reused = [pid for pid in pids if alive(pid) and not same_process(record, pid)]
+    for pid in reused:
+        try:
+            command = " ".join(psutil.Process(pid).cmdline())[:200]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            command = "?"
+        log.warning(
+            "pid %d now belongs to another process (%s): not signalled; its record is dropped",
+            pid,
+            command,
+        )
+    return reused
 
 
 def recorded_status(
@@ -192,11 +269,19 @@ def recorded_status(
     """``describe(record)`` of the process recorded in ``file``, or why nothing runs there.
 
     ``describe`` asks the process; an ``OSError`` means it is gone and the record is stale
-    (it was killed, not stopped), which is reported with the record's ``url_key``.
+    (it was killed, not stopped), which is reported with the record's ``url_key``. When no
+    recorded process runs any more (gone, or its pid now another process's: those are
+    ``reused_pids``), the record is stale and deleted; nothing is asked or signalled.
     """
     record = read_record(state_dir, file)
     if record is None:
         return {"running": False, "state_dir": str(state_dir)}
+    pids = [int(pid) for pid in record.get("processes", {})]
+    if not any(same_process(record, pid) for pid in pids):
+        reused = _reused(record, pids)
+        Path(state_dir, file).unlink(missing_ok=True)
+        stale = {"running": False, url_key: record[url_key], "stale_record": True}
+        return {**stale, "reused_pids": reused} if reused else stale
     try:
         return {"running": True, **describe(record)}
     except OSError:

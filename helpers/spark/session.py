@@ -5,6 +5,13 @@ Where the data lives decides part of the session: a local session that reads or 
 only be added when the JVM starts. So the notebook hands its roots to :func:`get_spark`,
 which adds what :func:`storage_conf` says before the session exists. On EMR (EMRFS serves
 ``s3://``) and Databricks the cluster's own session is used as it is.
+
+A driver this module starts for local mode or for the standalone cluster of this machine
+(:mod:`helpers.dev.cluster`) listens on 127.0.0.1 only: its RPC and block manager
+(``spark.driver.bindAddress``) and its web UI, which is off in headless runs
+(:func:`headless`); a driver of that cluster gets the cluster's secret
+(:func:`cluster_properties`). Drivers on other masters (YARN, a remote ``spark://``) keep
+their cluster's own settings.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import psutil
 from pyspark.sql import SparkSession
 
 from helpers import env
@@ -40,6 +50,62 @@ from helpers.spark.versions import hadoop_version, spark_version
 
 log = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"
+#: A standalone master on this machine (:mod:`helpers.dev.cluster`), its port in group 2.
+THIS_MACHINE = re.compile(r"spark://(127\.0\.0\.1|localhost):(\d+)/?$")
+#: The standalone master's class, as its command line names it.
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+#: The programs and modules whose notebook kernels no one watches (:func:`headless`).
+HEADLESS_PARENTS = {"papermill", "helpers.run"}
+
+
+def local_driver(master: str) -> bool:
+    """Whether a driver on ``master`` is one of this machine's only: local mode, or the
+    standalone cluster on 127.0.0.1."""
+    return master.startswith("local") or bool(THIS_MACHINE.match(master))
+
+
+def headless() -> bool:
+    """Whether no one can look at this driver's web UI: a process outside IPython (a script,
+    pytest, spark-submit), or a notebook kernel that papermill started (``python -m
+    helpers.run``, the ``papermill`` command: the kernel's parent names it)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or ipython.get_ipython() is None:
+        return True
+    try:
+        parent = psutil.Process().parent()
+        args = parent.cmdline() if parent else []
+    except psutil.Error:
+        return False
+    # its program (papermill, python papermill) or module (python -m papermill|helpers.run)
+    names = {Path(arg).name for arg in args[:2]} | {b for a, b in zip(args, args[1:]) if a == "-m"}
+    return bool(names & HEADLESS_PARENTS)
+
+
+def cluster_properties(master: str) -> Path | None:
+    """The properties file (its secret) of the standalone cluster of this machine serving
+    ``master``, or ``None``.
+
+    Found from the master process itself, wherever its state folder is: a process of this
+    user running :data:`MASTER_CLASS` on that port with ``--properties-file``, a file of
+    this user's that no one else can read (mode 0600).
+    """
+    match = THIS_MACHINE.match(master)
+    if not match:
+        return None
+    port, user = match.group(2), psutil.Process().username()
+    for process in psutil.process_iter(["username", "cmdline"]):
+        args = process.info["cmdline"] or []
+        if process.info["username"] != user or MASTER_CLASS not in args:
+            continue
+        pairs = dict(zip(args, args[1:]))
+        path = Path(pairs.get("--properties-file", ""))
+        if pairs.get("--port") == port and path.is_file():
+            info = path.stat()
+            if info.st_uid == os.getuid() and info.st_mode & 0o077 == 0:
+                return path
+    return None
+
 
 def java_options() -> str:
     """JVM options of the drivers (and a local cluster's executors) started here: the class
@@ -52,10 +118,11 @@ def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
     """The settings :func:`get_spark` gives a session it starts on ``master``.
 
     Off EMR and Databricks: the driver's memory and :func:`java_options`.
-    Local mode: :data:`LOCAL_CONF`; any other master: the driver-side listing and
-    :func:`executor_conf`. A ``spark://`` master on this machine (:mod:`helpers.dev.cluster`)
-    also gets the driver's address, and :func:`java_options` for its executors (they run this
-    pyspark's jars, so they can map the same class archive).
+    Local mode: :data:`LOCAL_CONF` (the driver on 127.0.0.1); any other master: the
+    driver-side listing and :func:`executor_conf`. A ``spark://`` master on this machine
+    (:mod:`helpers.dev.cluster`) also gets the driver's address and binding (127.0.0.1), and
+    :func:`java_options` for its executors (they run this pyspark's jars, so they can map the
+    same class archive).
     """
     conf: dict[str, str] = {}
     options = "" if on_cluster() else java_options()
@@ -63,8 +130,8 @@ def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
         conf["spark.driver.memory"] = driver_memory
         conf["spark.driver.extraJavaOptions"] = options
     conf.update(LOCAL_CONF if master.startswith("local") else {**LISTING_CONF, **executor_conf()})
-    if re.match(r"spark://(127\.0\.0\.1|localhost)[:/]", master):
-        conf["spark.driver.host"] = "127.0.0.1"
+    if THIS_MACHINE.match(master):
+        conf["spark.driver.host"] = conf["spark.driver.bindAddress"] = LOOPBACK
         conf["spark.executor.extraJavaOptions"] = options
     return conf
 
@@ -167,10 +234,23 @@ def get_spark(
     builder = SparkSession.builder.appName(app_name)
     if master is None and not on_cluster():
         master = "local[*,3]"  # every core; a failed task is retried, as on a cluster
+    submit_args = env.get("PYSPARK_SUBMIT_ARGS")
+    properties = None
     if master is not None:
         builder = builder.master(master)
         for key, value in master_conf(master, driver_memory).items():
             builder = builder.config(key, value)
+        if local_driver(master):
+            os.environ.update(SPARK_LOCAL_IP=LOOPBACK)  # the UI binds there (else to 0.0.0.0)
+            if headless():
+                builder = builder.config("spark.ui.enabled", "false")
+        properties = cluster_properties(master)
+        if properties is not None:  # its secret reaches the JVM from the file, not its argv
+            builder = builder.config("spark.authenticate", "true")
+            rest = submit_args or "pyspark-shell"  # pyspark splits it as a shell would
+            os.environ.update(
+                PYSPARK_SUBMIT_ARGS=f"--properties-file {shlex.quote(str(properties))} {rest}"
+            )
     for key, value in {**SESSION_CONF, **conf}.items():
         builder = builder.config(key, value)
     if conf:
@@ -182,6 +262,12 @@ def get_spark(
     try:
         spark = builder.getOrCreate()
     except Exception as exc:
+        if properties is not None and "spark.authenticate.secret" in str(exc):
+            raise RuntimeError(
+                f"the cluster at {master} authenticates its drivers, and this process already "
+                "runs a Spark JVM that cannot take its secret now: start a new process (restart "
+                "the kernel) and call get_spark with this master first"
+            ) from exc
         if "spark.jars.packages" in conf:
             raise RuntimeError(
                 f"Spark could not start with {conf['spark.jars.packages']} (needed for "
@@ -192,6 +278,12 @@ def get_spark(
                 "failed."
             ) from exc
         raise
+    finally:
+        if properties is not None:  # the next JVM this process starts is not the cluster's
+            if submit_args:
+                os.environ.update(PYSPARK_SUBMIT_ARGS=submit_args)
+            else:
+                os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
     spark.sparkContext.setLogLevel("WARN")
     log.info("Spark %s session, master %s", spark.version, spark.sparkContext.master)
     if conf:

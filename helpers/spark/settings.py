@@ -34,8 +34,12 @@ SESSION_CONF = {
 #: folders became a Spark job of its own (docs/decisions.md).
 LISTING_CONF = {"spark.sql.sources.parallelPartitionDiscovery.threshold": "1024"}
 
-#: Extra settings for a local session, where the driver is also the only executor.
+#: Extra settings for a local session, where the driver is also the only executor: its RPC
+#: and block manager listen on the loopback only (its UI too: ``SPARK_LOCAL_IP``, set by
+#: :func:`helpers.spark.session.get_spark` and :mod:`helpers.dev.livy`).
 LOCAL_CONF = {
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.host": "127.0.0.1",
     "spark.sql.shuffle.partitions": "8",
     **LISTING_CONF,
     **PYTHON_WORKER_CONF,
