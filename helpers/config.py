@@ -12,7 +12,7 @@ from typing import Any
 
 from helpers import env
 from helpers.env import HADOOP_AWS_JARS_ENV, S3_ENDPOINT_ENVS, WEIGHTS_ENV
-from helpers.features.spec import BATCH_SIZE, FeatureSpec
+from helpers.features.spec import BATCH_SIZE, MAX_IMAGE_PIXELS, FeatureSpec
 from helpers.paths import refuse_credentials, resolve
 
 #: Image files the pipeline reads, by extension (any letter case), with Pillow's format name.
@@ -85,6 +85,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", BATCH_SIZE, int, "images per model call inside the pandas UDF"),
+    Parameter(
+        "max_image_pixels",
+        MAX_IMAGE_PIXELS,
+        int,
+        "largest image decoded, width x height read from its header: a larger one gets a row "
+        "with an error instead of gigabytes of pixels",
+    ),
     Parameter(
         "overwrite", False, bool, "featurize every image again instead of only new or changed ones"
     ),

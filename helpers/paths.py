@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from stat import S_ISLNK, S_ISREG
 
 import fsspec
 
@@ -303,13 +304,20 @@ def write_bytes(uri: str, data: bytes) -> None:
     tmp.replace(target)
 
 
-def list_files(uri: str) -> list[tuple[str, int, float]]:
-    """Every file under the folder ``uri``, recursively, hidden names included.
+def list_files(uri: str, skipped: dict[str, str] | None = None) -> list[tuple[str, int, float]]:
+    """Every file under the folder ``uri``, recursively, hidden names included, each real
+    file once.
 
     Returns ``(path, size, modified)`` per file, sorted by path: ``path`` in the form
     Spark's file scans give (``file:/abs/x.jpg``, ``s3://bucket/key``, ``dbfs:/x``),
     ``modified`` in seconds since the epoch (milliseconds kept, as Hadoop does). Metadata
     only: no file is opened. Nothing is returned for a missing folder.
+
+    On local disk links are never followed nor returned: a link to a folder is not entered
+    (no loop, nothing outside the root), a link to a file is left out whether its target is
+    outside the root or a file listed where it lies (read once, there). Names that are not
+    valid UTF-8 are left out too (Spark cannot open them). Each of these goes into
+    ``skipped``, when given: its path (undecodable bytes as ``\\xNN``) and the reason.
     """
     resolved = resolve(uri)
     target = io_uri(uri)
@@ -328,16 +336,59 @@ def list_files(uri: str) -> list[tuple[str, int, float]]:
         prefix, strip = "dbfs:", len(DBFS_FUSE)
     else:
         prefix, strip = ("" if resolved.startswith(VOLUMES_PREFIX) else "file:"), 0
+    root = os.path.realpath(target)
+    left_out: dict[str, str] = {} if skipped is None else skipped
     files = []
-    for folder, _, names in os.walk(target):
+    for folder, folders, names in os.walk(target):  # never enters a link to a folder
+        for name in folders:
+            local = os.path.join(folder, name)
+            if os.path.islink(local):
+                left_out[prefix + _shown(local[strip:])] = _link_reason(local, root)
         for name in names:
             local = os.path.join(folder, name)
+            shown = prefix + _shown(local[strip:])
             try:
-                stat = os.stat(local)
-            except OSError:  # a dangling link or a file removed meanwhile
+                stat = os.lstat(local)
+            except OSError:  # removed meanwhile
                 continue
-            files.append((prefix + local[strip:], stat.st_size, stat.st_mtime_ns // 10**6 / 1000))
+            if S_ISLNK(stat.st_mode):
+                left_out[shown] = _link_reason(local, root)
+            elif not _is_utf8(local):
+                left_out[shown] = (
+                    "the name is not valid UTF-8: Spark cannot open it; rename the file "
+                    "(e.g. convmv -f latin1 -t utf8)"
+                )
+            elif S_ISREG(stat.st_mode):
+                files.append((shown, stat.st_size, stat.st_mtime_ns // 10**6 / 1000))
     return sorted(files)
+
+
+def _is_utf8(local: str) -> bool:
+    """Whether a path from ``os.walk`` (undecodable bytes as surrogates) is valid UTF-8."""
+    try:
+        local.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(local: str) -> str:
+    """A path for messages and listings: undecodable bytes written as ``\\xNN``."""
+    return os.fsencode(local).decode("utf-8", "backslashreplace")
+
+
+def _link_reason(local: str, root: str) -> str:
+    """Why the link ``local`` under ``root`` (a real path) is not read."""
+    target = os.path.realpath(local)
+    inside = target == root or target.startswith(root.rstrip("/") + "/")
+    if not os.path.exists(target):
+        return "a link to nothing (its target is missing): not read"
+    if os.path.isdir(target):
+        where = "inside data_root (a loop or a second path)" if inside else "outside data_root"
+        return f"a link to a folder {where}: not followed"
+    if inside:
+        return f"a link to {_shown(target)}, a file under data_root: read there, once"
+    return "a link to a file outside data_root: not followed"
 
 
 def _seconds(moment: object) -> float:

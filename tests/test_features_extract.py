@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from helpers.features.extract import featurize
 from helpers.features.models import build_model, driver_weights
 from helpers.features.spec import FeatureSpec
 from helpers.features.store import read_features, write_features
-from helpers.features.udf import TASK_IMAGES, task_count
+from helpers.features.udf import ARROW_BYTES, ARROW_IMAGES, TASK_IMAGES, arrow_rows, task_count
 from helpers.images import decode_image, list_images
 
 
@@ -107,3 +108,102 @@ def test_tasks_are_whole_waves_of_at_most_2048_images(spark):
     assert task_count(spark, 10) == cores
     assert task_count(spark, cores * TASK_IMAGES) == cores
     assert task_count(spark, cores * TASK_IMAGES + 1) == 2 * cores
+
+
+def _hostile_root(root: Path) -> dict[str, str]:
+    """Real JPEGs beside files that must each give an error row, and a loop link."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    kiwi = root / "Training" / "Kiwi"
+    for i in range(3):
+        write_jpeg(kiwi / f"{i}.jpg", (90, 140, 40), seed=i)
+    (kiwi / "eps.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(kiwi / "tiff.jpg", format="TIFF")
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
+    (kiwi / "bomb.png").write_bytes(bomb + chunk(b"IEND", b""))
+    deep = np.linspace(0, 65535, 400).astype(np.uint16).reshape(20, 20)
+    Image.fromarray(deep).save(kiwi / "deep.png")
+    return {
+        "eps.jpg": "cannot decode image: not a JPEG or PNG image (EPS",
+        "tiff.jpg": "cannot decode image: not a JPEG or PNG image (TIFF content)",
+        "bomb.png": "image too large: 400000000 pixels, over max_image_pixels = 50000000",
+        "1.jpg": "file vanished or became unreadable after listing",
+    }
+
+
+@pytest.mark.parametrize("with_link", [True, False], ids=["read-by-path", "spark-scan"])
+def test_hostile_folder_one_row_per_real_file(spark, weights, tmp_path: Path, with_link: bool):
+    """EPS and TIFF named .jpg, a decompression bomb, a 16-bit PNG, a loop link, a name that
+    is not UTF-8 and a file deleted after the listing: the run completes, each real file
+    gives one row (a deleted one its error, or a name from ``missing`` under Spark's scan)."""
+    expected = _hostile_root(tmp_path)
+    kiwi = tmp_path / "Training" / "Kiwi"
+    if with_link:
+        (kiwi / "loop").symlink_to("..")
+        with open(os.path.join(os.fsencode(kiwi), b"caf\xe9.jpg"), "wb") as bad:
+            bad.write((kiwi / "0.jpg").read_bytes())
+    listing = list_images(spark, str(tmp_path))
+    (kiwi / "1.jpg").unlink()
+    spec = FeatureSpec(weights=weights, batch_size=4)
+    run = featurize(spark, listing.images, spec, largest=listing.largest)
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in run.features.collect()}
+    if not with_link:
+        assert listing.missing(f"file:{kiwi / name}" for name in rows) == [f"file:{kiwi}/1.jpg"]
+        del expected["1.jpg"]
+    else:
+        assert sorted(p.rsplit("/", 1)[1] for p in listing.ignored) == ["caf\\xe9.jpg", "loop"]
+    assert set(rows) == {"0.jpg", "2.jpg", "deep.png", *expected}
+    for name, error in expected.items():
+        assert rows[name]["error"].startswith(error) and rows[name]["features"] is None, name
+    for name in ("0.jpg", "2.jpg", "deep.png"):
+        assert rows[name]["error"] is None and len(rows[name]["features"]) == 1280
+
+
+def test_max_image_pixels_travels_to_the_udf(spark, weights, tmp_path: Path):
+    """max_image_pixels is a FeatureSpec field, checked, and the UDF applies it."""
+    with pytest.raises(ValueError, match="max_image_pixels must be a positive integer"):
+        FeatureSpec(max_image_pixels=0)
+    assert FeatureSpec.from_params({"max_image_pixels": 9}).max_image_pixels == 9
+    write_jpeg(tmp_path / "Kiwi" / "a.jpg", (90, 140, 40), size=100)
+    spec = FeatureSpec(weights=weights, max_image_pixels=100 * 100 - 1)
+    [row] = featurize(spark, list_images(spark, str(tmp_path)).images, spec).features.collect()
+    assert row["error"] == "image too large: 100x100 = 10000 pixels, over max_image_pixels = 9999"
+
+
+def test_arrow_batches_are_bounded_in_bytes():
+    """Rows per Arrow batch: 256 small images, fewer large ones, never 0."""
+    assert arrow_rows(4, 5_000) == ARROW_IMAGES
+    assert arrow_rows(4, 20 * 2**20) == ARROW_BYTES // (20 * 2**20) == 3
+    assert arrow_rows(4, 2**31) == 1 and arrow_rows(512, 1) == 512
+
+
+def test_featurizer_max_image_pixels_is_saved_and_defaults_for_old_models(spark, tmp_path):
+    """The transformer's maxImagePixels comes from the spec, is saved, and a model saved
+    before it existed loads with the default."""
+    import json
+
+    from helpers.features.spec import MAX_IMAGE_PIXELS
+    from helpers.features.transformer import ImageFeaturizer
+
+    featurizer = ImageFeaturizer.from_spec(FeatureSpec(weights="random", max_image_pixels=1234))
+    assert featurizer.spec().max_image_pixels == 1234
+    featurizer.save(str(tmp_path / "new"))
+    assert ImageFeaturizer.load(str(tmp_path / "new")).getMaxImagePixels() == 1234
+    featurizer.save(str(tmp_path / "old"))
+    [part] = (tmp_path / "old" / "metadata").glob("part-*")
+    metadata = json.loads(part.read_text())
+    for section in ("paramMap", "defaultParamMap"):
+        metadata[section].pop("maxImagePixels", None)
+    part.write_text(json.dumps(metadata) + "\n")
+    part.with_name(f".{part.name}.crc").unlink()  # Hadoop's checksum of the old text
+    assert ImageFeaturizer.load(str(tmp_path / "old")).getMaxImagePixels() == MAX_IMAGE_PIXELS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from conftest import (
 )
 from PIL import Image
 
-from helpers.images import decode_image, input_files, list_images
+from helpers.images import decode_image, input_files, list_images, to_rgb
 
 SIZE = 32
 
@@ -225,3 +226,178 @@ def test_list_images_odd_names(spark, tmp_path: Path) -> None:
     assert sorted(p.rsplit("/", 1)[1] for p in listing.ignored) == sorted(ODD_IGNORED)
     assert set(listing.ignored.values()) == {"not an image file name (.jpg, .jpeg, .png)"}
     assert set(listing.table()["path"]) == {*listing.hidden, *listing.ignored}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header (SOF0) is rewritten to claim another size."""
+    data = bytearray(_encode(Image.new("RGB", (16, 16), (200, 30, 30)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+#: EPS made by hand (Pillow writes no EPS without Ghostscript): the header is what counts.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (EPS, "EPS"),
+        (_encode(Image.new("RGB", (20, 20), (1, 2, 3)), "TIFF"), "TIFF"),
+        (_encode(Image.new("RGB", (20, 20), (1, 2, 3)), "GIF"), "GIF"),
+        (_encode(Image.new("RGB", (20, 20), (1, 2, 3)), "BMP"), "BMP"),
+    ],
+    ids=["eps", "tiff", "gif", "bmp"],
+)
+def test_decode_only_jpeg_and_png_content(data: bytes, named: str, monkeypatch) -> None:
+    """Other formats, whatever the file name, are refused by content and named; no other
+    Pillow plugin opens them (EPS would start Ghostscript)."""
+    from PIL import EpsImagePlugin
+
+    def never(*args: object) -> None:
+        raise AssertionError("the EPS plugin was handed the bytes")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", never)
+    with pytest.raises(ValueError, match=rf"not a JPEG or PNG image \({named}"):
+        decode_image(data, SIZE)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_png_header(20000, 20000), _jpeg_claiming(20000, 20000), _png_header(8000, 8000)],
+    ids=["png-400M", "jpeg-400M", "png-64M-under-pillow-limits"],
+)
+def test_decode_refuses_too_many_pixels_from_the_header(data: bytes) -> None:
+    """An image whose header claims more than max_image_pixels is refused before decoding:
+    fast, in little memory, the message naming both numbers."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"image too large: (\d+x\d+ = )?\d+ pixels, over "):
+        decode_image(data, SIZE)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1 and peak < 10 * 2**20, (seconds, peak)
+    with pytest.raises(ValueError, match="over max_image_pixels = 50000000"):
+        decode_image(data, SIZE)
+
+
+def test_decode_pixel_limit_is_a_parameter() -> None:
+    """The limit is max_image_pixels: 40x70 decodes under 2800 pixels and not under 2799."""
+    png = _encode(Image.new("RGB", (40, 70), (10, 200, 30)), "PNG")
+    assert decode_image(png, SIZE, max_pixels=2800).shape == (SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="40x70 = 2800 pixels, over max_image_pixels = 2799"):
+        decode_image(png, SIZE, max_pixels=2799)
+
+
+def test_decode_16_bit_without_float_copies() -> None:
+    """16-bit samples become their high byte in integers (I;16 and 32-bit I alike)."""
+    ramp = (np.arange(400, dtype=np.uint16) * 163).reshape(20, 20)
+    expected = (ramp >> 8).astype(np.uint8)
+    data = _encode(Image.fromarray(ramp), "PNG")
+    assert (decode_image(data, 20)[..., 0] == expected).all()
+    wide = Image.fromarray(ramp.astype(np.int32), "I")
+    assert (decode_image(_encode(wide, "PNG"), 20)[..., 0] == expected).all()
+    small = Image.fromarray(np.full((20, 20), 200, np.int32), "I")  # 8-bit values in mode I
+    assert (np.asarray(to_rgb(small)) == 200).all()
+
+
+def _rows(listing) -> list[str]:
+    return sorted(r["path"] for r in listing.images.select("path").collect())
+
+
+def test_links_are_never_followed(spark, tmp_path: Path) -> None:
+    """A loop link, links to a folder or a file outside the root, a link to a file inside
+    and a dangling link: one row per real file, each link named, Spark's scan not used."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for i in range(3):
+        write_jpeg(root / "Training" / "Kiwi" / f"{i}.jpg", (90, 140, 40), seed=i)
+    write_jpeg(root / "Test" / "Kiwi" / "t.jpg", (90, 140, 40), seed=9)
+    write_jpeg(outside / "Kiwi" / "far.jpg", (90, 140, 40), seed=10)
+    kiwi = root / "Training" / "Kiwi"
+    (kiwi / "loop").symlink_to("..")
+    (root / "Test" / "away").symlink_to(outside)
+    (kiwi / "far.jpg").symlink_to(outside / "Kiwi" / "far.jpg")
+    (kiwi / "again.jpg").symlink_to(kiwi / "0.jpg")
+    (kiwi / "gone.jpg").symlink_to(kiwi / "nothing.jpg")
+    listing = list_images(spark, str(root))
+    real = sorted(f"file:{p}" for p in root.rglob("*.jpg") if not p.is_symlink())
+    assert len(real) == 4 and _rows(listing) == real and listing.files == 4
+    assert listing.images.count() == 4 and not listing.scanned
+    reasons = {p.rsplit("/", 1)[1]: r for p, r in listing.ignored.items()}
+    assert (
+        reasons["loop"]
+        == "a link to a folder inside data_root (a loop or a second path): not followed"
+    )
+    assert reasons["away"] == "a link to a folder outside data_root: not followed"
+    assert reasons["far.jpg"] == "a link to a file outside data_root: not followed"
+    assert reasons["again.jpg"].endswith("0.jpg, a file under data_root: read there, once")
+    assert reasons["gone.jpg"].startswith("a link to nothing")
+    contents = {r["path"]: r["content"] for r in listing.images.collect()}
+    assert contents[f"file:{kiwi / '1.jpg'}"] == (kiwi / "1.jpg").read_bytes()
+
+
+def test_no_links_keeps_spark_scan(spark, tiny_root: Path) -> None:
+    """Without links or odd names, Spark's own scan reads the files."""
+    listing = list_images(spark, str(tiny_root))
+    assert listing.scanned and listing.files == 10 and not listing.ignored
+    assert listing.largest == max(p.stat().st_size for p in tiny_root.rglob("*.jpg"))
+
+
+def test_name_not_utf8_is_named_not_fatal(spark, tmp_path: Path) -> None:
+    """A file name with a byte that is not UTF-8 fails nothing: it is named, escaped, with
+    the reason and the fix; every other file gives its row, read whole."""
+    kiwi = tmp_path / "Training" / "Kiwi"
+    write_jpeg(kiwi / "ok.jpg", (90, 140, 40))
+    with open(os.path.join(os.fsencode(kiwi), b"caf\xe9.jpg"), "wb") as bad:
+        bad.write((kiwi / "ok.jpg").read_bytes())
+    listing = list_images(spark, str(tmp_path))
+    assert _rows(listing) == [f"file:{kiwi / 'ok.jpg'}"] and listing.files == 1
+    [(name, reason)] = listing.ignored.items()
+    assert name == f"file:{kiwi}/caf\\xe9.jpg"
+    assert "not valid UTF-8" in reason and "rename" in reason
+    assert listing.images.select("content").first()[0] == (kiwi / "ok.jpg").read_bytes()
+    assert name in set(listing.table()["path"])
+
+
+@pytest.mark.parametrize("with_link", [False, True], ids=["spark-scan", "read-by-path"])
+def test_file_deleted_after_listing(spark, tmp_path: Path, with_link: bool) -> None:
+    """A file gone between the listing and the read fails nothing: read by path it gets a
+    row without bytes; Spark's scan skips it and ``missing`` names it."""
+    kiwi = tmp_path / "Training" / "Kiwi"
+    for i in range(3):
+        write_jpeg(kiwi / f"{i}.jpg", (90, 140, 40), seed=i)
+    if with_link:
+        (kiwi / "loop").symlink_to("..")
+    listing = list_images(spark, str(tmp_path))
+    assert listing.scanned is not with_link
+    (kiwi / "1.jpg").unlink()
+    rows = {r["path"]: r for r in listing.images.collect()}
+    gone = f"file:{kiwi / '1.jpg'}"
+    if with_link:
+        assert len(rows) == 3 and rows[gone]["content"] is None and rows[gone]["length"] > 0
+    else:
+        assert gone not in rows and len(rows) == 2
+        assert listing.missing(rows) == [gone]

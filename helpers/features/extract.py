@@ -29,7 +29,7 @@ from helpers.features.udf import (
     start_python_workers,
     task_count,
 )
-from helpers.images import list_images
+from helpers.images import VANISHED, list_images
 from helpers.spark.jvm import input_files
 from helpers.spark.progress import Report, task_progress
 
@@ -90,12 +90,17 @@ def featurize(
     *,
     count: int | None = None,
     loaded: Weights | None = None,
+    largest: int | None = None,
 ) -> Featurization:
     """Add CNN features to ``images`` (from :func:`helpers.images.list_images`), lazily.
 
     Writing the result decodes and featurizes each image once; its rows are ``path, split,
     label, features, error, size, modified``. ``count`` (rows, when the caller knows it)
-    sizes the tasks; ``loaded`` are the weights, when the caller read them already.
+    sizes the tasks; ``loaded`` are the weights, when the caller read them already;
+    ``largest`` (the largest file's bytes, ``ImageListing.largest``) sizes the Arrow batches
+    in bytes (unknown: :data:`helpers.features.udf.UNKNOWN_IMAGE_BYTES` each; a job to find
+    it costs 2-5 s on 7,725 files). A file gone or unreadable since the listing gets
+    :data:`helpers.images.VANISHED` as its error.
     """
     spec = spec.resolved()
     warm_up = start_python_workers(spark, spec)
@@ -107,7 +112,7 @@ def featurize(
     extract, decoded, with_tensorflow = feature_udf(spark, spec, broadcast, loaded.checksum)
     count = len(input_files(images)) if count is None else count
     tasks = task_count(spark, count)
-    set_arrow_batch(spark, spec.batch_size)
+    set_arrow_batch(spark, spec.batch_size, largest)
     with runtime_environment(spark, spec.runtime):
         result = images.coalesce(tasks).withColumn("result", extract("content"))
     out = result.select(
@@ -115,7 +120,9 @@ def featurize(
         "split",
         "label",
         F.col("result.features").alias("features"),
-        F.col("result.error").alias("error"),
+        F.when(F.col("content").isNull() & (F.col("length") > 0), F.lit(VANISHED))
+        .otherwise(F.col("result.error"))
+        .alias("error"),
         F.col("length").alias("size"),
         F.col("modificationTime").alias("modified"),
     )

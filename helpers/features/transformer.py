@@ -39,7 +39,7 @@ from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, 
 
 from helpers.features.models import MODELS, Weights, driver_weights, weights_checksum
 from helpers.features.runtimes import RUNTIME_CHOICES
-from helpers.features.spec import BATCH_SIZE, FeatureSpec
+from helpers.features.spec import BATCH_SIZE, MAX_IMAGE_PIXELS, FeatureSpec
 from helpers.features.udf import (
     broadcast_model,
     feature_udf,
@@ -107,6 +107,14 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
         typeConverter=TypeConverters.toString,
     )
 
+    maxImagePixels: Param[int] = Param(
+        Params._dummy(),
+        "maxImagePixels",
+        "largest image decoded, width x height read from its header (a larger one gets a "
+        "null vector and an error)",
+        typeConverter=TypeConverters.toInt,
+    )
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(
@@ -118,6 +126,7 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
             batchSize=BATCH_SIZE,
             runtime="auto",
             weights="imagenet",
+            maxImagePixels=MAX_IMAGE_PIXELS,  # also a model saved before this Param existed
         )
 
     def getErrorCol(self) -> str:
@@ -143,6 +152,10 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
     def getWeights(self) -> str:
         """Where the weights came from."""
         return self.getOrDefault(self.weights)
+
+    def getMaxImagePixels(self) -> int:
+        """Largest image decoded, in pixels."""
+        return self.getOrDefault(self.maxImagePixels)
 
 
 class ImageFeaturizer(
@@ -172,6 +185,7 @@ class ImageFeaturizer(
         batchSize: int = BATCH_SIZE,
         runtime: str = "auto",
         weights: str = "imagenet",
+        maxImagePixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         self._loaded: Weights | None = None
@@ -191,6 +205,7 @@ class ImageFeaturizer(
         batchSize: int = BATCH_SIZE,
         runtime: str = "auto",
         weights: str = "imagenet",
+        maxImagePixels: int = MAX_IMAGE_PIXELS,
     ) -> ImageFeaturizer:
         """Set any of the parameters by name; checked here, before any weights are read."""
         kwargs = self._input_kwargs
@@ -206,6 +221,7 @@ class ImageFeaturizer(
             image_size=self.getImageSize(),
             batch_size=self.getBatchSize(),
             runtime=self.getRuntime(),
+            max_image_pixels=self.getMaxImagePixels(),
         )
 
     @classmethod
@@ -217,6 +233,7 @@ class ImageFeaturizer(
             imageSize=spec.image_size,
             batchSize=spec.batch_size,
             runtime=spec.runtime,
+            maxImagePixels=spec.max_image_pixels,
             **columns,
         )
 

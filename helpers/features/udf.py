@@ -26,7 +26,7 @@ from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, Struct
 from helpers.env import RUNTIME_ENV
 from helpers.features.models import Weights, preprocess
 from helpers.features.runtimes import RUNTIMES, ConvertedModel, Infer
-from helpers.features.spec import FeatureSpec
+from helpers.features.spec import MAX_IMAGE_PIXELS, FeatureSpec
 from helpers.images import decode_image
 
 #: What the UDF returns per image: the vector, or null and the reason it could not be made.
@@ -44,6 +44,15 @@ TASK_IMAGES = 2048
 #: bounded amount of image bytes, and per-batch costs stay small.
 ARROW_IMAGES = 256
 
+#: Image bytes per Arrow batch, at most: rows per batch are cut so that this many bytes of
+#: the largest file fit (Spark 3.5 sizes these batches by rows only; 4.x's
+#: ``spark.sql.execution.arrow.maxBytesPerBatch`` serves its grouped operators, not scalar
+#: pandas UDFs). The JVM's Arrow buffer and the worker's copy each hold one batch.
+ARROW_BYTES = 64 * 2**20
+
+#: The size assumed of each image when it is not known (a phone photo).
+UNKNOWN_IMAGE_BYTES = 4 * 2**20
+
 
 def featurize_batch(
     infer: Infer,
@@ -51,10 +60,12 @@ def featurize_batch(
     contents: pd.Series,
     image_size: int,
     batch_size: int,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> pd.DataFrame:
     """Decode image bytes and run the model, ``batch_size`` images at a time.
 
-    Undecodable images get an error and null features; memory stays at one batch of pixels.
+    Undecodable images, and those over ``max_pixels``, get an error and null features;
+    memory stays at one batch of pixels (and one image being decoded).
     """
     features: list[np.ndarray | None] = []
     errors: list[str | None] = []
@@ -64,7 +75,7 @@ def featurize_batch(
         chunk_errors: list[str | None] = []
         for data in contents.iloc[start : start + batch_size]:
             try:
-                pixels[good] = decode_image(data, image_size)
+                pixels[good] = decode_image(data, image_size, max_pixels)
                 good += 1
                 chunk_errors.append(None)
             except ValueError as exc:
@@ -147,7 +158,9 @@ def feature_udf(
             if not keras and "tensorflow" in sys.modules:
                 with_tensorflow.add(1)
             decoded.add(len(contents))
-            yield featurize_batch(infer, prepare, contents, spec.image_size, spec.batch_size)
+            yield featurize_batch(
+                infer, prepare, contents, spec.image_size, spec.batch_size, spec.max_image_pixels
+            )
 
     return extract, decoded, with_tensorflow
 
@@ -236,9 +249,17 @@ def task_count(spark: SparkSession, images: int) -> int:
     return cores * max(1, math.ceil(images / (cores * TASK_IMAGES)))
 
 
-def set_arrow_batch(spark: SparkSession, batch_size: int) -> None:
-    """Give the session's next pandas UDFs Arrow batches of :data:`ARROW_IMAGES` rows, or of
-    one model batch when that is larger."""
+def arrow_rows(batch_size: int, largest: int | None = None) -> int:
+    """Rows per Arrow batch: :data:`ARROW_IMAGES` (or one model batch when larger), fewer
+    when :data:`ARROW_BYTES` would not hold as many of the ``largest`` file (bytes; unknown:
+    :data:`UNKNOWN_IMAGE_BYTES` each), and at least one."""
+    per_image = UNKNOWN_IMAGE_BYTES if largest is None else max(1, largest)
+    return max(1, min(max(ARROW_IMAGES, batch_size), ARROW_BYTES // per_image))
+
+
+def set_arrow_batch(spark: SparkSession, batch_size: int, largest: int | None = None) -> None:
+    """Give the session's next pandas UDFs Arrow batches of :func:`arrow_rows` rows: bounded
+    in images and in bytes (``largest``: the largest image file's size, when known)."""
     spark.conf.set(
-        "spark.sql.execution.arrow.maxRecordsPerBatch", str(max(ARROW_IMAGES, batch_size))
+        "spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_rows(batch_size, largest))
     )
