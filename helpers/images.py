@@ -100,6 +100,7 @@ class ImageListing:
         """Counts and (at most ``limit``) paths of the files read specially or not read."""
         return {
             "image_files": self.files,
+            "read_by_path": not self.scanned,
             "image_bytes": self.bytes,
             "hidden_read": len(self.hidden),
             "empty_files": len(self.empty),

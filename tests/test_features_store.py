@@ -17,6 +17,7 @@ from helpers.features import store
 from helpers.features.extract import Extraction, extract_features
 from helpers.features.spec import FeatureSpec
 from helpers.features.store import COMMITS, read_features, write_features
+from helpers.images import list_images
 
 
 def _add_images(root: Path, label: str, count: int, start: int = 0) -> None:
@@ -277,3 +278,23 @@ def test_runs_of_mixed_settings_are_refused_by_readers(spark, tmp_path):
     (record.parent / f"run={changed['run']}.json").write_text(json.dumps(changed))
     with pytest.raises(ValueError, match="committed before settings were recorded"):
         read_features(spark, str(out))
+
+
+def test_a_file_vanishing_after_the_listing_is_named(
+    spark, weights, tiny_root, tmp_path, monkeypatch
+):
+    """A file deleted between the driver's listing and Spark's scan: the run completes and
+    the extraction (the manifest's ``features`` section) names it."""
+    from helpers.features import extract
+
+    gone = tiny_root / "Training" / "Banana" / "0_100.jpg"
+
+    def listing_then_delete(spark, data_root):
+        listing = list_images(spark, data_root)
+        gone.unlink()
+        return listing
+
+    monkeypatch.setattr(extract, "list_images", listing_then_delete)
+    done = _extract(spark, tiny_root, tmp_path / "out", weights)
+    assert done.files == 10 and done.vanished == [f"file:{gone}"]
+    assert done.to_manifest()["vanished"] == 1 and len(_rows(spark, tmp_path / "out")) == 9

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -20,7 +20,13 @@ from pyspark.sql import functions as F
 
 from helpers.features.models import Weights, driver_weights
 from helpers.features.spec import FeatureSpec
-from helpers.features.store import check_settings, pending_images, write_features
+from helpers.features.store import (
+    check_settings,
+    committed_rows,
+    pending_images,
+    read_features,
+    write_features,
+)
 from helpers.features.udf import (
     broadcast_model,
     feature_udf,
@@ -149,7 +155,8 @@ class Extraction:
     ``files`` found under ``data_root``; ``featurized`` of them new or changed, the others
     ``skipped``; ``images_decoded`` by the UDF; ``run_id`` of the committed run (None when
     nothing was new); ``listing``: the files read specially or not read; ``info``: the
-    model, weights and tasks (None when nothing was featurized).
+    model, weights and tasks (None when nothing was featurized); ``vanished``: files
+    listed that were deleted or made unreadable before Spark's scan read them (no row).
     """
 
     files: int
@@ -159,6 +166,7 @@ class Extraction:
     images_decoded: int = 0
     run_id: str | None = None
     info: FeatureInfo | None = None
+    vanished: list[str] = field(default_factory=list)
 
     def to_manifest(self) -> dict[str, Any]:
         """The ``features`` section's keys for this step (flat, as the manifest has them)."""
@@ -170,7 +178,13 @@ class Extraction:
         }
         if self.info is not None:
             values.update(self.info.to_manifest())
-        return {**values, "images_decoded": self.images_decoded, "run_id": self.run_id}
+        return {
+            **values,
+            "images_decoded": self.images_decoded,
+            "run_id": self.run_id,
+            "vanished": len(self.vanished),
+            "vanished_files": self.vanished[:1000],
+        }
 
     def summary(self) -> pd.DataFrame:
         """A few lines for the notebook: files, featurized, skipped, model, weights, run."""
@@ -237,8 +251,15 @@ def extract_features(
     if count == 0:
         log.info("all %d images already featurized under %s", files, output_root)
         return found
-    run = featurize(spark, todo, spec, count=count, loaded=loaded)
+    run = featurize(spark, todo, spec, count=count, loaded=loaded, largest=listing.largest)
     watch = nullcontext() if progress is None else task_progress(spark, count, progress)
     with watch:
         run_id = write_features(spark, run.features, output_root, settings, overwrite=overwrite)
-    return replace(found, images_decoded=run.images_decoded, run_id=run_id, info=run.info)
+    vanished = []
+    if committed_rows(spark, output_root, run_id) < count:  # Spark's scan skipped some files
+        written = read_features(spark, output_root).where(F.col("run") == run_id).select("path")
+        vanished = listing.missing(row["path"] for row in written.collect())
+        log.warning("%d files vanished between the listing and the read", len(vanished))
+    return replace(
+        found, images_decoded=run.images_decoded, run_id=run_id, info=run.info, vanished=vanished
+    )

@@ -146,6 +146,11 @@ def _committed(spark: SparkSession, output_root: str) -> list[dict[str, Any]]:
     return records[bases[-1] :] if bases else records
 
 
+def committed_rows(spark: SparkSession, output_root: str, run_id: str) -> int:
+    """The rows committed run ``run_id`` wrote, from its record (0 if it has none)."""
+    return sum(r["rows"] for r in _commit_records(spark, output_root) if r["run"] == run_id)
+
+
 def _settings_text(settings: dict[str, Any] | None) -> str:
     if not settings:
         return "unknown settings (committed before settings were recorded)"
