@@ -10,6 +10,7 @@ run through Livy yet.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -24,9 +25,13 @@ from conftest import write_jpeg
 from papermill.exceptions import PapermillExecutionError
 
 from helpers.dev.livy import (
+    DIST_NAME,
+    SHARED_DIST,
     LivyServer,
+    check_digest,
     install,
     install_kernel,
+    livy_home,
     livy_server,
     status,
     unsupported_spark,
@@ -231,3 +236,36 @@ def test_livy_refuses_spark_4_naming_why():
 def test_livy_status_without_server(tmp_path):
     """status of a folder where no server was started says so."""
     assert status(tmp_path) == {"running": False, "state_dir": str(tmp_path)}
+
+
+def test_install_checks_the_zip_against_the_digest_beside_it(tmp_path, monkeypatch):
+    """A zip whose SHA-256 (``SHA256SUMS``) or SHA-512 (Apache's ``.sha512``) differs from the
+    one published beside it is refused before anything is unpacked; a matching one goes on."""
+    monkeypatch.setenv("FRUITS_LIVY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FRUITS_LIVY_HOME", raising=False)
+    archive = tmp_path / "dist" / f"{DIST_NAME}.zip"
+    (tmp_path / "not-livy").mkdir()
+    (tmp_path / "not-livy" / "README").write_text("not Livy")
+    shutil.make_archive(str(archive.with_suffix("")), "zip", tmp_path / "not-livy")
+    sums = archive.with_name("SHA256SUMS")
+    sums.write_text(f"{'0' * 64}  {archive.name}\n")
+    with pytest.raises(ValueError, match=r"has sha256 [0-9a-f]{64}, not the 0{64} published"):
+        install(archive)
+    assert not livy_home().exists()
+    sums.write_text(f"{hashlib.sha256(archive.read_bytes()).hexdigest()}  {archive.name}\n")
+    with pytest.raises(FileNotFoundError, match="is not a Livy"):  # checked, then unpacked
+        install(archive)
+    sums.write_text(f"{'0' * 64}  other.zip\n")
+    with pytest.raises(ValueError, match="does not list"):
+        install(archive)
+    sums.unlink()
+    sha512 = archive.with_name(archive.name + ".sha512")
+    sha512.write_text(f"{hashlib.sha512(archive.read_bytes()).hexdigest()}  {archive.name}\n")
+    assert check_digest(archive) == "sha512 matches the published digest"
+    sha512.write_text("f" * 128)
+    with pytest.raises(ValueError, match="sha512"):
+        install(archive)
+    sha512.unlink()
+    assert check_digest(archive) == "no published digest beside it"
+    if SHARED_DIST.is_file():  # the project's offline copy matches its SHA256SUMS
+        assert check_digest(SHARED_DIST) == "sha256 matches the published digest"

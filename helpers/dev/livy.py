@@ -38,6 +38,7 @@ returns once Livy answers. Tests use :func:`livy_server`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -174,6 +175,39 @@ def _maven_has_repl() -> str:
         return f"{url} cannot be reached ({exc})"
 
 
+def check_digest(archive: Path) -> str:
+    """Check ``archive`` against the digests published beside it; what was checked.
+
+    ``SHA256SUMS`` (``<sha256>  <name>`` lines, as ``../shared/livy/`` has) or Apache's
+    ``<name>.sha512`` (the official download's). A mismatch, or a ``SHA256SUMS`` that does
+    not list the archive, raises ``ValueError`` naming both digests: nothing is unpacked.
+    """
+    sums, sha512 = archive.with_name("SHA256SUMS"), archive.with_name(archive.name + ".sha512")
+    if sums.is_file():
+        listed = {
+            parts[-1].lstrip("*"): parts[0].lower()
+            for parts in (line.split() for line in sums.read_text().splitlines())
+            if len(parts) >= 2
+        }
+        if archive.name not in listed:
+            raise ValueError(f"{sums} does not list {archive.name}: cannot check it")
+        expected, algorithm = listed[archive.name], "sha256"
+    elif sha512.is_file():
+        expected, algorithm = sha512.read_text().split()[0].lower(), "sha512"
+    else:
+        return "no published digest beside it"
+    digest = hashlib.new(algorithm)
+    with archive.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ValueError(
+            f"{archive} has {algorithm} {digest.hexdigest()}, not the {expected} published "
+            f"beside it: a damaged or different download; fetch {DIST_NAME}.zip again"
+        )
+    return f"{algorithm} matches the published digest"
+
+
 def _unpack(archive: Path, target: Path) -> None:
     """Unpack a Livy binary zip so that ``target`` is its top folder (whole or nothing)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +240,8 @@ def install(dist: str | Path | None = None) -> Path:
         )
     dist = dist or env.get(env.LIVY_DIST_ENV) or (SHARED_DIST if SHARED_DIST.is_file() else None)
     if dist:
-        log.info("unpacking %s into %s", dist, home)
+        checked = check_digest(Path(dist))
+        log.info("unpacking %s into %s (%s)", dist, home, checked)
         _unpack(Path(dist), home)
         return home
     raise FileNotFoundError(
