@@ -43,7 +43,7 @@ from helpers.run import NOTEBOOKS, run_notebooks
 pytestmark = pytest.mark.slow
 
 
-LIVY_NOTEBOOKS = NOTEBOOKS[:3]  # EDA, features, PCA + t-SNE
+LIVY_NOTEBOOKS = NOTEBOOKS  # EDA, features, PCA + t-SNE, classifier
 
 CLASSES = {"Apple Red": (200, 20, 30), "Banana": (230, 210, 40), "Lime": (60, 200, 40)}
 SMALL = {  # parameters that keep each notebook to seconds on 2 cores
@@ -88,7 +88,7 @@ def small_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def livy_run(livy, small_tree, tmp_path_factory) -> Path:
-    """The three notebooks through sparkmagic and Livy; their output_root."""
+    """The four notebooks through sparkmagic and Livy; their output_root."""
     output = tmp_path_factory.mktemp("livy-out")
     run_notebooks(
         {"data_root": str(small_tree), "output_root": str(output), **SMALL},
@@ -141,6 +141,8 @@ def test_livy_notebooks_write_the_outputs(livy_run, small_tree):
     assert manifest["features"]["rows"] == images and manifest["features"]["errors"] == 0
     assert manifest["eda"]["images"] == images
     assert manifest["pca"]["k"] >= 1
+    assert manifest["classifier"]["check"]["images"] >= 1  # notebook 04: the saved model ran
+    assert len(list((livy_run / "pipeline_model").glob("v=*/metadata"))) == 1
     assert any((livy_run / "features").rglob("*.parquet"))
     assert any((livy_run / "pca").rglob("*.parquet"))
     for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
@@ -158,7 +160,15 @@ def test_livy_notebooks_show_figures_and_tables(livy_run):
         if name == "01_eda.ipynb":  # the per-class table, as pandas prints it
             text = "".join(out.get("text", "") for out in outputs)
             assert "Apple Red" in text and "Banana" in text
-    assert shown == {"01_eda.ipynb": 5, "02_feature_extraction.ipynb": 0, "03_pca_tsne.ipynb": 2}
+        if name == "04_classifier.ipynb":  # its last line: the saved model's stages
+            text = "".join(out.get("text", "") for out in outputs)
+            assert "stages, weights sha256" in text
+    assert shown == {
+        "01_eda.ipynb": 5,
+        "02_feature_extraction.ipynb": 0,
+        "03_pca_tsne.ipynb": 2,
+        "04_classifier.ipynb": 0,
+    }
 
 
 def test_livy_spark_error_fails_the_run_with_its_message(livy, livy_run, tmp_path):
