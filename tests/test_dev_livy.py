@@ -208,9 +208,12 @@ def test_livy_kernel_without_server_names_the_fix(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "notebooks").exists()
 
 
-def test_livy_sessions_on_the_standalone_cluster(livy, cluster, tmp_path_factory):
-    """Given a master URL (helpers.cluster), Livy's sessions run there: executors in their
-    own JVMs run the project's Python, pandas UDFs included."""
+def test_livy_sessions_on_the_standalone_cluster(
+    livy, cluster, small_tree, tmp_path_factory, monkeypatch
+):
+    """Given a master URL (helpers.cluster), Livy's sessions run there, as EMR's run on YARN
+    executors: executors in their own JVMs run the project's Python, pandas UDFs included,
+    and notebook 02 through the PySpark kernel featurizes every image there."""
     state = tmp_path_factory.mktemp("livy-cluster")
     code = (
         "import sys\n"
@@ -223,9 +226,19 @@ def test_livy_sessions_on_the_standalone_cluster(livy, cluster, tmp_path_factory
         "print(session is spark, session.sparkContext.master, pythons,"
         " sorted(r[0] for r in doubled.collect()))"
     )
+    output_root = tmp_path_factory.mktemp("livy-cluster-out")
     with livy_server(cluster.master_url, state, sparkmagic_conf_dir=state / "sparkmagic") as server:
         output = server.run_code(code)
+        monkeypatch.setenv(SPARKMAGIC_CONF_ENV, server.sparkmagic_conf_dir)
+        run_notebooks(
+            {"data_root": str(small_tree), "output_root": str(output_root), **SMALL},
+            ("02_feature_extraction.ipynb",),
+            kernel="pysparkkernel",
+        )
     assert output["status"] == "ok", output
+    features = json.loads((output_root / "manifest.json").read_text())["features"]
+    assert features["rows"] == sum(1 for _ in small_tree.rglob("*.jpg"))
+    assert features["errors"] == 0
     # the cluster's secret reached the sessions through a file of this user's, no log line
     secret = json.loads(Path(cluster.state_dir, "cluster.json").read_text())["secret"]
     defaults = state / "spark-conf" / "spark-defaults.conf"
