@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from conftest import write_jpeg
 from papermill.exceptions import PapermillExecutionError
@@ -37,6 +38,7 @@ from helpers.dev.livy import (
     unsupported_spark,
 )
 from helpers.env import SPARKMAGIC_CONF_ENV
+from helpers.features.store import read_features
 from helpers.run import NOTEBOOKS, run_notebooks
 
 #: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
@@ -147,6 +149,26 @@ def test_livy_notebooks_write_the_outputs(livy_run, small_tree):
     assert any((livy_run / "pca").rglob("*.parquet"))
     for figure in ("class_balance", "sample_grid", "pca_variance", "tsne"):
         assert (livy_run / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_livy_outputs_equal_the_plain_kernel_run(spark, livy_run, small_tree, tmp_path_factory):
+    """Notebooks 02 and 03 in the plain Python kernel on the same images: the same features
+    (1e-4 relative) and the same k as through Livy."""
+    plain = tmp_path_factory.mktemp("plain-out")
+    run_notebooks(
+        {"data_root": str(small_tree), "output_root": str(plain), **SMALL},
+        ("02_feature_extraction.ipynb", "03_pca_tsne.ipynb"),
+    )
+    rows = [
+        read_features(spark, str(root)).toPandas().set_index("path").sort_index()
+        for root in (livy_run, plain)
+    ]
+    assert list(rows[0].index) == list(rows[1].index)
+    np.testing.assert_allclose(
+        np.stack(rows[0]["features"]), np.stack(rows[1]["features"]), rtol=1e-4, atol=1e-5
+    )
+    k = [json.loads((root / "manifest.json").read_text())["pca"]["k"] for root in (livy_run, plain)]
+    assert k[0] == k[1]
 
 
 def test_livy_notebooks_show_figures_and_tables(livy_run):
