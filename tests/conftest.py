@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,6 +126,19 @@ def tiny_root(tmp_path: Path) -> Path:
             for i in range(count):
                 write_jpeg(tmp_path / split / label / f"{i}_100.jpg", color, seed=100 * c + i)
     return tmp_path
+
+
+def run_script(script: str, *args: str, log: Path) -> int:
+    """Run the Python ``script`` with ``args`` in a new process, its output in ``log``; its
+    return code (``-9``: it killed itself). A file, not a pipe: no wait for an orphaned JVM."""
+    with log.open("wb") as sink:
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+    return done.returncode
 
 
 @contextmanager

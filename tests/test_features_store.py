@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SETTINGS, crash_first_attempt, write_jpeg
+from conftest import SETTINGS, crash_first_attempt, run_script, write_jpeg
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
@@ -129,14 +127,8 @@ def test_run_killed_mid_write_leaves_previous_outputs(spark, weights, tiny_root,
     _add_images(tiny_root, "Kiwi", 3)
 
     log = tmp_path / "killed.log"
-    with log.open("wb") as sink:  # a file, not a pipe: no wait for the orphaned JVM
-        killed = subprocess.run(
-            [sys.executable, "-c", KILLED_RUN, str(tiny_root), str(out), weights],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            timeout=300,
-        )
-    assert killed.returncode == -9, log.read_text()[-2000:]
+    killed = run_script(KILLED_RUN, str(tiny_root), str(out), weights, log=log)
+    assert killed == -9, log.read_text()[-2000:]
     assert len(_run_folders(out)) == 2 and len(_records(out)) == 1  # killed while writing
 
     after = _rows(spark, out)

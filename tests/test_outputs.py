@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_script
 
 from helpers.outputs import POINTER, clean, current_version, publish, published
 from helpers.paths import io_uri
@@ -46,14 +45,7 @@ print("DONE", flush=True)
 
 
 def _publish(root: str, n: int, fault: str, log: Path) -> int:
-    with log.open("wb") as sink:  # a file, not a pipe: no wait for an orphaned JVM
-        done = subprocess.run(
-            [sys.executable, "-c", PUBLISH, str(root), str(n), fault],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            timeout=300,
-        )
-    return done.returncode
+    return run_script(PUBLISH, root, str(n), fault, log=log)
 
 
 def _visible(root: str) -> tuple[int, int]:

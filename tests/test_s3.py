@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyspark
 import pytest
-from conftest import DATA_SAMPLE, SETTINGS, moto_server
+from conftest import DATA_SAMPLE, SETTINGS, moto_server, run_script
 from test_outputs import publish_kill_chain
 
 from helpers.env import HADOOP_AWS_JARS_ENV, MAVEN_REPO_ENV, S3_ENDPOINT_ENVS, WEIGHTS_ENV
@@ -688,17 +688,11 @@ print("DONE", flush=True)
 
 def _kill_step(root: str, run: str, fault: str, log: Path) -> tuple[int, list[str]]:
     """One writer process: read what is visible, then write run ``run`` with ``fault``."""
-    with log.open("wb") as sink:  # a file, not a pipe: no wait for an orphaned JVM
-        done = subprocess.run(
-            [sys.executable, "-c", KILL_STEP, root, run, fault],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            timeout=300,
-        )
+    returncode = run_script(KILL_STEP, root, run, fault, log=log)
     text = log.read_text()
     seen = [line for line in text.splitlines() if line.startswith("SEEN ")]
     assert seen, text[-3000:]
-    return done.returncode, sorted({p.split("@")[0].split("-")[0] for p in json.loads(seen[0][5:])})
+    return returncode, sorted({p.split("@")[0].split("-")[0] for p in json.loads(seen[0][5:])})
 
 
 def _kill_chain(root: str, tmp_path: Path) -> None:
