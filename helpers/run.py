@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import papermill as pm
+from papermill.exceptions import PapermillExecutionError
 
 from helpers import env
 from helpers.config import PARAMETERS, add_parameter_option, coerce, defaults, validate
@@ -167,17 +168,34 @@ def _execute(
         target = join(output_dir, name)
         started = time.perf_counter()
         log.info("running %s", name)
-        pm.execute_notebook(
-            str(source),
-            target,
-            parameters=given,
-            cwd=str(notebook_dir),
-            progress_bar=False,
-            kernel_name=kernel,
-        )
+        try:
+            pm.execute_notebook(
+                str(source),
+                target,
+                parameters=given,
+                cwd=str(notebook_dir),
+                progress_bar=False,
+                kernel_name=kernel,
+            )
+        except PapermillExecutionError as exc:
+            if kernel == "python3":
+                raise
+            raise _with_livy_log(exc) from None
         log.info("%s done in %.0f s -> %s", name, time.perf_counter() - started, target)
         executed.append(target)
     return executed
+
+
+def _with_livy_log(exc: PapermillExecutionError) -> PapermillExecutionError:
+    """``exc``, with a last line naming Livy's log when the cell's Livy session died."""
+    from helpers.dev.livy import session_lost_note  # sparkmagic's kernels only
+
+    note = session_lost_note(str(exc), env.get(env.SPARKMAGIC_CONF_ENV) or "")
+    if note is None:
+        return exc
+    return PapermillExecutionError(
+        exc.cell_index, exc.exec_count, exc.source, exc.ename, exc.evalue, [*exc.traceback, note]
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

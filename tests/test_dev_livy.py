@@ -4,8 +4,7 @@ a real Apache Livy server (helpers.dev.livy), whose PySpark session runs it and 
 The server is a session fixture on 127.0.0.1; without sparkmagic (``make livy``) or a Livy
 distribution (none cached, no zip: Maven Central has no Livy repl jar), or on Spark 4 (Livy
 0.9 is built for Spark 3 / Scala 2.12), the tests skip, naming why. Small data and random
-weights keep them short: what is checked is the chain. Notebook 04 (the classifier) is not
-run through Livy yet.
+weights keep them short: what is checked is the chain, all four notebooks included.
 """
 
 from __future__ import annotations
@@ -15,12 +14,15 @@ import importlib.util
 import json
 import shutil
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import nbformat
 import numpy as np
+import psutil
 import pytest
 from conftest import write_jpeg
 from papermill.exceptions import PapermillExecutionError
@@ -34,6 +36,8 @@ from helpers.dev.livy import (
     install_kernel,
     livy_home,
     livy_server,
+    session_lost_note,
+    sparkmagic_config,
     status,
     unsupported_spark,
 )
@@ -209,6 +213,50 @@ def test_livy_spark_error_fails_the_run_with_its_message(livy, livy_run, tmp_pat
     message = str(failure.value)
     assert parquet.name in message and "Parquet" in message, message[-2000:]
     assert all(s["state"] in ("dead", "killed", "shutting_down") for s in livy.sessions())
+
+
+def _kill_session_driver(livy: LivyServer, started: float) -> int | None:
+    """SIGKILL the driver of the first Livy session seen running a statement; its pid."""
+    while time.monotonic() - started < 300:
+        if any(s["state"] == "busy" for s in livy.sessions()):
+            for process in psutil.process_iter(["cmdline"]):
+                if any("RSCDriverBootstrapper" in arg for arg in process.info["cmdline"] or []):
+                    process.kill()
+                    return process.pid
+        time.sleep(0.2)
+    return None
+
+
+def test_livy_session_that_dies_fails_the_run_naming_livys_log(livy, small_tree, tmp_path):
+    """The session's driver killed while notebook 02 runs (a node lost, the OOM killer): the
+    run fails, saying the session died and naming Livy's log with the exit it recorded."""
+    killed: list[int | None] = []
+    killer = threading.Thread(
+        target=lambda: killed.append(_kill_session_driver(livy, time.monotonic())), daemon=True
+    )
+    killer.start()
+    with pytest.raises(PapermillExecutionError) as failure:
+        run_notebooks(
+            {"data_root": str(small_tree), "output_root": str(tmp_path / "out"), **SMALL},
+            notebooks=("02_feature_extraction.ipynb",),
+            kernel="pysparkkernel",
+        )
+    killer.join(10)
+    assert killed and killed[0] is not None
+    message = str(failure.value)
+    server_log = Path(livy.state_dir) / "logs" / "livy-server.out"
+    assert f"The Livy session died. Livy's log: {server_log}" in message, message[-1500:]
+    assert "exited with code 137" in message, message[-1500:]
+
+
+def test_session_lost_note_names_emr_log_for_a_livy_it_did_not_start(tmp_path):
+    """With sparkmagic configured for another Livy (EMR's), the note names EMR's log; an
+    error that is not a lost session gets no note."""
+    (tmp_path / "config.json").write_text(json.dumps(sparkmagic_config("http://10.0.0.1:8998")))
+    lost = 'HttpClientException: ... {"msg":"requirement failed: Session isn\'t active."}'
+    note = session_lost_note(lost, tmp_path)
+    assert note is not None and "/var/log/livy/" in note and "%%logs" in note
+    assert session_lost_note("Py4JJavaError: ... ParquetDecodingException", tmp_path) is None
 
 
 def test_kernel_goes_into_this_environment(tmp_path, monkeypatch):

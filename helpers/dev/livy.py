@@ -62,6 +62,7 @@ from helpers.dev.process import (
     free_port,
     identity,
     log_path,
+    log_tail,
     read_record,
     recorded_status,
     same_process,
@@ -384,6 +385,39 @@ def sparkmagic_config(url: str) -> dict[str, Any]:
     }
 
 
+#: Beside sparkmagic's config.json: which server ``start`` wrote it for, and that server's log.
+SERVER_POINTER = "fruits-livy.json"
+#: What sparkmagic says when the session under a cell has gone (killed driver, lost node).
+SESSION_LOST = ("Session isn't active", "unexpectedly reached final status")
+#: Where the server's log is when this project did not start it (EMR's primary node).
+EMR_LIVY_LOG = "/var/log/livy/livy-livy-server.out on the primary node (EMR)"
+
+
+def session_lost_note(error: str, sparkmagic_conf_dir: str | Path) -> str | None:
+    """A line for a failed cell whose Livy session died, naming Livy's log; else ``None``.
+
+    The log is the one ``start`` recorded for the server in ``sparkmagic_conf_dir``'s
+    config, with its last errors (e.g. ``spark-submit exited with code 137``).
+    """
+    if not any(sign in error for sign in SESSION_LOST):
+        return None
+    conf_dir = Path(sparkmagic_conf_dir)
+    try:
+        pointer = read_record(conf_dir, SERVER_POINTER) or {}
+        config = json.loads((conf_dir / "config.json").read_text())
+        url = config["kernel_python_credentials"]["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pointer, url = {}, None
+    if url is None or pointer.get("url") != url:
+        return f"The Livy session died. Livy's log: {EMR_LIVY_LOG}; the session's: %%logs"
+    server_log = Path(pointer["log"])
+    lines = log_tail(server_log, 400).splitlines()
+    errors = [line for line in lines if " ERROR " in line or "exited with code" in line]
+    return f"The Livy session died. Livy's log: {server_log}" + "".join(
+        f"\n  {line}" for line in errors[-3:]
+    )
+
+
 def install_kernel() -> Path:
     """Install sparkmagic's ``pysparkkernel`` into this environment (not the user's home).
 
@@ -460,6 +494,8 @@ def start(
     )
     magic_dir.mkdir(parents=True, exist_ok=True)
     (magic_dir / "config.json").write_text(json.dumps(sparkmagic_config(url), indent=2))
+    # lets a failed run name this server's log (session_lost_note)
+    write_record(magic_dir, SERVER_POINTER, {"url": url, "log": str(log_path(state_dir, PROCESS))})
     install_kernel()
 
     child_env = {
