@@ -66,6 +66,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         "local[N]",
     ),
     Parameter(
+        "spark_remote",
+        "",
+        str,
+        "Spark Connect server, sc://host:port (python -m helpers.connect start); empty: "
+        f"${env.SPARK_REMOTE_ENV}, else a classic session (spark_master). On Databricks the "
+        "provided session, whichever kind",
+    ),
+    Parameter(
         "weights",
         "imagenet",
         str,
@@ -127,6 +135,26 @@ def check_master(master: str) -> str:
             f"empty for local[*,3] (the cluster's own session on EMR, Databricks, Livy)"
         )
     return master
+
+
+#: How Spark Connect URLs start.
+REMOTE_PREFIX = "sc://"
+
+
+def check_remote(remote: str) -> str:
+    """``remote`` stripped, if it is a Spark Connect URL; else a ValueError naming the form."""
+    remote = remote.strip()
+    if "token=" in remote.lower():  # injected into the notebooks, a token would stay there
+        raise ValueError(
+            f"spark_remote '{remote.split(';', 1)[0]};...' holds a token, refused: it would end "
+            f"up in the executed notebooks; set ${env.SPARK_REMOTE_ENV} to the URL instead"
+        )
+    if not remote.startswith(REMOTE_PREFIX) or len(remote) == len(REMOTE_PREFIX):
+        raise ValueError(
+            f"spark_remote {remote!r} is not a Spark Connect URL: use sc://host:port (e.g. "
+            "from python -m helpers.connect start), or leave it empty for a classic session"
+        )
+    return remote
 
 
 def defaults() -> dict[str, Any]:
@@ -227,6 +255,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{name} must be 0 (all) or a positive integer, got {values[name]}")
     if values.get("spark_master", "").strip():
         values["spark_master"] = check_master(values["spark_master"])
+    if values.get("spark_remote", "").strip():
+        values["spark_remote"] = check_remote(values["spark_remote"])
     if values.get("pca_k", 0) < 0:
         raise ValueError(f"pca_k must be 0 (choose by variance) or positive, got {values['pca_k']}")
     return values

@@ -28,6 +28,7 @@ from pyspark.sql.types import (
 
 from helpers.config import IMAGE_FORMATS
 from helpers.images import ImageListing, decode_image
+from helpers.spark.kind import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def eda_images(
     worker holds at once). The listing's counts size the tasks: no Spark job runs.
     """
     images = listing.images
-    cores = images.sparkSession.sparkContext.defaultParallelism
+    cores = default_parallelism(images.sparkSession)
     files, size = listing.files, listing.bytes
     tasks = max(cores, math.ceil(files / files_per_task), math.ceil(size / bytes_per_task))
     log.info("%d images, %d bytes: %d tasks", files, size, tasks)
@@ -120,7 +121,6 @@ def split_mismatches(counts: pd.DataFrame) -> dict[str, list[str]]:
     return {s: sorted(every - labels) for s, labels in by_split.items() if every - labels}
 
 
-@F.pandas_udf(PROPERTIES_SCHEMA)
 def _properties(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
     """Width, height, mode and format from each image's header, or why it cannot be read."""
     for contents in batches:
@@ -162,7 +162,8 @@ def image_properties(images: DataFrame) -> DataFrame:
         "label",
         "length",
         _sha256(),
-        _properties("content").alias("p"),
+        # made per call: a UDF is bound to the session kind (classic, Connect) it is made in
+        F.pandas_udf(_properties, PROPERTIES_SCHEMA)("content").alias("p"),
     )
     return props.select("path", "split", "label", "length", "sha256", "p.*")
 
@@ -207,8 +208,12 @@ def file_size_summary(properties: DataFrame) -> pd.DataFrame:
 
 
 def _most_common(summary: pd.DataFrame, columns: str | list[str]) -> Any:
-    """The value of ``columns`` shared by the most readable images in a property summary."""
-    return summary.groupby(columns)["images"].sum().idxmax()
+    """The value of ``columns`` shared by the most readable images in a property summary,
+    as Python values (Spark Connect's literals take no numpy scalars)."""
+    value = summary.groupby(columns)["images"].sum().idxmax()
+    if isinstance(value, tuple):
+        return tuple(v.item() if hasattr(v, "item") else v for v in value)
+    return value.item() if hasattr(value, "item") else value
 
 
 def _size_fences(properties: DataFrame, iqr_factor: float) -> DataFrame:

@@ -33,6 +33,8 @@ LIVY_DIST_ENV = "FRUITS_LIVY_DIST"
 SPARKMAGIC_CONF_ENV = "SPARKMAGIC_CONF_DIR"
 #: The Python that Spark's workers run.
 PYSPARK_PYTHON_ENV = "PYSPARK_PYTHON"
+#: A Spark Connect server (``sc://host:port``) that sessions are clients of (pyspark reads it too).
+SPARK_REMOTE_ENV = "SPARK_REMOTE"
 #: Set by Databricks Runtime on its clusters.
 DATABRICKS_ENV = "DATABRICKS_RUNTIME_VERSION"
 

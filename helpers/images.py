@@ -26,6 +26,7 @@ from pyspark.sql.types import BinaryType
 from helpers.config import IMAGE_EXTENSIONS, IMAGE_FORMATS, MAX_IMAGE_PIXELS
 from helpers.paths import list_files, read_bytes, resolve, spark_uri
 from helpers.spark.jvm import input_files
+from helpers.spark.kind import default_parallelism, is_connect
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ def _key(path: str) -> str:
     return re.sub(r"^[A-Za-z][\w+.-]*:/*", "", path)
 
 
-@F.udf(BinaryType())
 def _read_file(path: str) -> bytes | None:
     """The bytes of the file at ``path`` (a Spark path: ``file:``, ``s3://``...); null when
     it is gone or unreadable since the listing (its row then gets :data:`VANISHED`)."""
@@ -150,12 +150,17 @@ def _by_path(spark: SparkSession, rows: list[tuple[str, int, float]]) -> DataFra
     at most :data:`READ_BYTES` of files (one file when larger) bound what one exchange holds.
     """
     largest = max((size for _, size, _ in rows), default=1)
-    slices = max(spark.sparkContext.defaultParallelism, len(rows) * largest // READ_BYTES + 1)
-    data = spark.sparkContext.parallelize(rows, min(len(rows), slices) or 1)
-    frame = spark.createDataFrame(data, "path string, length long, modified double")
+    slices = max(default_parallelism(spark), len(rows) * largest // READ_BYTES + 1)
+    slices = min(len(rows), slices) or 1
+    schema = "path string, length long, modified double"
+    if is_connect(spark):  # no RDDs: the rows travel in the plan, then spread over tasks
+        frame = spark.createDataFrame(rows, schema).repartition(slices)
+    else:
+        frame = spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), schema)
     return frame.select(
         "path",
-        F.when(F.col("length") > 0, _read_file("path")).alias("content"),
+        # made per call: a UDF is bound to the session kind (classic, Connect) it is made in
+        F.when(F.col("length") > 0, F.udf(_read_file, BinaryType())("path")).alias("content"),
         "length",
         F.timestamp_seconds("modified").alias("modificationTime"),
     )

@@ -36,7 +36,7 @@ from pyspark.sql import SparkSession
 from helpers.features.store import COMMITS, FEATURES, RUN_ID, new_run_id, write_whole
 from helpers.lease import LEASE, check_free, writer_lease
 from helpers.paths import exists, is_remote, join, read_bytes, resolve, spark_uri
-from helpers.spark.jvm import fs_children, fs_delete
+from helpers.spark.files import fs_children, fs_delete
 
 POINTER = "_current.json"
 VERSION = re.compile(rf"^v=({RUN_ID.pattern.strip('^$')})$")

@@ -217,6 +217,11 @@ def _parser() -> argparse.ArgumentParser:
         "(default: local[*,3], or the cluster's own session on EMR/Databricks)",
     )
     parser.add_argument(
+        "--spark-remote",
+        help="a Spark Connect server, sc://host:port (python -m helpers.connect start); "
+        "default: $SPARK_REMOTE, else a classic session",
+    )
+    parser.add_argument(
         "--hadoop-aws-jars",
         help="local Spark on S3 offline: comma-separated hadoop-aws + AWS SDK bundle jars",
     )
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "output_root",
         "weights",
         "spark_master",
+        "spark_remote",
         "s3_endpoint",
         "hadoop_aws_jars",
     ):

@@ -75,18 +75,19 @@ class Featurization:
 
     features: DataFrame
     info: FeatureInfo
-    decoded: Accumulator
-    with_tensorflow: Accumulator
+    decoded: Accumulator | None
+    with_tensorflow: Accumulator | None
 
     @property
-    def images_decoded(self) -> int:
-        """Images the UDF decoded so far (after the write: once per image, plus any retries)."""
-        return int(self.decoded.value)
+    def images_decoded(self) -> int | None:
+        """Images the UDF decoded so far (after the write: once per image, plus any retries);
+        ``None`` on Spark Connect (no accumulators)."""
+        return None if self.decoded is None else int(self.decoded.value)
 
     @property
-    def batches_with_tensorflow(self) -> int:
+    def batches_with_tensorflow(self) -> int | None:
         """Arrow batches a converted runtime ran in a worker that had TensorFlow imported."""
-        return int(self.with_tensorflow.value)
+        return None if self.with_tensorflow is None else int(self.with_tensorflow.value)
 
 
 def featurize(
@@ -163,7 +164,7 @@ class Extraction:
     featurized: int
     skipped: int
     listing: dict[str, Any]
-    images_decoded: int = 0
+    images_decoded: int | None = 0
     run_id: str | None = None
     info: FeatureInfo | None = None
     vanished: list[str] = field(default_factory=list)
@@ -192,7 +193,11 @@ class Extraction:
             "files found": self.files,
             "featurized now": self.featurized,
             "already featurized (skipped)": self.skipped,
-            "images decoded": self.images_decoded,
+            "images decoded": (
+                "not counted (Spark Connect)"
+                if self.images_decoded is None
+                else self.images_decoded
+            ),
         }
         if self.info is not None:
             rows["model"] = (
@@ -244,7 +249,7 @@ def extract_features(
     settings = feature_settings(spec, loaded)
     check_settings(spark, output_root, settings, overwrite=overwrite)
     todo = pending_images(spark, listing.images, output_root, overwrite=overwrite)
-    count = files if todo is listing.images else todo.count()  # first run: no job
+    count = files if todo is listing.images else int(todo.count())  # first run: no job
     found = Extraction(
         files=files, featurized=count, skipped=files - count, listing=listing.report()
     )

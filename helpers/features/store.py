@@ -43,7 +43,8 @@ from pyspark.sql import functions as F
 
 from helpers.lease import writer_lease
 from helpers.paths import join, spark_uri
-from helpers.spark.jvm import fs_children, fs_delete, fs_move, fs_read_text, fs_scheme, fs_write
+from helpers.spark.files import fs_children, fs_delete, fs_move, fs_read_text, fs_scheme, fs_write
+from helpers.spark.kind import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +317,11 @@ def _observed_rows(observation: Observation, timeout: float = OBSERVED_WAIT_S) -
     return int(got["rows"]) if "rows" in got else None
 
 
+def _observable(spark: SparkSession) -> bool:
+    """Whether ``spark`` returns a write's observed metrics (Spark Connect only from 4.0)."""
+    return not is_connect(spark) or int(spark.version.split(".")[0]) >= 4
+
+
 def write_features(
     spark: SparkSession,
     features: DataFrame,
@@ -338,15 +344,17 @@ def write_features(
         run_id = new_run_id()
         folder = join(output_root, FEATURES, f"run={run_id}")
         observation = Observation(f"fruits-features-{run_id}")
-        observed = features.observe(observation, F.count(F.lit(1)).alias("rows"))
-        observed.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
+        if _observable(spark):
+            features = features.observe(observation, F.count(F.lit(1)).alias("rows"))
+        features.write.option(NO_FEATURES_DICTIONARY, "false").parquet(spark_uri(folder))
         files = _data_files(spark, folder)
-        rows = _observed_rows(observation)
+        rows = _observed_rows(observation) if _observable(spark) else None
         if rows is None:
-            log.warning("the write's row count did not arrive: counting %s with Spark", folder)
+            if _observable(spark):
+                log.warning("the write's row count did not arrive: counting %s with Spark", folder)
             # the schema is known: no job reading a footer to infer it, only the count's
             reader = spark.read.schema(features.schema)
-            rows = reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count()
+            rows = int(reader.parquet(*[spark_uri(join(folder, f["name"])) for f in files]).count())
         record = _record(run_id, files, rows, overwrite, settings)
         write_whole(spark, join(output_root, FEATURES, COMMITS, f"run={run_id}.json"), record)
         if overwrite:

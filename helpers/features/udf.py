@@ -1,7 +1,8 @@
 """The pandas UDF from image bytes to features, and how Spark runs it.
 
-The driver broadcasts what the runtime needs (:meth:`Runtime.payload`); each Python worker
-builds its model once and keeps it across tasks (:func:`worker_infer`). The UDF's daemon
+The driver broadcasts what the runtime needs (:meth:`Runtime.payload`); on Spark Connect,
+which has no broadcasts, it travels in the UDF itself. Each Python worker builds its model
+once and keeps it across tasks (:func:`worker_infer`). On a classic session the UDF's daemon
 imports the runtime before forking the workers (:func:`runtime_environment`).
 """
 
@@ -28,6 +29,7 @@ from helpers.features.models import Weights, preprocess
 from helpers.features.runtimes import RUNTIMES, ConvertedModel, Infer
 from helpers.features.spec import MAX_IMAGE_PIXELS, FeatureSpec
 from helpers.images import decode_image
+from helpers.spark.kind import default_parallelism, is_connect
 
 #: What the UDF returns per image: the vector, or null and the reason it could not be made.
 RESULT_SCHEMA = StructType(
@@ -123,11 +125,24 @@ def worker_infer(
     return model.infer
 
 
+@dataclass(frozen=True)
+class Inline:
+    """A payload carried by the UDF's closure, read like a broadcast (``.value``)."""
+
+    value: Any
+
+
 def broadcast_model(
     spark: SparkSession, spec: FeatureSpec, weights: Weights
-) -> tuple[Broadcast, ConvertedModel | None]:
-    """Broadcast what ``spec``'s (resolved) runtime runs, and the conversion it came from."""
+) -> tuple[Broadcast | Inline, ConvertedModel | None]:
+    """Broadcast what ``spec``'s (resolved) runtime runs, and the conversion it came from.
+
+    On Spark Connect the payload is :class:`Inline`: it reaches the server once per query in
+    the UDF, and each Python worker unpickles it once with the UDF.
+    """
     payload, converted = RUNTIMES[spec.runtime].payload(spec.model_name, spec.image_size, weights)
+    if is_connect(spark):
+        return Inline(payload), converted
     return spark.sparkContext.broadcast(payload), converted
 
 
@@ -136,17 +151,19 @@ def _task_threads(spark: SparkSession) -> int:
 
 
 def feature_udf(
-    spark: SparkSession, spec: FeatureSpec, broadcast: Broadcast, checksum: str
-) -> tuple[Callable[..., Any], Accumulator, Accumulator]:
+    spark: SparkSession, spec: FeatureSpec, broadcast: Broadcast | Inline, checksum: str
+) -> tuple[Callable[..., Any], Accumulator | None, Accumulator | None]:
     """The pandas UDF from image bytes to :data:`RESULT_SCHEMA`, and its two counters.
 
     ``spec`` is resolved (no ``auto``); ``broadcast`` holds its runtime's payload and
     ``checksum`` names the weights, so a reused worker takes new ones. The counters are the
     images decoded and the Arrow batches a converted runtime ran in a worker with
-    TensorFlow imported (it should have none). Apply it inside :func:`runtime_environment`.
+    TensorFlow imported (it should have none); ``None`` on Spark Connect, which has no
+    accumulators. Apply it inside :func:`runtime_environment`.
     """
-    decoded = spark.sparkContext.accumulator(0)
-    with_tensorflow = spark.sparkContext.accumulator(0)
+    connect = is_connect(spark)
+    decoded = None if connect else spark.sparkContext.accumulator(0)
+    with_tensorflow = None if connect else spark.sparkContext.accumulator(0)
     threads = _task_threads(spark)
     keras = spec.runtime == "keras"
 
@@ -155,9 +172,10 @@ def feature_udf(
         infer = worker_infer(spec, checksum, lambda: broadcast.value, threads)
         prepare = preprocess(spec.model_name)
         for contents in batches:
-            if not keras and "tensorflow" in sys.modules:
+            if with_tensorflow is not None and not keras and "tensorflow" in sys.modules:
                 with_tensorflow.add(1)
-            decoded.add(len(contents))
+            if decoded is not None:
+                decoded.add(len(contents))
             yield featurize_batch(
                 infer, prepare, contents, spec.image_size, spec.batch_size, spec.max_image_pixels
             )
@@ -176,8 +194,12 @@ def runtime_environment(spark: SparkSession, runtime: str) -> Iterator[None]:
 
     Spark keys its Python daemons by the UDF's environment (the SparkContext's, read when
     the UDF's Java function is made); UDFs created outside (the EDA's, PCA's) get a daemon
-    that imports no TensorFlow.
+    that imports no TensorFlow. A Spark Connect client cannot set it: its workers import the
+    runtime when the model is first built.
     """
+    if is_connect(spark):
+        yield
+        return
     environment = spark.sparkContext.environment
     with _ENVIRONMENT_LOCK:
         previous = environment.get(RUNTIME_ENV)
@@ -214,9 +236,10 @@ def start_python_workers(spark: SparkSession, spec: FeatureSpec) -> WarmUp | Non
 
     One task per core, once per session and model, through a pandas UDF (Spark keeps other
     workers for RDD functions). Other runtimes get none (``None``): their workers have
-    nothing to build before the broadcast, and the warm-up job held their tasks back.
+    nothing to build before the broadcast, and the warm-up job held their tasks back; nor
+    does Spark Connect (no job groups to wait on).
     """
-    if spec.runtime != "keras":
+    if spec.runtime != "keras" or is_connect(spark):
         return None
     context = spark.sparkContext
     key = (context.applicationId, spec.model_name, spec.image_size)
@@ -245,7 +268,7 @@ def start_python_workers(spark: SparkSession, spec: FeatureSpec) -> WarmUp | Non
 def task_count(spark: SparkSession, images: int) -> int:
     """Tasks for ``images``: a multiple of the cores, each of at most :data:`TASK_IMAGES`
     (few large tasks keep per-task costs small; whole waves keep every core busy)."""
-    cores = spark.sparkContext.defaultParallelism
+    cores = default_parallelism(spark)
     return cores * max(1, math.ceil(images / (cores * TASK_IMAGES)))
 
 

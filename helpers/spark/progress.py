@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
+from helpers.spark.kind import is_connect
+
 #: ``report(done, total)``.
 Report = Callable[[int, int], None]
 
@@ -38,7 +40,14 @@ def task_progress(
     spark: SparkSession, total: int, report: Report, every: float = 2.0
 ) -> Iterator[None]:
     """Call ``report(done, total)`` while the block's jobs run, ``done`` estimated from their
-    finished tasks, whenever it changes; ``report(total, total)`` when the block ends."""
+    finished tasks, whenever it changes; ``report(total, total)`` when the block ends.
+
+    A Spark Connect client has no status tracker: only the end is reported.
+    """
+    if is_connect(spark):
+        yield
+        report(total, total)
+        return
     context = spark.sparkContext
     previous = context.getLocalProperty(_GROUP)
     group = f"fruits-progress-{uuid.uuid4().hex[:8]}"

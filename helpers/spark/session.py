@@ -28,10 +28,11 @@ import psutil
 from pyspark.sql import SparkSession
 
 from helpers import env
-from helpers.config import check_master
+from helpers.config import check_master, check_remote
 from helpers.spark.cds import driver_java_options
 from helpers.spark.jars import cached_jars
 from helpers.spark.jvm import filesystem_class_error, hadoop_conf_set, jvm_hadoop_version
+from helpers.spark.kind import is_connect
 from helpers.spark.settings import (
     JIT_OPTION,
     LISTING_CONF,
@@ -177,6 +178,30 @@ def _configure_active(spark: SparkSession, roots: list[str], conf: dict[str, str
     require_s3a(spark, roots)
 
 
+#: Settings a Connect client asks of its session (runtime SQL settings; a server that refuses
+#: one, as Databricks serverless does most, keeps its own).
+CONNECT_CONF = {
+    "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+    **LISTING_CONF,
+}
+
+
+def _connect(remote: str, app_name: str, master: str | None) -> SparkSession:
+    """A Spark Connect session on ``remote``, with :data:`CONNECT_CONF` where allowed."""
+    if master and master.strip():
+        log.warning(
+            "spark_master %s ignored: the Spark Connect server %s has its own", master, remote
+        )
+    spark = SparkSession.builder.remote(remote).getOrCreate()
+    for key, value in CONNECT_CONF.items():
+        try:
+            spark.conf.set(key, value)
+        except Exception as exc:  # the server decides which settings a client may change
+            log.info("Spark Connect server keeps its %s (%s)", key, str(exc).splitlines()[0])
+    log.info("Spark Connect session on %s (Spark %s)", remote.split(";", 1)[0], spark.version)
+    return spark
+
+
 def get_spark(
     app_name: str = "fruits",
     master: str | None = None,
@@ -186,8 +211,13 @@ def get_spark(
     output_root: str | None = None,
     hadoop_aws_jars: str | None = None,
     s3_endpoint: str | None = None,
+    remote: str | None = None,
 ) -> SparkSession:
     """Return the active SparkSession if there is one (EMR, Databricks, Livy), else a new one.
+
+    ``remote`` (the ``spark_remote`` parameter, else ``$SPARK_REMOTE``) makes the new one a
+    Spark Connect client of that server (``sc://host:port``); the server has its own master
+    and storage settings, so ``master`` and the S3 options are not used then.
 
     ``master`` (the ``spark_master`` parameter; empty or ``None``: the default) is
     ``local[*,3]`` off-cluster and the cluster's own settings on EMR or Databricks. A local
@@ -205,6 +235,13 @@ def get_spark(
     ``$FRUITS_HADOOP_AWS_JARS`` and ``$AWS_ENDPOINT_URL_S3``/``$AWS_ENDPOINT_URL``; given
     explicitly, they are exported to those variables so s3fs and boto3 agree with Spark.
     """
+    remote = check_remote(remote) if remote and remote.strip() else env.get(env.SPARK_REMOTE_ENV)
+    active = SparkSession.getActiveSession()
+    if active is None and remote:
+        return _connect(remote, app_name, master)
+    if active is not None and is_connect(active):
+        log.info("reusing the active Spark Connect session (Spark %s)", active.version)
+        return active
     roots = s3_roots([data_root, output_root])
     local_storage = bool(roots) and not on_cluster()
     conf: dict[str, str] = {}
@@ -215,7 +252,6 @@ def get_spark(
         conf = storage_conf(roots, version, jars, endpoint, aws_region())
     os.environ.update(storage_env(s3_endpoint or "", hadoop_aws_jars or ""))
     master = check_master(master) if master and master.strip() else None
-    active = SparkSession.getActiveSession()
     if active is not None:
         log.info("reusing the active Spark session (master %s)", active.sparkContext.master)
         if master is not None and master != active.sparkContext.master:
