@@ -1,6 +1,6 @@
 """EMR as code: an EU bucket, the uploads, a cluster that runs the notebooks, status, end.
 
-``python -m helpers.emr deploy|bucket|run|status|terminate`` (:mod:`helpers.emr.cli`;
+``python -m helpers.emr deploy|bucket|run|status|terminate|plan`` (:mod:`helpers.emr.cli`;
 ``docs/emr.md``). One module per concern:
 
 - :mod:`~helpers.emr.settings`: :class:`EmrSettings`, checked on creation, and the paths the
@@ -10,6 +10,8 @@
 - :mod:`~helpers.emr.artifacts`: the wheel, sources, pinned set and weights, :func:`upload`;
 - :mod:`~helpers.emr.cluster`: the RunJobFlow request, the pipeline step, the EMR calls,
   :func:`deploy` and :func:`plan`;
+- :mod:`~helpers.emr.estimate`: the wall time and cost of a run before a cluster starts
+  (``plan --images N``), from the benchmark's figures and a price table;
 - :mod:`~helpers.emr.cli`: the command line.
 
 The request builders (:func:`bucket_encryption`, :func:`lifecycle_rules`,

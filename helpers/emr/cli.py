@@ -6,9 +6,12 @@
     python -m helpers.emr run --bucket NAME --cluster-id j-XXXX [-p NAME VALUE]... [--dry-run]
     python -m helpers.emr status --cluster-id j-XXXX
     python -m helpers.emr terminate --cluster-id j-XXXX
+    python -m helpers.emr plan --images 100000 [--instance-type m5.xlarge] [--json]
 
 The command line of :mod:`helpers.emr`: it reads the options into :class:`EmrSettings`, then
-prints the plan (``--dry-run``) or calls AWS, and prints the result as JSON.
+prints the plan (``--dry-run``) or calls AWS, and prints the result as JSON. ``plan``
+estimates the wall time and cost of a run on the cluster ``deploy`` would start, calling
+nothing (:mod:`helpers.emr.estimate`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,18 @@ from helpers.emr.cluster import (
     clients,
     cluster_status,
     deploy,
+    instance_groups,
     pipeline_step,
     plan,
     terminate,
+)
+from helpers.emr.estimate import (
+    STARTUP_MINUTES,
+    estimate,
+    format_estimate,
+    parse_price,
+    read_prices,
+    rounded,
 )
 from helpers.emr.settings import DEFAULT_REGION, REQUIREMENTS, EmrSettings
 from helpers.paths import refuse_credentials
@@ -119,7 +131,42 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=text)
         sub.add_argument("--cluster-id", required=True)
         sub.add_argument("--region", default=DEFAULT_REGION)
+    _plan_arguments(commands.add_parser("plan", help="wall time and cost, before deploying"))
     return parser
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """``plan``: the cluster options of ``deploy`` that decide time and cost, and prices."""
+    defaults = EmrSettings(bucket="defaults")
+    parser.add_argument("--images", type=int, required=True, help="images in data_root")
+    parser.add_argument("--region", default=defaults.region, help="AWS region (EU)")
+    parser.add_argument("--instance-type", default=defaults.instance_type)
+    parser.add_argument("--core-count", type=int, default=defaults.core_count)
+    parser.add_argument("--task-count", type=int, default=defaults.task_count, help="spot")
+    parser.add_argument("--task-instance-type", default="")
+    parser.add_argument("--idle-minutes", type=int, default=defaults.idle_minutes)
+    parser.add_argument("--batch", action="store_true", help="terminate after the steps")
+    parser.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="TYPE[:spot|:emr]=USD",
+        help="USD per hour of one instance (EC2 on demand; :spot, :emr), repeatable",
+    )
+    parser.add_argument("--prices", type=Path, help="JSON: {TYPE: {on_demand, spot, emr, vcpus}}")
+    parser.add_argument(
+        "--startup-minutes",
+        type=float,
+        default=STARTUP_MINUTES,
+        help="provisioning and bootstrap, billed",
+    )
+    parser.add_argument(
+        "--core-speed",
+        type=float,
+        default=1.0,
+        help="a cluster vCPU's speed against a core of the benchmark machine",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +184,41 @@ def _print(document: Any) -> None:
     print(json.dumps(document, indent=2, default=str))
 
 
+def _plan_command(args: argparse.Namespace) -> int:
+    """``plan``: the estimate for the cluster ``deploy`` would start with these options."""
+    settings = EmrSettings(
+        bucket="estimate-only",  # plan touches no bucket; EmrSettings checks the rest
+        region=args.region,
+        instance_type=args.instance_type,
+        core_count=args.core_count,
+        task_count=args.task_count,
+        task_instance_type=args.task_instance_type,
+        idle_minutes=args.idle_minutes,
+        keep_alive=not args.batch,
+    )
+    prices = read_prices(args.prices) if args.prices else {}
+    for text in args.price:
+        instance_type, key, value = parse_price(text)
+        prices.setdefault(instance_type, {})[key] = value
+    document = estimate(
+        instance_groups(settings),
+        args.images,
+        prices=prices,
+        startup_minutes=args.startup_minutes,
+        idle_minutes=settings.idle_minutes if settings.keep_alive else 0,
+        core_speed=args.core_speed,
+        region=settings.region,
+    )
+    if args.json:
+        _print(rounded(document))
+    else:
+        print(format_estimate(document))
+    return 0
+
+
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "plan":
+        return _plan_command(args)
     if args.endpoint_url:
         refuse_credentials(args.endpoint_url, "--endpoint-url")
     if args.command in ("status", "terminate"):
