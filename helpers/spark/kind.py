@@ -39,10 +39,29 @@ def default_parallelism(spark: Any) -> int:
     return _PARALLELISM[key]
 
 
-def require_classic(spark: Any, what: str, alternatives: str) -> None:
-    """Stop with one message when ``what`` needs a classic session and ``spark`` is Connect."""
-    if is_connect(spark):
+#: Where the notebooks that fit Spark ML models run, when this Connect session cannot.
+ML_ALTERNATIVES = (
+    "run it on Spark 4 (Databricks Runtime 17 or later; a Spark 4.0 Connect server), or on a "
+    "classic session (Databricks dedicated access mode, EMR, local Spark)"
+)
+
+
+def require_connect_ml(spark: Any, notebook: str) -> None:
+    """Stop ``notebook`` at its first Spark cell, in one message, when it fits Spark ML models
+    and ``spark`` is a Spark Connect client that cannot: Spark 3.5's Connect serves only
+    ``pyspark.ml.connect`` (no PCA, no persisted pipelines); Spark 4.0 serves ``pyspark.ml``.
+    """
+    if not is_connect(spark):
+        return
+    version = spark.version
+    if int(version.split(".")[0]) < 4:
         raise RuntimeError(
-            f"{what} needs a classic Spark session (a SparkContext), and this one is a Spark "
-            f"Connect client ({spark.version}): {alternatives}"
+            f"{notebook} fits and saves Spark ML models (StandardScaler, PCA, "
+            f"LogisticRegression, a PipelineModel), which Spark Connect serves from Spark 4.0 "
+            f"on; this session is a Spark Connect client of Spark {version}: {ML_ALTERNATIVES}"
         )
+    raise RuntimeError(
+        f"{notebook} does not run on Spark Connect yet (its PCA is built through the JVM "
+        f"of a classic session); this session is a Spark Connect client of Spark {version}: "
+        "run it on a classic session (Databricks dedicated access mode, EMR, local Spark)"
+    )
