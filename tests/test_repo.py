@@ -66,40 +66,123 @@ def test_shell_scripts_parse():
         assert result.returncode == 0, result.stderr
 
 
-def test_databricks_bundle_runs_the_notebooks_with_their_parameters():
-    """databricks.yml: each task's notebook exists, in order, and every base_parameters name
-    is a parameter its notebook's parameters cell declares."""
-    import nbformat
+def _bundle() -> dict:
+    """databricks.yml, parsed."""
     import yaml
 
-    bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
-    job = bundle["resources"]["jobs"]["fruits_pipeline"]
-    assert job["job_clusters"][0]["new_cluster"]["spark_version"].startswith("15.4.x-cpu-ml")
-    paths = []
-    for task in job["tasks"]:
-        notebook = PROJECT_ROOT / task["notebook_task"]["notebook_path"]
-        assert notebook.is_file(), notebook
-        paths.append(notebook.name)
-        cells = nbformat.read(notebook, as_version=4).cells
-        source = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
-        declared = {line.split(":")[0].strip() for line in source.splitlines() if ":" in line}
-        given = set(task["notebook_task"].get("base_parameters", {}))
-        assert given <= declared, f"{notebook.name}: {given - declared} not in its parameters"
-    assert paths == sorted(paths)
+    return yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
+
+
+def _databricks_jobs(bundle: dict) -> dict[str, dict]:
+    """The classic job (every target) and the serverless one (target ``serverless``)."""
+    serverless = bundle["targets"]["serverless"]["resources"]["jobs"]
+    return {
+        "classic": bundle["resources"]["jobs"]["fruits_pipeline"],
+        "serverless": serverless["fruits_pipeline_serverless"],
+    }
+
+
+def _resolve(value: str, bundle: dict, target: str) -> str:
+    """``${var.NAME}`` replaced as ``bundle deploy -t target`` does without ``--var``."""
+    values = {name: spec.get("default") for name, spec in bundle["variables"].items()}
+    values.update(bundle["targets"][target].get("variables", {}))
+    return re.sub(r"\$\{var\.(\w+)\}", lambda m: str(values[m.group(1)]), str(value))
+
+
+def test_databricks_bundle_runs_the_notebooks_with_their_parameters():
+    """databricks.yml, both jobs: each task's notebook exists, in order, and every
+    base_parameters name is a parameter its notebook's parameters cell declares."""
+    import nbformat
+
+    jobs = _databricks_jobs(_bundle())
+    classic = jobs["classic"]["job_clusters"][0]["new_cluster"]
+    assert classic["spark_version"].startswith("15.4.x-cpu-ml")
+    for kind, job in jobs.items():
+        paths = []
+        for task in job["tasks"]:
+            notebook = PROJECT_ROOT / task["notebook_task"]["notebook_path"]
+            assert notebook.is_file(), notebook
+            paths.append(notebook.name)
+            cells = nbformat.read(notebook, as_version=4).cells
+            source = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
+            declared = {line.split(":")[0].strip() for line in source.splitlines() if ":" in line}
+            given = set(task["notebook_task"].get("base_parameters", {}))
+            assert given <= declared, f"{kind} {notebook.name}: {given - declared} not declared"
+        assert paths == sorted(paths), kind
 
 
 def test_databricks_featurizing_tasks_install_the_tested_litert():
-    """The bundle's tasks that featurize (02, 04) install LiteRT at constraints.txt's pin, so
-    ``runtime=auto`` runs it there as it does here (the ML runtime has TensorFlow, not LiteRT)."""
-    import yaml
-
+    """The classic job's tasks that featurize (02, 04) install LiteRT at constraints.txt's pin,
+    so ``runtime=auto`` runs it there as it does here (the ML runtime has TensorFlow, not
+    LiteRT)."""
     from helpers.pins import read_pins
 
     pin = f"ai-edge-litert=={read_pins(PROJECT_ROOT / 'constraints.txt')['ai-edge-litert'].version}"
-    bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
-    for task in bundle["resources"]["jobs"]["fruits_pipeline"]["tasks"]:
+    for task in _databricks_jobs(_bundle())["classic"]["tasks"]:
         if "weights" in task["notebook_task"].get("base_parameters", {}):
             assert {"pypi": {"package": pin}} in task.get("libraries", []), task["task_key"]
+
+
+def test_databricks_serverless_job_is_the_classic_one_without_a_cluster():
+    """The serverless job runs the classic job's notebooks, in the same order, with the same
+    parameters, and names no compute: no job cluster, no cluster on a task, no task
+    libraries (refused on serverless; its dependencies are its environment's)."""
+    jobs = _databricks_jobs(_bundle())
+    serverless = jobs["serverless"]
+    assert "job_clusters" not in serverless
+    compute = {"job_cluster_key", "new_cluster", "existing_cluster_id", "libraries"}
+    for task in serverless["tasks"]:
+        assert not compute & set(task), f"{task['task_key']}: {compute & set(task)}"
+
+    def plan(job: dict) -> list:
+        return [(t["task_key"], t.get("depends_on", []), t["notebook_task"]) for t in job["tasks"]]
+
+    assert plan(serverless) == plan(jobs["classic"])
+
+
+def test_databricks_serverless_tasks_get_the_project_and_the_tested_litert():
+    """Every serverless task names a job environment (Spark 4's environment version or later,
+    for Spark ML on Spark Connect) that installs the bundle's wheel and LiteRT, every pin in
+    it at constraints.txt's version, and nothing that brings pyspark (installing PySpark on
+    serverless stops the session)."""
+    from helpers.pins import normalize, project_requirements, read_pins
+
+    bundle = _bundle()
+    target = bundle["targets"]["serverless"]
+    job = _databricks_jobs(bundle)["serverless"]
+    environments = {e["environment_key"]: e["spec"] for e in job["environments"]}
+    locked = {
+        name: pin.version for name, pin in read_pins(PROJECT_ROOT / "constraints.txt").items()
+    }
+    # the wheel the bundle builds from this directory, into ./dist
+    assert [a["path"] for a in target["artifacts"].values() if a["type"] == "whl"] == ["."]
+    wheel = "./dist/*.whl"
+    for task in job["tasks"]:
+        spec = environments[task["environment_key"]]
+        assert "client" not in spec  # deprecated for environment_version
+        assert int(_resolve(spec["environment_version"], bundle, "serverless")) >= 4
+        dependencies = spec["dependencies"]
+        assert wheel in dependencies, task["task_key"]
+        pinned = dict(d.split("==") for d in dependencies if "==" in d)
+        assert "ai-edge-litert" in pinned, task["task_key"]
+        for name, version in pinned.items():
+            tested = locked.get(normalize(name))
+            assert tested == version, f"{name}: {version} here, {tested} in constraints.txt"
+        assert not {normalize(d.split("==")[0]) for d in dependencies} & {"pyspark", "py4j"}
+    assert "pyspark" not in project_requirements()  # the wheel's own requirements
+
+
+def test_databricks_serverless_paths_are_volumes():
+    """On serverless (no DBFS root) the job's data, outputs and weights are Unity Catalog
+    volume paths, /Volumes/<catalog>/<schema>/<volume>/..., the weights a .h5 file there."""
+    bundle = _bundle()
+    for task in _databricks_jobs(bundle)["serverless"]["tasks"]:
+        parameters = task["notebook_task"].get("base_parameters", {})
+        for name in {"data_root", "output_root", "weights"} & set(parameters):
+            path = _resolve(parameters[name], bundle, "serverless")
+            assert re.match(r"^/Volumes/[^/]+/[^/]+/[^/]+", path), f"{name}: {path}"
+            if name == "weights":
+                assert path.endswith(".h5"), path
 
 
 def test_helpers_compile_on_python_39():
