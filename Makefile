@@ -17,11 +17,12 @@ endif
 
 .PHONY: setup jars livy run check test test-spark4 test-py39 lint clean
 
-# The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://,
+# The S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) for local Spark on s3://, and on
+# pyspark 3.5 the Spark Connect server jar (spark-connect_2.12-3.5.7; pyspark 4 ships its own),
 # from Maven Central into ~/.cache/fruits/jars; offline, set-up goes on without them. Then the
 # Spark driver's class archive (helpers.spark.cds, ~/.cache/fruits/cds; about a minute, once).
 setup: $(STAMP)
-	@$(BIN)/python -m helpers.spark.jars fetch >/dev/null || echo "warning: S3A jars not fetched (no Maven Central?): local Spark on s3:// needs them (make jars, or hadoop_aws_jars)" >&2
+	@$(BIN)/python -m helpers.spark.jars fetch >/dev/null || echo "warning: jars not fetched (no Maven Central?): local Spark on s3:// needs the S3A jars (make jars, or hadoop_aws_jars), a Spark 3.5 Connect server its jar" >&2
 	@$(BIN)/python -m helpers.spark.cds >/dev/null || echo "warning: no class archive for the Spark driver (python -m helpers.spark.cds says why): sessions start slower" >&2
 
 jars: $(STAMP)
@@ -31,14 +32,14 @@ jars: $(STAMP)
 # in ~/.cache/fruits/livy from a binary zip ($$FRUITS_LIVY_DIST, ../shared/livy/): Maven Central
 # has no Livy repl jar. Without them the Livy tests skip, saying why.
 livy: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[spark,dev,livy]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[spark,dev,connect,livy]"
 	$(BIN)/python -m helpers.livy install
 
 $(STAMP):
 	@command -v java >/dev/null || { echo "Java 17 is required (Spark): apt-get install openjdk-17-jre-headless" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[spark,dev]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[spark,dev,connect]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup

@@ -213,3 +213,21 @@ def crash_first_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     monkeypatch.setattr(udf, "featurize_batch", crashing)
+
+
+@pytest.fixture(scope="session")
+def connect_remote(tmp_path_factory) -> Iterator[str]:
+    """The ``sc://`` URL of a Spark Connect server (local[2], ANSI SQL on) on 127.0.0.1 for
+    the whole run, its token (Spark 4) in ``$SPARK_CONNECT_AUTHENTICATE_TOKEN`` meanwhile, so
+    that clients here and in child processes (notebook kernels) authenticate; stopped after.
+    Skips, naming why, without the client's packages or the server's jar."""
+    from helpers.dev.connect import connect_server, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with connect_server("local[2]", tmp_path_factory.mktemp("connect")) as server:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in server.client_env().items():
+                patch.setenv(name, value)
+            yield server.url

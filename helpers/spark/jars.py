@@ -11,6 +11,11 @@ downloads them into ``$XDG_CACHE_HOME/fruits/jars`` (``$FRUITS_JARS_CACHE``), ch
 Maven Central's SHA-1 and recorded by their SHA-256 (:mod:`helpers.caches`); :func:`cached_jars`
 hands them to :func:`helpers.spark.session.get_spark` while they match that record.
 Nothing is committed to git, and offline jars given as ``hadoop_aws_jars`` still win.
+
+The Spark Connect server (:mod:`helpers.dev.connect`) needs ``spark-connect`` of Spark's
+version: pyspark 4.0 ships it in ``pyspark/jars``; pyspark 3.5 does not, and Maven Central
+has ``spark-connect_2.12`` up to 3.5.7 (no 3.5.8), which ``fetch`` caches the same way
+(:data:`CONNECT_ARTIFACTS`) and :func:`connect_jar` finds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import caches, env
-from helpers.spark.versions import hadoop_version, scala_version, spark_version
+from helpers.spark.versions import hadoop_version, scala_version, spark_home, spark_version
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,15 @@ class Artifact:
         """Where ``repo`` serves the jar."""
         folder = f"{self.group.replace('.', '/')}/{self.name}/{self.version}"
         return f"{repo.rstrip('/')}/{folder}/{self.file_name}"
+
+
+#: Spark line -> the Connect server jar for a pyspark that ships none. 3.5.7 is Maven
+#: Central's newest 3.5 (no 3.5.8): a 3.5 patch serves the 3.5 protocol, the driver's
+#: classes are the installed pyspark's.
+CONNECT_ARTIFACTS = {"3.5": Artifact("org.apache.spark", "spark-connect_2.12", "3.5.7")}
+
+#: The Connect server's main class, in the jar pyspark 4 ships or in ``CONNECT_ARTIFACTS``'.
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
 def cache_dir() -> Path:
@@ -162,34 +176,88 @@ def fetch(hadoop_version: str, spark_version: str, scala: str | None = None) -> 
     again. Returns the jars' paths. Network errors name the repository and the offline
     alternative.
     """
+    offline = f"pass hadoop_aws_jars= (or ${env.HADOOP_AWS_JARS_ENV})"
+    return [
+        str(_fetch_one(artifact, offline))
+        for artifact in s3a_artifacts(hadoop_version, spark_version, scala)
+    ]
+
+
+def _fetch_one(artifact: Artifact, offline: str) -> Path:
+    """``artifact`` in :func:`cache_dir`, downloaded unless a copy matches its record (or,
+    unrecorded, Maven's SHA-1); ``offline`` ends the error message: the way around Maven."""
     repo = maven_repo()
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for artifact in s3a_artifacts(hadoop_version, spark_version, scala):
-        jar = folder / artifact.file_name
-        url = artifact.url(repo)
-        try:
-            if caches.read_record(jar) is None and jar.is_file() and _sha1_matches(jar, url):
-                caches.record(jar)  # cached before records were kept: Maven's SHA-1 vouches
-            if not caches.verified(jar, action=f"downloaded again from {url}"):
-                log.info("downloading %s", url)
-                _download(url, jar)
-        except OSError as exc:
-            # Spark publishes spark-hadoop-cloud for some releases only (4.0.0-4.0.2, not 4.0.3+)
-            missing = " (not published there)" if getattr(exc, "code", None) == 404 else ""
-            raise OSError(
-                f"cannot fetch {url} ({exc}){missing}: check the network or "
-                f"${env.MAVEN_REPO_ENV} (a Maven mirror), or download the jars elsewhere and "
-                f"pass hadoop_aws_jars= (or ${env.HADOOP_AWS_JARS_ENV})"
-            ) from exc
-        jar.with_name(jar.name + ".verified").unlink(missing_ok=True)  # the record replaces it
-        paths.append(str(jar))
-    return paths
+    jar = folder / artifact.file_name
+    url = artifact.url(repo)
+    try:
+        if caches.read_record(jar) is None and jar.is_file() and _sha1_matches(jar, url):
+            caches.record(jar)  # cached before records were kept: Maven's SHA-1 vouches
+        if not caches.verified(jar, action=f"downloaded again from {url}"):
+            log.info("downloading %s", url)
+            _download(url, jar)
+    except OSError as exc:
+        # Spark publishes spark-hadoop-cloud for some releases only (4.0.0-4.0.2, not 4.0.3+)
+        missing = " (not published there)" if getattr(exc, "code", None) == 404 else ""
+        raise OSError(
+            f"cannot fetch {url} ({exc}){missing}: check the network or "
+            f"${env.MAVEN_REPO_ENV} (a Maven mirror), or download the jars elsewhere and {offline}"
+        ) from exc
+    jar.with_name(jar.name + ".verified").unlink(missing_ok=True)  # the record replaces it
+    return jar
+
+
+def connect_artifact(spark_version: str) -> Artifact | None:
+    """The Connect server jar to fetch for ``spark_version``; ``None`` when pyspark ships
+    one (4.x) or Maven Central has none for its line."""
+    return CONNECT_ARTIFACTS.get(".".join(spark_version.split(".")[:2]))
+
+
+def shipped_connect_jar() -> Path | None:
+    """The Connect server jar the installed pyspark carries (4.x), else ``None``."""
+    return next(iter(sorted((spark_home() / "jars").glob("spark-connect_*.jar"))), None)
+
+
+def fetch_connect(spark_version: str) -> Path | None:
+    """Download the Connect server jar for ``spark_version`` into :func:`cache_dir` unless
+    cached (as :func:`fetch`); ``None`` when pyspark ships its own or none exists."""
+    artifact = connect_artifact(spark_version)
+    if artifact is None or shipped_connect_jar() is not None:
+        return None
+    offline = f"put it at {cache_dir() / artifact.file_name} with its record (fetch elsewhere)"
+    return _fetch_one(artifact, offline)
+
+
+def connect_jar(spark_version: str) -> tuple[Path, bool]:
+    """The Connect server jar for the installed pyspark of ``spark_version``, and whether it
+    must go on ``--jars`` (a fetched one) rather than being on Spark's class path already.
+
+    FileNotFoundError, naming the command that fetches it, when it is neither shipped nor
+    cached (or the cached copy no longer matches its record).
+    """
+    shipped = shipped_connect_jar()
+    if shipped is not None:
+        return shipped, False
+    artifact = connect_artifact(spark_version)
+    if artifact is None:
+        raise FileNotFoundError(
+            f"pyspark {spark_version} ships no Spark Connect server jar and none is known for "
+            f"its line (known: {', '.join(CONNECT_ARTIFACTS)}; pyspark 4 ships its own)"
+        )
+    jar = cache_dir() / artifact.file_name
+    action = "not used: run python -m helpers.spark.jars fetch"
+    if jar.is_file() and caches.verified(jar, quick=True, action=action):
+        return jar, True
+    raise FileNotFoundError(
+        f"the Spark Connect server jar {artifact.file_name} is not cached in {cache_dir()}: "
+        f"run python -m helpers.spark.jars fetch (make jars; from {artifact.url(maven_repo())})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.spark.jars fetch|path``: download the S3A jars, or print them."""
+    """``python -m helpers.spark.jars fetch|path``: download the S3A jars (and the Connect
+    server jar where pyspark ships none), or print the S3A jars."""
     parser = argparse.ArgumentParser(prog="python -m helpers.spark.jars", description=__doc__)
     parser.add_argument("action", choices=("fetch", "path"))
     args = parser.parse_args(argv)
@@ -197,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     hadoop, spark = hadoop_version(), spark_version()
     if args.action == "fetch":
         jars = fetch(hadoop, spark)
+        connect = fetch_connect(spark)
+        if connect is not None:
+            log.info("Spark Connect server jar: %s", connect)
     else:
         jars = cached_jars(hadoop, spark)
         if not jars:
