@@ -25,6 +25,7 @@ from helpers.classify import PIPELINE_MODEL, pipeline_labels, vector_or_null
 from helpers.images import list_images
 from helpers.outputs import POINTER, model_folder
 from helpers.paths import exists, is_remote, join, list_files, read_bytes, resolve, spark_uri
+from helpers.spark.kind import default_parallelism
 from helpers.spark.session import get_spark
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def predict(
     """
     labels = pipeline_labels(model)
     count = images.count()
-    tasks = max(1, min(spark.sparkContext.defaultParallelism, math.ceil(count / 64)))
+    tasks = max(1, min(default_parallelism(spark), math.ceil(count / 64)))
     out = (
         model.transform(images.repartition(tasks))
         .select("path", "error", vector_or_null("probability").alias("p"))

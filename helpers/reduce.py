@@ -18,8 +18,11 @@ for 1280 columns; bench/README.md says up to what width it is safe).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,17 +37,22 @@ from pyspark import TaskContext
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import Column, DataFrame
+from pyspark.ml.linalg import DenseMatrix, DenseVector, MatrixUDT, VectorUDT
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StructField, StructType
 from threadpoolctl import threadpool_limits
 
 from helpers.outputs import publish, published
+from helpers.paths import join, spark_uri
+from helpers.spark.files import fs_delete, fs_write
 from helpers.spark.jvm import (
     java_pca_model,
     java_standard_scaler_model,
     parquet_scan_files,
 )
+from helpers.spark.kind import default_parallelism, is_connect
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +260,7 @@ def _moments(features: DataFrame) -> tuple[int, int, np.ndarray, np.ndarray]:
     through ``mapInArrow``.
     """
     spark = features.sparkSession
-    tasks = max(1, min(spark.sparkContext.defaultParallelism, MAX_PARTS))
+    tasks = max(1, min(default_parallelism(spark), MAX_PARTS))
     files = local_parquet_files(features)
     if files:
         groups = _balanced(files, tasks)
@@ -300,18 +308,91 @@ def _correlation(scatter: np.ndarray, std: np.ndarray, rows: int) -> np.ndarray:
 
 def _scaler_model(mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
     """A Spark ML StandardScalerModel (``vector`` -> ``scaled``, mean and std)."""
-    estimator = StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
+    estimator = StandardScaler(**SCALER_PARAMS)
     model = StandardScalerModel(java_standard_scaler_model(estimator.uid, mean, std))
-    model._set(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")
+    model._set(**SCALER_PARAMS)
     return model
 
 
-def fit_reduction(features: DataFrame, *, variance: float = 0.95, k: int = 0) -> Reduction:
+SCALER_PARAMS = {"withMean": True, "withStd": True, "inputCol": "vector", "outputCol": "scaled"}
+
+
+def _load_written(
+    spark: SparkSession,
+    folder: str,
+    model: type,
+    uid: str,
+    params: dict[str, Any],
+    data: StructType,
+    row: tuple,
+) -> Any:
+    """Write a Spark ML model's files into ``folder`` as its own writer does (metadata JSON,
+    one Parquet row of data), then load it in the server."""
+    metadata = {
+        "class": f"org.apache.spark.ml.feature.{model.__name__}",
+        "timestamp": int(time.time() * 1000),
+        "sparkVersion": spark.version,
+        "uid": uid,
+        "paramMap": params,
+        "defaultParamMap": {},
+    }
+    fs_write(spark, join(folder, "metadata", "part-00000"), (json.dumps(metadata) + "\n").encode())
+    spark.createDataFrame([row], data).coalesce(1).write.parquet(spark_uri(join(folder, "data")))
+    return model.load(spark_uri(folder))
+
+
+def _server_models(
+    spark: SparkSession,
+    staging: str,
+    mean: np.ndarray,
+    std: np.ndarray,
+    axes: np.ndarray,
+    explained: np.ndarray,
+    k: int,
+) -> PipelineModel:
+    """The scaler and the PCA as models of a Spark Connect server, which builds models only
+    by fitting or loading: their files are written under a hidden folder of ``staging``
+    (which client and server both reach), loaded, and removed."""
+    folder = join(staging, f".pca-fit.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        scaler = _load_written(
+            spark,
+            join(folder, "scaler"),
+            StandardScalerModel,
+            StandardScaler().uid,
+            SCALER_PARAMS,
+            StructType([StructField("std", VectorUDT()), StructField("mean", VectorUDT())]),
+            (DenseVector(std), DenseVector(mean)),
+        )
+        pca = _load_written(
+            spark,
+            join(folder, "pca"),
+            PCAModel,
+            PCA().uid,
+            {"k": k, "inputCol": "scaled", "outputCol": "pca"},
+            StructType(
+                [StructField("pc", MatrixUDT()), StructField("explainedVariance", VectorUDT())]
+            ),
+            (
+                DenseMatrix(len(axes), k, axes[:, :k].ravel(order="F").tolist()),
+                DenseVector(explained[:k]),
+            ),
+        )
+    finally:
+        fs_delete(spark, folder)
+    return PipelineModel(stages=[scaler, pca])
+
+
+def fit_reduction(
+    features: DataFrame, *, variance: float = 0.95, k: int = 0, staging: str | None = None
+) -> Reduction:
     """Fit StandardScaler (mean and std) and PCA on rows with features; choose k.
 
     Rows with an ``error`` are left out and counted in ``Reduction.excluded``. ``k=0``
     picks the smallest k reaching ``variance``; a given k must not exceed the feature
-    width. One pass over ``features``.
+    width. One pass over ``features``. On Spark Connect (Spark 4), the models reach the
+    server as files in a hidden folder under ``staging`` (notebook 03: ``output_root``),
+    removed once loaded.
     """
     rows, excluded, mean, scatter = _moments(features)
     if rows < 2:
@@ -335,7 +416,14 @@ def fit_reduction(features: DataFrame, *, variance: float = 0.95, k: int = 0) ->
         chosen,
         explained[:chosen].sum(),
     )
-    model = PipelineModel(stages=[_scaler_model(mean, std), _pca_model(axes, explained, chosen)])
+    if is_connect(features):
+        if staging is None:
+            raise ValueError("fit_reduction on Spark Connect needs staging (e.g. output_root)")
+        model = _server_models(features.sparkSession, staging, mean, std, axes, explained, chosen)
+    else:
+        model = PipelineModel(
+            stages=[_scaler_model(mean, std), _pca_model(axes, explained, chosen)]
+        )
     return Reduction(
         model=model,
         explained_variance=explained,

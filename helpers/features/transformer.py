@@ -46,6 +46,7 @@ from helpers.features.udf import (
     runtime_environment,
     set_arrow_batch,
 )
+from helpers.spark.kind import metadata_context, session_key
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ class ImageFeaturizer(
         """This session's broadcast of what ``spec``'s runtime runs, made once per session
         (a converted model comes from the same cache as notebook 02's)."""
         loaded = self.loadedWeights()
-        key = (spark.sparkContext.applicationId, loaded.checksum, spec.runtime)
+        key = (session_key(spark), loaded.checksum, spec.runtime)
         if key not in self._broadcasts:
             self._broadcasts[key], _ = broadcast_model(spark, spec, loaded)
         return self._broadcasts[key]
@@ -356,7 +357,9 @@ class _ImageFeaturizerWriter(MLWriter):
                 (i, a.dtype.str, ",".join(map(str, a.shape)), np.ascontiguousarray(a).tobytes())
                 for i, a in enumerate(arrays)
             ]
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata=extra)
+        DefaultParamsWriter.saveMetadata(
+            self.instance, path, metadata_context(self.sparkSession), extraMetadata=extra
+        )
         frame = self.sparkSession.createDataFrame(rows, _WEIGHTS_SCHEMA)
         frame.coalesce(1).write.mode("overwrite").parquet(f"{path}/{WEIGHTS_DIR}")
         log.info(
@@ -375,7 +378,7 @@ class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
         self.cls = cls
 
     def load(self, path: str) -> ImageFeaturizer:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+        metadata = DefaultParamsReader.loadMetadata(path, metadata_context(self.sparkSession))
         instance = self.cls()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)

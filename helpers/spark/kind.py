@@ -24,6 +24,19 @@ def is_connect(spark: Any) -> bool:
     return type(session).__module__.startswith("pyspark.sql.connect")
 
 
+def session_key(spark: Any) -> str:
+    """What identifies ``spark``'s session: its application (classic), its session (Connect)."""
+    if is_connect(spark):
+        return f"connect-{spark.session_id}"
+    return str(spark.sparkContext.applicationId)
+
+
+def metadata_context(spark: Any) -> Any:
+    """What pyspark.ml's ``DefaultParamsWriter``/``Reader`` take: the SparkContext (every
+    version, classic), the session itself on Connect (Spark 4 reads and writes through it)."""
+    return spark if is_connect(spark) else spark.sparkContext
+
+
 def default_parallelism(spark: Any) -> int:
     """The tasks Spark runs at once by default: the cores of ``spark``'s executors.
 
@@ -60,8 +73,3 @@ def require_connect_ml(spark: Any, notebook: str) -> None:
             f"LogisticRegression, a PipelineModel), which Spark Connect serves from Spark 4.0 "
             f"on; this session is a Spark Connect client of Spark {version}: {ML_ALTERNATIVES}"
         )
-    raise RuntimeError(
-        f"{notebook} does not run on Spark Connect yet (its PCA is built through the JVM "
-        f"of a classic session); this session is a Spark Connect client of Spark {version}: "
-        "run it on a classic session (Databricks dedicated access mode, EMR, local Spark)"
-    )
