@@ -2,7 +2,7 @@
 
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 4] [--limit N] \\
-        [--master spark://127.0.0.1:7077] \\
+        [--master spark://127.0.0.1:7077 | --remote sc://localhost:15002] \\
         [--runtime auto|keras|litert|onnxruntime|openvino|openvino-bf16] [--warm-runs N]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import threading
@@ -40,12 +41,13 @@ import psutil
 from pyspark.sql import SparkSession
 
 from helpers.features.extract import Extraction, extract_features
-from helpers.features.models import MODELS, build_model, resolve_weights
-from helpers.features.runtimes import RUNTIME_CHOICES, resolve_runtime
+from helpers.features.models import MODELS, build_model, driver_weights, resolve_weights
+from helpers.features.runtimes import RUNTIME_CHOICES, RUNTIMES, resolve_runtime
 from helpers.features.spec import BATCH_SIZE, FeatureSpec
 from helpers.features.store import read_features
 from helpers.images import decode_image, is_image_name
 from helpers.spark.jvm import executor_cores
+from helpers.spark.kind import is_connect
 from helpers.spark.session import get_spark
 
 
@@ -92,7 +94,7 @@ def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) 
     A cluster session starts its executors after the driver: like the JVM start, their
     registration is not part of the featurization. Local mode has the driver only (0).
     """
-    if spark.sparkContext.master.startswith("local"):
+    if is_connect(spark) or spark.sparkContext.master.startswith("local"):
         return 0
     deadline = time.monotonic() + timeout
     while True:
@@ -157,14 +159,26 @@ def feature_step(
     return summary, time.perf_counter() - started
 
 
-def _cluster_roots(master: str) -> list[int]:
-    """This process, plus the workers of a helpers.cluster cluster on this machine."""
-    from helpers.dev.cluster import DEFAULT_STATE_DIR, read_state
+def _cluster_roots(master: str, remote: str) -> list[int]:
+    """This process, plus the workers of a helpers.cluster cluster, or the helpers.connect
+    server, on this machine."""
+    from helpers.dev import cluster, connect
 
-    cluster = read_state(DEFAULT_STATE_DIR)
-    if cluster is not None and cluster.master_url == master:
-        return [os.getpid(), *cluster.worker_pids]
+    if remote:
+        server = connect.read_state(connect.DEFAULT_STATE_DIR)
+        return [os.getpid()] + ([server.pid] if server is not None and server.url == remote else [])
+    running = cluster.read_state(cluster.DEFAULT_STATE_DIR)
+    if running is not None and running.master_url == master:
+        return [os.getpid(), *running.worker_pids]
     return [os.getpid()]
+
+
+def payload_bytes(args: argparse.Namespace, weights: str, runtime: str) -> int:
+    """Bytes of what the workers get: the broadcast (classic), or what each features query
+    carries in its UDF (Spark Connect, which has no broadcasts)."""
+    loaded = driver_weights(args.model_name, weights, args.image_size)
+    payload, _ = RUNTIMES[runtime].payload(args.model_name, args.image_size, loaded)
+    return len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main() -> None:
@@ -192,6 +206,12 @@ def main() -> None:
         default="",
         help="Spark master for the pipeline side, e.g. spark://127.0.0.1:7077 "
         "(python -m helpers.cluster start); default local[--cores]",
+    )
+    parser.add_argument(
+        "--remote",
+        default="",
+        help="a Spark Connect server for the pipeline side, sc://host:port (python -m "
+        "helpers.connect start --master local[N]); --master is then the server's",
     )
     parser.add_argument(
         "--no-daemon",
@@ -227,11 +247,13 @@ def main() -> None:
         data, out = Path(tmp, "images"), Path(tmp, "out")
         copy_tree(files, args.images.resolve(), data)
         master = args.master or f"local[{args.cores}]"
-        spark = get_spark("bench-featurize", master=master)  # JVM start: not timed
+        # JVM start (or the Connect session's): not timed
+        spark = get_spark("bench-featurize", master=master, remote=args.remote or None)
         executors = wait_for_executors(spark, args.cores)
         daemon = spark.conf.get("spark.python.daemon.module", "pyspark.daemon")
-        print(f"master {master}: {executors or 'no'} executors, {args.cores} cores, {daemon}")
-        memory = WorkerMemory(_cluster_roots(master))
+        where = f"Spark Connect {args.remote}" if args.remote else f"master {master}"
+        print(f"{where}: {executors or 'no'} executors, {args.cores} cores, {daemon}")
+        memory = WorkerMemory(_cluster_roots(master, args.remote))
         memory.start()
         summary, elapsed = feature_step(spark, data, out, args, weights, runtime)
         memory.stopped.set()
@@ -242,6 +264,8 @@ def main() -> None:
             for run in range(args.warm_runs)
         ]
         spark.stop()
+    carried = "in each features query" if args.remote else "broadcast once"
+    print(f"model payload: {payload_bytes(args, weights, runtime) / 2**20:.1f} MiB {carried}")
     decoded = summary.images_decoded
     assert summary.info is not None, "a fresh output folder: every image is featurized"
     pipeline_img_s = len(files) / elapsed
@@ -258,7 +282,7 @@ def main() -> None:
             f"warm run {number}: {seconds:.2f} s ({len(files) / seconds:.1f} images/s, "
             f"{again.images_decoded} images decoded)"
         )
-    if written != len(files) or decoded != len(files):
+    if written != len(files) or decoded not in (len(files), None):  # None: Connect
         raise SystemExit(f"expected {len(files)} rows decoded once, got {written} / {decoded}")
     print(
         f"pipeline_img_s={pipeline_img_s:.1f} keras_img_s={keras_img_s:.1f} "

@@ -17,6 +17,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_script
 from papermill.exceptions import PapermillExecutionError
 from pyspark.ml import PipelineModel
 
@@ -132,3 +133,38 @@ def test_connect_35_stops_ml_notebooks_naming_why(connect_remote, runs, notebook
     message = failure.value.evalue
     assert "Spark Connect serves from Spark 4.0" in message, message
     assert "Databricks Runtime 17" in message and "dedicated access mode" in message
+
+
+SHIP = """
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import functions as F
+from helpers.spark.session import get_spark, ship_package
+
+spark = get_spark(remote=sys.argv[1])
+package = Path(sys.argv[2])
+first, again = ship_package(spark, package), ship_package(spark, package)
+
+def probe(ids: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    import fruits_ship_probe
+
+    for batch in ids:
+        yield batch * 0 + fruits_ship_probe.VALUE
+
+value = spark.range(1).select(F.pandas_udf(probe, "long")("id")).first()[0]
+print(f"shipped={first} again={again} value={value}")
+"""
+
+
+def test_connect_ships_a_package_the_server_cannot_import(connect_remote, tmp_path):
+    """A package the server's Python workers lack reaches them as a session artifact, once:
+    what get_spark does for helpers/ on a server without this project."""
+    package = tmp_path / "fruits_ship_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 42\n")
+    log = tmp_path / "ship.log"
+    assert run_script(SHIP, connect_remote, str(package), log=log) == 0, log.read_text()[-3000:]
+    assert "shipped=True again=False value=42" in log.read_text()

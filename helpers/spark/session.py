@@ -21,12 +21,17 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pandas as pd
 import psutil
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
+import helpers
 from helpers import env
 from helpers.config import check_master, check_remote
 from helpers.spark.cds import driver_java_options
@@ -199,7 +204,39 @@ def _connect(remote: str, app_name: str, master: str | None) -> SparkSession:
         except Exception as exc:  # the server decides which settings a client may change
             log.info("Spark Connect server keeps its %s (%s)", key, str(exc).splitlines()[0])
     log.info("Spark Connect session on %s (Spark %s)", remote.split(";", 1)[0], spark.version)
+    ship_package(spark, Path(helpers.__file__).parent)
     return spark
+
+
+def _workers_import(spark: SparkSession, name: str) -> bool:
+    """Whether the server's Python workers can import the package ``name`` (one small job)."""
+
+    def importable(ids: Iterator[pd.Series]) -> Iterator[pd.Series]:  # pickled by value
+        import importlib.util
+
+        for batch in ids:
+            yield pd.Series([importlib.util.find_spec(name) is not None] * len(batch))
+
+    check = F.pandas_udf(importable, "boolean")  # made now: a UDF of this session's kind
+    return bool(spark.range(1, numPartitions=1).select(check("id")).first()[0])
+
+
+def ship_package(spark: SparkSession, package: Path) -> bool:
+    """Make the Python package folder ``package`` importable by a Connect server's Python
+    workers when it is not (a server without this project installed): zipped and added as a
+    Python artifact of the session (``addArtifacts(pyfile=True)``). Its third-party packages
+    (pandas, pyarrow, the inference runtime) must be on the server already. Whether it was
+    shipped."""
+    if _workers_import(spark, package.name):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        archive = Path(folder, f"{package.name}.zip")
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for file in sorted(package.rglob("*.py")):
+                zipped.write(file, file.relative_to(package.parent).as_posix())
+        spark.addArtifacts(str(archive), pyfile=True)
+    log.info("shipped %s to the Spark Connect server's Python workers", package.name)
+    return True
 
 
 def get_spark(
@@ -241,6 +278,7 @@ def get_spark(
         return _connect(remote, app_name, master)
     if active is not None and is_connect(active):
         log.info("reusing the active Spark Connect session (Spark %s)", active.version)
+        ship_package(active, Path(helpers.__file__).parent)
         return active
     roots = s3_roots([data_root, output_root])
     local_storage = bool(roots) and not on_cluster()
