@@ -31,22 +31,35 @@ if WEIGHTS_FILE.is_file():
     os.environ.setdefault("FRUITS_WEIGHTS", str(WEIGHTS_FILE))
 
 
+#: How the ``connect_remote`` fixture's skips begin (in CI they fail the test).
+CONNECT_UNAVAILABLE = "no Spark Connect server here"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """In CI (``$CI``), with the Livy zip at ``../shared/livy/`` and a Spark Livy runs on, a
-    skipped Livy test fails: the JupyterHub path cannot silently stop being tested."""
+    """In CI (``$CI``), a test of a path that must stay tested fails instead of skipping:
+    a Livy test with the Livy zip at ``../shared/livy/`` and a Spark Livy runs on; a test
+    whose Spark Connect server (``connect_remote``) could not start."""
     outcome = yield
     report = outcome.get_result()
-    if not (report.skipped and item.module.__name__ == "test_dev_livy"):
-        return
     from helpers import env
-    from helpers.dev.livy import SHARED_DIST, unsupported_spark
 
-    if env.get("CI") and SHARED_DIST.is_file() and not unsupported_spark():
+    if not (report.skipped and env.get("CI")):
+        return
+    if item.module.__name__ == "test_dev_livy":
+        from helpers.dev.livy import SHARED_DIST, unsupported_spark
+
+        if SHARED_DIST.is_file() and not unsupported_spark():
+            report.outcome = "failed"
+            report.longrepr = (
+                f"a Livy test skipped in CI although {SHARED_DIST} is here "
+                f"({report.longrepr}): make livy (sparkmagic, libkrb5-dev) must have failed"
+            )
+    elif CONNECT_UNAVAILABLE in str(report.longrepr):
         report.outcome = "failed"
         report.longrepr = (
-            f"a Livy test skipped in CI although {SHARED_DIST} is here ({report.longrepr}): "
-            "make livy (sparkmagic, libkrb5-dev) must have failed"
+            f"the Spark Connect server did not start in CI ({report.longrepr}): the "
+            "'connect' extra (make setup) or the server's jar (make jars) must be missing"
         )
 
 
@@ -225,7 +238,7 @@ def connect_remote(tmp_path_factory) -> Iterator[str]:
 
     reason = unavailable()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"{CONNECT_UNAVAILABLE}: {reason}")
     with connect_server("local[2]", tmp_path_factory.mktemp("connect")) as server:
         with pytest.MonkeyPatch.context() as patch:
             for name, value in server.client_env().items():
