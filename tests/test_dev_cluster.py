@@ -146,7 +146,7 @@ def test_executor_settings_reach_every_cluster():
     assert standalone["spark.pyspark.python"] == "/opt/venv/bin/python"
     emr = {c["Classification"]: c for c in configurations(EmrSettings(bucket="fruits-bucket"))}
     bundle = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())
-    databricks = bundle["resources"]["jobs"]["fruits_pipeline"]["job_clusters"][0]
+    databricks = bundle["targets"]["dev"]["resources"]["jobs"]["fruits_pipeline"]["job_clusters"][0]
     for conf in (standalone, emr["spark-defaults"]["Properties"]):
         assert PYTHON_WORKER_CONF.items() <= conf.items()
     assert PYTHON_WORKER_CONF.items() <= databricks["new_cluster"]["spark_conf"].items()

@@ -77,7 +77,7 @@ def _databricks_jobs(bundle: dict) -> dict[str, dict]:
     """The classic job (every target) and the serverless one (target ``serverless``)."""
     serverless = bundle["targets"]["serverless"]["resources"]["jobs"]
     return {
-        "classic": bundle["resources"]["jobs"]["fruits_pipeline"],
+        "classic": bundle["targets"]["dev"]["resources"]["jobs"]["fruits_pipeline"],
         "serverless": serverless["fruits_pipeline_serverless"],
     }
 

@@ -191,7 +191,7 @@ CONNECT_CONF = {
 }
 
 
-def _connect(remote: str, app_name: str, master: str | None) -> SparkSession:
+def _connect(remote: str, master: str | None) -> SparkSession:
     """A Spark Connect session on ``remote``, with :data:`CONNECT_CONF` where allowed."""
     if master and master.strip():
         log.warning(
@@ -274,8 +274,10 @@ def get_spark(
     """
     remote = check_remote(remote) if remote and remote.strip() else env.get(env.SPARK_REMOTE_ENV)
     active = SparkSession.getActiveSession()
+    if remote or (active is not None and is_connect(active)):  # fsspec's S3 settings, as below
+        os.environ.update(storage_env(s3_endpoint or "", hadoop_aws_jars or ""))
     if active is None and remote:
-        return _connect(remote, app_name, master)
+        return _connect(remote, master)
     if active is not None and is_connect(active):
         log.info("reusing the active Spark Connect session (Spark %s)", active.version)
         ship_package(active, Path(helpers.__file__).parent)
