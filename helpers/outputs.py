@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,15 @@ POINTER = "_current.json"
 VERSION = re.compile(rf"^v=({RUN_ID.pattern.strip('^$')})$")
 #: Temporary files of :func:`helpers.features.store.write_whole`, left by a killed writer.
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+#: Folders where a Spark Connect session stages fitted models for its server to load
+#: (:func:`staging_folder`), left by a killed notebook 03.
+STAGING = re.compile(r"^\.pca-fit\.[0-9a-f]{8}\.tmp$")
+
+
+def staging_folder(output_root: str) -> str:
+    """A new hidden folder of ``output_root`` for models the server loads, then removed."""
+    return join(output_root, f".pca-fit.{uuid.uuid4().hex[:8]}.tmp")
+
 
 #: The figures the notebooks save under ``figures/`` (``helpers.plots.save_figure``).
 FIGURES = (
@@ -199,6 +209,9 @@ def clean(output_root: str) -> list[str]:
                     shutil.rmtree(entry)
                 elif not entry.is_dir() and _our_file(entry.name):
                     entry.unlink()
+    for entry in root.iterdir():
+        if entry.is_dir() and STAGING.match(entry.name):
+            shutil.rmtree(entry)
     for path in [
         *(root / "figures" / f"{name}.png" for name in FIGURES),
         *(root / "notebooks" / name for name in NOTEBOOKS),

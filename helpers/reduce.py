@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructField, StructType
 from threadpoolctl import threadpool_limits
 
-from helpers.outputs import publish, published
+from helpers.outputs import publish, published, staging_folder
 from helpers.paths import join, spark_uri
 from helpers.spark.files import fs_delete, fs_write
 from helpers.spark.jvm import (
@@ -306,15 +305,16 @@ def _correlation(scatter: np.ndarray, std: np.ndarray, rows: int) -> np.ndarray:
     return scatter / (rows - 1) * np.outer(scale, scale)
 
 
+#: The fitted scaler's settings (``vector`` -> ``scaled``).
+SCALER_PARAMS = {"withMean": True, "withStd": True, "inputCol": "vector", "outputCol": "scaled"}
+
+
 def _scaler_model(mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
     """A Spark ML StandardScalerModel (``vector`` -> ``scaled``, mean and std)."""
     estimator = StandardScaler(**SCALER_PARAMS)
     model = StandardScalerModel(java_standard_scaler_model(estimator.uid, mean, std))
     model._set(**SCALER_PARAMS)
     return model
-
-
-SCALER_PARAMS = {"withMean": True, "withStd": True, "inputCol": "vector", "outputCol": "scaled"}
 
 
 def _load_written(
@@ -353,7 +353,7 @@ def _server_models(
     """The scaler and the PCA as models of a Spark Connect server, which builds models only
     by fitting or loading: their files are written under a hidden folder of ``staging``
     (which client and server both reach), loaded, and removed."""
-    folder = join(staging, f".pca-fit.{uuid.uuid4().hex[:8]}.tmp")
+    folder = staging_folder(staging)
     try:
         scaler = _load_written(
             spark,

@@ -113,15 +113,21 @@ def test_clean_removes_only_what_the_pipeline_wrote(spark, tmp_path: Path) -> No
     the manifest; a user's files and folders stay."""
     root = tmp_path / "out"
     publish(spark, str(root), {"pca": spark.range(2).write.parquet}, purpose="test")
-    for name in ("figures/tsne.png", "notebooks/01_eda.ipynb", "manifest.json"):
+    for name in (
+        "figures/tsne.png",
+        "notebooks/01_eda.ipynb",
+        "manifest.json",
+        ".pca-fit.0123abcd.tmp/pca/metadata/part-00000",  # a killed Connect notebook 03's
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("x")
-    for name in ("figures/my_plot.png", "pca/notes.txt", "mine/data.csv"):
+    for name in ("figures/my_plot.png", "pca/notes.txt", "mine/data.csv", ".pca-fit.mine/x"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("mine")
     (root / "empty_mine").mkdir()
     left = clean(str(root))
-    assert left == ["empty_mine", "figures", "figures/my_plot.png", "mine", "mine/data.csv", "pca",
+    assert left == [".pca-fit.mine", ".pca-fit.mine/x", "empty_mine", "figures",
+                    "figures/my_plot.png", "mine", "mine/data.csv", "pca",
                     "pca/notes.txt"]  # fmt: skip
     assert clean(str(tmp_path / "missing")) == []
     only_ours = tmp_path / "ours"
