@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -35,16 +36,25 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import psutil
 from pyspark.sql import SparkSession
 
 from helpers.features.extract import Extraction, extract_features
-from helpers.features.models import MODELS, build_model, driver_weights, resolve_weights
+from helpers.features.models import (
+    MODELS,
+    build_model,
+    driver_weights,
+    preprocess,
+    resolve_weights,
+)
 from helpers.features.runtimes import RUNTIME_CHOICES, RUNTIMES, resolve_runtime
 from helpers.features.spec import BATCH_SIZE, FeatureSpec
 from helpers.features.store import read_features
+from helpers.features.udf import featurize_batch
 from helpers.images import decode_image, is_image_name
 from helpers.spark.jvm import executor_cores
 from helpers.spark.kind import is_connect
@@ -86,6 +96,52 @@ def bare_keras(
         )
         model.predict_on_batch(prepare(pixels.astype(np.float32)))
     return len(files) / (time.perf_counter() - started)
+
+
+#: The limit's worker: its inference function, preprocessing and settings (set once).
+_LIMIT: dict[str, Any] = {}
+
+
+def _limit_worker(spec: FeatureSpec, payload: Any, ready: Any) -> None:
+    """A limit process: builds the runtime's model on one thread, then waits for the clock."""
+    runtime = RUNTIMES[spec.runtime]
+    built = runtime.build(spec.model_name, spec.image_size, 1)
+    _LIMIT.update(
+        infer=runtime.session(spec.model_name, built, payload, 1),
+        prepare=preprocess(spec.model_name),
+        spec=spec,
+    )
+    ready.wait()
+
+
+def _limit_chunk(paths: list[str]) -> int:
+    """Read, decode, resize and featurize ``paths`` as the UDF does; images with features."""
+    spec = _LIMIT["spec"]
+    contents = pd.Series([Path(p).read_bytes() for p in paths])
+    out = featurize_batch(
+        _LIMIT["infer"], _LIMIT["prepare"], contents, spec.image_size, spec.batch_size
+    )
+    return int(out["error"].isna().sum())
+
+
+def runtime_limit(files: list[Path], spec: FeatureSpec, cores: int) -> float:
+    """Images per second of the runtime alone, the hardware's limit for the pipeline: one
+    process per core, one thread each, the UDF's own decode, resize and model calls on the
+    same files, no Spark. The models are built before the clock starts."""
+    loaded = driver_weights(spec.model_name, spec.weights, spec.image_size)
+    payload, _ = RUNTIMES[spec.runtime].payload(spec.model_name, spec.image_size, loaded)
+    context = multiprocessing.get_context("spawn")  # this process has TensorFlow's threads
+    ready = context.Barrier(cores + 1)
+    chunk = 64
+    chunks = [[str(p) for p in files[i : i + chunk]] for i in range(0, len(files), chunk)]
+    with context.Pool(cores, _limit_worker, (spec, payload, ready)) as pool:
+        ready.wait()
+        started = time.perf_counter()
+        done = sum(pool.imap_unordered(_limit_chunk, chunks))
+        elapsed = time.perf_counter() - started
+    if done != len(files):
+        raise SystemExit(f"the limit run featurized {done} of {len(files)} images")
+    return len(files) / elapsed
 
 
 def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) -> int:
@@ -242,6 +298,9 @@ def main() -> None:
         files, weights, args.model_name, args.image_size, args.keras_batch_size, args.cores
     )
     print(f"bare Keras:     {keras_img_s:7.1f} images/s")
+    limit_spec = FeatureSpec(args.model_name, weights, args.image_size, args.batch_size, runtime)
+    limit_img_s = runtime_limit(files, limit_spec, args.cores)
+    print(f"{runtime} alone:  {limit_img_s:7.1f} images/s ({args.cores} processes x 1 thread)")
 
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp, "images"), Path(tmp, "out")
@@ -287,6 +346,10 @@ def main() -> None:
     print(
         f"pipeline_img_s={pipeline_img_s:.1f} keras_img_s={keras_img_s:.1f} "
         f"ratio={pipeline_img_s / keras_img_s:.3f}"
+    )
+    print(
+        f"limit_img_s={limit_img_s:.1f} pipeline_img_s={pipeline_img_s:.1f} "
+        f"limit_ratio={pipeline_img_s / limit_img_s:.3f}"
     )
 
 
