@@ -34,6 +34,7 @@ from helpers.features.spec import FeatureSpec
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
 from helpers.spark.cds import driver_java_options
+from helpers.spark.jvm import jvm_pid
 from helpers.spark.session import cluster_properties, headless, java_options, master_conf
 from helpers.spark.settings import JIT_OPTION, LISTING_CONF, PYTHON_WORKER_CONF, executor_conf
 
@@ -395,8 +396,8 @@ def test_local_session_listens_on_the_loopback_only(spark):
     assert headless()
     assert spark.sparkContext.uiWebUrl is None
     assert spark.conf.get("spark.driver.bindAddress") == "127.0.0.1"
-    jvms = [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
-    addresses = {c.laddr.ip for p in jvms for c in p.net_connections() if c.status == "LISTEN"}
+    jvm = psutil.Process(jvm_pid(spark))  # not the other servers a test run may have started
+    addresses = {c.laddr.ip for c in jvm.net_connections() if c.status == "LISTEN"}
     assert addresses and addresses <= set(LOOPBACK)
 
 
