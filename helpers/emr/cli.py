@@ -68,12 +68,7 @@ def _settings_arguments(parser: argparse.ArgumentParser, full: bool) -> None:
         return
     parser.add_argument("--name", default=defaults.name, help="cluster name")
     parser.add_argument("--release", default=defaults.release, help="EMR 7.x release label")
-    parser.add_argument("--instance-type", default=defaults.instance_type)
-    parser.add_argument("--core-count", type=int, default=defaults.core_count)
-    parser.add_argument("--task-count", type=int, default=defaults.task_count, help="spot")
-    parser.add_argument("--task-instance-type", default="")
-    parser.add_argument("--idle-minutes", type=int, default=defaults.idle_minutes)
-    parser.add_argument("--batch", action="store_true", help="terminate after the steps")
+    _cluster_arguments(parser, defaults)
     parser.add_argument("--service-role", default=defaults.service_role)
     parser.add_argument("--instance-profile", default=defaults.instance_profile)
     parser.add_argument("--subnet-id", default="")
@@ -135,17 +130,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan_arguments(parser: argparse.ArgumentParser) -> None:
-    """``plan``: the cluster options of ``deploy`` that decide time and cost, and prices."""
-    defaults = EmrSettings(bucket="defaults")
-    parser.add_argument("--images", type=int, required=True, help="images in data_root")
-    parser.add_argument("--region", default=defaults.region, help="AWS region (EU)")
+def _cluster_arguments(parser: argparse.ArgumentParser, defaults: EmrSettings) -> None:
+    """The options that shape the cluster (``deploy`` and ``plan`` alike)."""
     parser.add_argument("--instance-type", default=defaults.instance_type)
     parser.add_argument("--core-count", type=int, default=defaults.core_count)
     parser.add_argument("--task-count", type=int, default=defaults.task_count, help="spot")
     parser.add_argument("--task-instance-type", default="")
     parser.add_argument("--idle-minutes", type=int, default=defaults.idle_minutes)
     parser.add_argument("--batch", action="store_true", help="terminate after the steps")
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """``plan``: the cluster options of ``deploy`` that decide time and cost, and prices."""
+    defaults = EmrSettings(bucket="defaults")
+    parser.add_argument("--images", type=int, required=True, help="images in data_root")
+    parser.add_argument("--region", default=defaults.region, help="AWS region (EU)")
+    _cluster_arguments(parser, defaults)
     parser.add_argument(
         "--price",
         action="append",
