@@ -414,22 +414,42 @@ def start(
     return server
 
 
-def _check_answers(server: ConnectServer) -> None:
-    """Run a query through a Connect client; raise with the server's log if it fails."""
+#: The readiness query, in a child process: pyspark's Connect client shares a class-level
+#: lock and thread pool across a process's clients, and a release left pending by one
+#: stopped server's client once held them while the next server's check waited forever.
+_CHECK = (
+    "import sys\n"
+    "from pyspark.sql.connect.session import SparkSession\n"
+    "spark = SparkSession(connection=sys.stdin.readline().strip())\n"
+    "print(spark.range(1).count())\n"
+    "spark.client.close()\n"
+)
+
+
+def _check_answers(server: ConnectServer, timeout: float = 120.0) -> None:
+    """Run a query through a Connect client (its own process); raise with the server's log
+    if it fails."""
+    url = f"{server.url}/;token={server.token}" if server.token else server.url
+    path = log_path(Path(server.state_dir), PROCESS)
     try:
-        remote = server.session()
-        try:
-            count = remote.range(1).count()
-        finally:  # not stop(): its session release races the query's and logs an error
-            remote.client.close()
-    except Exception as exc:
-        path = log_path(Path(server.state_dir), PROCESS)
+        done = subprocess.run(  # the URL (its token) through stdin: no command line shows it
+            [sys.executable, "-c", _CHECK],
+            input=url + "\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
         raise RuntimeError(
-            f"the Spark Connect server at {server.url} does not answer ({exc}); its log "
+            f"the Spark Connect server at {server.url} did not answer in {timeout:.0f} s; its "
+            f"log ({path}):\n{log_tail(path)}"
+        ) from None
+    if done.returncode != 0 or done.stdout.strip().splitlines()[-1:] != ["1"]:
+        raise RuntimeError(
+            f"the Spark Connect server at {server.url} does not answer "
+            f"({done.stderr.strip().splitlines()[-1:] or done.stdout.strip()}); its log "
             f"({path}):\n{log_tail(path)}"
-        ) from exc
-    if count != 1:
-        raise RuntimeError(f"the Spark Connect server at {server.url} counted {count}, not 1")
+        )
 
 
 def stop(state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 20.0) -> bool:
