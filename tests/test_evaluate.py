@@ -76,6 +76,16 @@ def test_linear_probe_separable_clusters(clusters) -> None:
     assert result.worst_classes == dict.fromkeys(CLASSES, 1.0)
 
 
+def test_linear_probe_per_class_cap(clusters) -> None:
+    """``per_class`` caps the rows of each class in each split (seeded), 0 keeps them all."""
+    capped = linear_probe(clusters, "pca", per_class=5)
+    assert (capped.train_rows, capped.test_rows) == (5 * len(CLASSES), 5 * len(CLASSES))
+    assert capped.accuracy == 1.0
+    every = linear_probe(clusters, "pca", per_class=0)
+    assert every.train_rows == PER_SPLIT["Training"] * len(CLASSES)
+    assert every.test_rows == PER_SPLIT["Test"] * len(CLASSES)
+
+
 def test_linear_probe_unstandardized(clusters) -> None:
     """standardize=False fits on the columns as given (PCA components keep their scale)."""
     result = linear_probe(clusters, "pca", standardize=False).to_manifest()
