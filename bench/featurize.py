@@ -14,8 +14,14 @@ builds (with a converted runtime, the conversion too unless it is cached: the
 output says which); only the JVM start (and on a cluster, ``--master``, the executors'
 registration) is left out. Bare Keras with stock TensorFlow stays the reference whatever
 ``--runtime`` the pipeline uses, at 64 images per model call as issue 14 defines it
-(``--keras-batch-size``; ``--batch-size`` is the pipeline's). The last line is
-``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>``, for that first, cold run.
+(``--keras-batch-size``; ``--batch-size`` is the pipeline's). (c) The pipeline's runtime
+alone, the hardware's limit: one process per core, one thread each, the UDF's decode,
+resize and model calls on the same files, no Spark.
+
+Where the pipeline's time goes: its CPU milliseconds per image by process kind (the
+driver's Python, the JVMs, the Python workers) against the runtime alone's. The last lines
+are ``pipeline_img_s=<x> keras_img_s=<y> ratio=<x/y>`` and ``limit_img_s=<l>
+pipeline_img_s=<x> limit_ratio=<x/l>``, for that first, cold run.
 
 ``--warm-runs N`` then featurizes the same images N more times in the same session, each
 into a new output folder, and prints their times: the executors' JVMs and Python workers
@@ -124,10 +130,23 @@ def _limit_chunk(paths: list[str]) -> int:
     return int(out["error"].isna().sum())
 
 
-def runtime_limit(files: list[Path], spec: FeatureSpec, cores: int) -> float:
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of ``processes`` (those still running)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def runtime_limit(files: list[Path], spec: FeatureSpec, cores: int) -> tuple[float, float]:
     """Images per second of the runtime alone, the hardware's limit for the pipeline: one
     process per core, one thread each, the UDF's own decode, resize and model calls on the
-    same files, no Spark. The models are built before the clock starts."""
+    same files, no Spark. The models are built before the clock starts. Also its CPU
+    milliseconds per image."""
     loaded = driver_weights(spec.model_name, spec.weights, spec.image_size)
     payload, _ = RUNTIMES[spec.runtime].payload(spec.model_name, spec.image_size, loaded)
     context = multiprocessing.get_context("spawn")  # this process has TensorFlow's threads
@@ -136,12 +155,15 @@ def runtime_limit(files: list[Path], spec: FeatureSpec, cores: int) -> float:
     chunks = [[str(p) for p in files[i : i + chunk]] for i in range(0, len(files), chunk)]
     with context.Pool(cores, _limit_worker, (spec, payload, ready)) as pool:
         ready.wait()
+        workers = psutil.Process().children()  # the pool's (no Spark yet)
+        before = cpu_seconds(workers)
         started = time.perf_counter()
         done = sum(pool.imap_unordered(_limit_chunk, chunks))
         elapsed = time.perf_counter() - started
+        spent = cpu_seconds(workers) - before
     if done != len(files):
         raise SystemExit(f"the limit run featurized {done} of {len(files)} images")
-    return len(files) / elapsed
+    return len(files) / elapsed, 1000 * spent / len(files)
 
 
 def wait_for_executors(spark: SparkSession, cores: int, timeout: float = 120.0) -> int:
@@ -213,6 +235,51 @@ def feature_step(
     spec = FeatureSpec(args.model_name, weights, args.image_size, args.batch_size, runtime)
     summary = extract_features(spark, str(data), str(out), spec)
     return summary, time.perf_counter() - started
+
+
+class CpuTime(threading.Thread):
+    """CPU seconds a run spends, by process kind: ``driver`` (this process), ``jvm`` (Java
+    processes: the driver's JVM, a local cluster's executors) and ``python workers`` (the
+    other descendants). Polled, so a process that ends between two polls loses its last
+    half second; Spark's Python workers and JVMs live through a run."""
+
+    def __init__(self, roots: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.stopped = threading.Event()
+        self.start_times = self._poll()
+        self.last: dict[int, tuple[str, float]] = {}
+
+    def _poll(self) -> dict[int, tuple[str, float]]:
+        seen = {}
+        processes = [psutil.Process()]
+        for pid in self.roots:
+            try:
+                processes += psutil.Process(pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+        for process in processes:
+            try:
+                times, name = process.cpu_times(), process.name()
+            except psutil.NoSuchProcess:
+                continue
+            kind = "driver" if process.pid == os.getpid() else "jvm" if "java" in name else ""
+            seen[process.pid] = (kind or "python workers", times.user + times.system)
+        return seen
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            self.last.update(self._poll())
+
+    def stop(self) -> dict[str, float]:
+        """Stop polling; CPU seconds spent since creation, by kind."""
+        self.stopped.set()
+        self.join()
+        self.last.update(self._poll())
+        spent: dict[str, float] = {}
+        for pid, (kind, seconds) in self.last.items():
+            spent[kind] = spent.get(kind, 0.0) + seconds - self.start_times.get(pid, ("", 0.0))[1]
+        return spent
 
 
 def _cluster_roots(master: str, remote: str) -> list[int]:
@@ -299,7 +366,7 @@ def main() -> None:
     )
     print(f"bare Keras:     {keras_img_s:7.1f} images/s")
     limit_spec = FeatureSpec(args.model_name, weights, args.image_size, args.batch_size, runtime)
-    limit_img_s = runtime_limit(files, limit_spec, args.cores)
+    limit_img_s, limit_cpu_ms = runtime_limit(files, limit_spec, args.cores)
     print(f"{runtime} alone:  {limit_img_s:7.1f} images/s ({args.cores} processes x 1 thread)")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,8 +381,11 @@ def main() -> None:
         print(f"{where}: {executors or 'no'} executors, {args.cores} cores, {daemon}")
         memory = WorkerMemory(_cluster_roots(master, args.remote))
         memory.start()
+        cpu = CpuTime(_cluster_roots(master, args.remote))
+        cpu.start()
         summary, elapsed = feature_step(spark, data, out, args, weights, runtime)
         memory.stopped.set()
+        spent = cpu.stop()
         rows = read_features(spark, str(out))
         written, errors = rows.count(), rows.where("error IS NOT NULL").count()
         warm = [
@@ -333,6 +403,8 @@ def main() -> None:
         f" tasks; rows {written}, errors {errors}, images decoded {decoded})"
     )
     print(f"peak RSS of the Python workers: {memory.peak / 2**20:.0f} MiB")
+    shares = ", ".join(f"{k} {1000 * v / len(files):.2f}" for k, v in sorted(spent.items()))
+    print(f"CPU ms per image: pipeline {shares}; {runtime} alone {limit_cpu_ms:.2f}")
     cached = summary.info.converted_from_cache
     if cached is not None:
         print(f"converted model from the cache (no conversion timed): {cached}")
