@@ -1,15 +1,20 @@
-"""Scale curve: the EDA, features and PCA notebooks at growing image counts.
+"""Scale curve: the four notebooks at growing image counts, on one machine.
 
-    python bench/scale.py --images ../shared/data/fruits360 [--sizes 2575,7725,23175] \\
-        [--master local[2]] [--master spark://127.0.0.1:7077] [--weights FILE.h5]
+    python bench/scale.py --images ../shared/data/fruits360 [--sizes 2500,23175,100000] \\
+        [--classes 155] [--master local[2]] [--master spark://127.0.0.1:7077] [--weights FILE.h5]
 
-For each size, a data set of that many images is made under ``--work``: spread evenly over
-the real set when it has enough, else the whole real set repeated (hard links named
-``<stem>_copy<k><ext>`` next to the original: same class, same split). Each notebook then
-runs in its own process, ``python -m helpers.run --only <notebook>``, as users run them,
-timed from that process's start to its end (kernel and Spark session start included). Its
-peak memory is the largest sum of resident memory over that process's descendants (kernel,
-JVM, Python workers), plus, on a ``helpers.cluster`` cluster of this machine, its workers' trees.
+For each size, a data set of that many images is made under ``--work`` as hard links to the
+real set, spread evenly over ``--classes`` class folders (155 by default, as Fruits-360 has
+today): the real classes, then copies of them named ``<class> copy<k>`` whose colour
+channels are rotated (written once, JPEG quality 95: fruits that look like none of the real
+ones, so every class can be told apart); a class that needs more images than its source has
+repeats them (``<stem>_copy<k><ext>``, same split: the same pixels, as a dataset's
+near-duplicates are). Each notebook then runs in its own process,
+``python -m helpers.run --only <notebook>``, as users run them, timed from that process's
+start to its end (kernel and Spark session start included). Its peak memory is the largest
+sum of resident memory over that process's descendants (kernel, JVM, Python workers), plus,
+on a ``helpers.cluster`` cluster of this machine, its workers' trees; the JVMs' part of it
+is shown apart. Each run ends by checking that the manifest accounts for every image.
 
 The table gives, per master, size and notebook: seconds, milliseconds per image, and the
 marginal milliseconds per image between consecutive sizes ((t2 - t1) / (n2 - n1): the cost
@@ -20,6 +25,7 @@ column; bounded memory means a peak that does not grow with the images.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -28,30 +34,57 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from featurize import WorkerMemory  # bench/ is this script's folder
 
 from helpers.features.models import resolve_weights
 from helpers.images import is_image_name
+from helpers.outputs import NOTEBOOKS
 
-NOTEBOOKS = ("01_eda.ipynb", "02_feature_extraction.ipynb", "03_pca_tsne.ipynb")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_dataset(source: Path, target: Path, size: int) -> int:
-    """Link ``size`` images of ``source`` under ``target`` (repeating the set if needed)."""
-    files = sorted(p for p in source.rglob("*") if is_image_name(p.name))
-    if size < len(files):
-        step = len(files) / size
-        files = [files[int(i * step)] for i in range(size)]
+def recoloured(path: Path, copy: int, folder: Path) -> Path:
+    """``path`` with its colour channels rotated ``copy`` times (RGB -> GBR -> BRG), written
+    once under ``folder``: a class of fruit that looks like none of the real ones."""
+    from PIL import Image
+
+    written = folder / f"rgb{copy % 3}" / path.parent.parent.name / path.parent.name / path.name
+    if not written.exists():
+        with Image.open(path) as image:
+            channels = image.convert("RGB").split()
+        shift = copy % 3
+        written.parent.mkdir(parents=True, exist_ok=True)
+        Image.merge("RGB", channels[shift:] + channels[:shift]).save(written, quality=95)
+    return written
+
+
+def make_dataset(source: Path, target: Path, size: int, classes: int, work: Path) -> int:
+    """Link ``size`` images under ``target``, spread evenly over ``classes`` class folders:
+    the real classes, then recoloured copies of them (``<class> copy<k>``, written once under
+    ``work``) up to ``classes``; a class needing more images than its source has repeats
+    them (``<stem>_copy<k><ext>``, seeded order so both splits keep their share)."""
+    rng = np.random.default_rng(0)
+    by_class: dict[str, list[Path]] = {}
+    for path in sorted(p for p in source.rglob("*") if is_image_name(p.name)):
+        by_class.setdefault(path.parent.name, []).append(path)
+    names = sorted(by_class)
     made = 0
-    for copy in range(-(-size // len(files))):
-        for path in files[: size - made]:
-            relative = path.relative_to(source)
-            if copy:
-                relative = relative.with_name(f"{path.stem}_copy{copy}{path.suffix}")
-            destination = target / relative
+    for index in range(classes):
+        name, copy = names[index % len(names)], index // len(names)
+        folder = f"{name} copy{copy}" if copy else name
+        files = by_class[name]
+        quota = size // classes + (index < size % classes)
+        if quota <= len(files):
+            picked = [(files[int(i * len(files) / quota)], 0) for i in range(quota)]
+        else:
+            order = [files[i] for i in rng.permutation(len(files))]
+            picked = [(order[i % len(files)], i // len(files)) for i in range(quota)]
+        for path, repeat in picked:
+            stem = f"{path.stem}_copy{repeat}" if repeat else path.stem
+            destination = target / path.parent.parent.name / folder / f"{stem}{path.suffix}"
             destination.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, destination)
+            os.link(recoloured(path, copy, work / "recoloured") if copy else path, destination)
             made += 1
     return made
 
@@ -68,29 +101,41 @@ def cluster_workers(master: str) -> list[int]:
 
 def run_notebook(
     notebook: str, data: Path, out: Path, master: str, weights: str
-) -> tuple[float, int]:
-    """Seconds and peak bytes of one notebook run in its own process."""
+) -> tuple[float, int, int]:
+    """Seconds, peak bytes and the JVMs' peak bytes of one notebook run in its own process."""
     command = [
         sys.executable, "-m", "helpers.run", "--only", notebook, "--data-root", str(data),
         "--output-root", str(out), "--spark-master", master, "--weights", weights,
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    memory = WorkerMemory([process.pid, *cluster_workers(master)], name="")
+    roots = [process.pid, *cluster_workers(master)]
+    memory, jvms = WorkerMemory(roots, name=""), WorkerMemory(roots, name="java")
     memory.start()
+    jvms.start()
     output, _ = process.communicate()
     elapsed = time.perf_counter() - started
     memory.stopped.set()
+    jvms.stopped.set()
     if process.returncode:
         sys.stdout.write(output.decode(errors="replace")[-4000:])
         raise SystemExit(f"{notebook} failed on {data} ({master}): exit {process.returncode}")
-    return elapsed, memory.peak
+    return elapsed, memory.peak, jvms.peak
+
+
+def check_accounted(out: Path, size: int) -> None:
+    """Fail unless the manifest counts every image in the EDA and in the features."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    counted = {"eda": manifest["eda"]["images"], "features": manifest["features"]["rows"]}
+    if set(counted.values()) != {size}:
+        raise SystemExit(f"{out}: {counted} of {size} images accounted for")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", required=True, type=Path)
-    parser.add_argument("--sizes", default="2575,7725,23175", help="image counts, comma-separated")
+    parser.add_argument("--sizes", default="2500,23175,100000", help="image counts, comma-sep.")
+    parser.add_argument("--classes", type=int, default=155, help="class folders of each data set")
     parser.add_argument(
         "--master", action="append", help="Spark master, repeatable (default: local[2])"
     )
@@ -102,30 +147,35 @@ def main() -> None:
     masters = args.master or ["local[2]"]
     rows = []
     for size in sizes:
-        data = args.work / f"images-{size}"
+        data = args.work / f"images-{size}-{args.classes}"
         if not data.exists():
-            made = make_dataset(args.images.resolve(), data, size)
+            made = make_dataset(args.images.resolve(), data, size, args.classes, args.work)
             print(f"{made} images linked under {data}", flush=True)
         for master in masters:
             out = args.work / f"out-{size}-{re.sub(r'[^A-Za-z0-9]+', '_', master)}"
             shutil.rmtree(out, ignore_errors=True)  # a features run from scratch
             for notebook in NOTEBOOKS:
-                seconds, peak = run_notebook(notebook, data, out, master, weights)
-                rows.append((master, size, notebook, seconds, peak))
+                seconds, peak, jvm = run_notebook(notebook, data, out, master, weights)
+                rows.append((master, size, notebook, seconds, peak, jvm))
                 print(
-                    f"{master} {size} {notebook}: {seconds:.1f} s, {peak / 2**30:.2f} GiB",
+                    f"{master} {size} {notebook}: {seconds:.1f} s, {peak / 2**30:.2f} GiB "
+                    f"(JVMs {jvm / 2**30:.2f})",
                     flush=True,
                 )
-    print("\n| master | images | notebook | seconds | ms/image | marginal ms/image | peak GiB |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+            check_accounted(out, size)
+    print(
+        "\n| master | images | notebook | seconds | ms/image | marginal ms/image | peak GiB "
+        "| JVMs GiB |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     previous: dict[tuple[str, str], tuple[int, float]] = {}
-    for master, size, notebook, seconds, peak in rows:
+    for master, size, notebook, seconds, peak, jvm in rows:
         before = previous.get((master, notebook))
         marginal = f"{1000 * (seconds - before[1]) / (size - before[0]):.2f}" if before else ""
         previous[(master, notebook)] = (size, seconds)
         print(
             f"| {master} | {size} | {notebook} | {seconds:.1f} | {1000 * seconds / size:.2f} "
-            f"| {marginal} | {peak / 2**30:.2f} |"
+            f"| {marginal} | {peak / 2**30:.2f} | {jvm / 2**30:.2f} |"
         )
 
 
