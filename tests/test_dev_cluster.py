@@ -33,10 +33,17 @@ from helpers.features.extract import extract_features
 from helpers.features.spec import FeatureSpec
 from helpers.paths import PROJECT_ROOT
 from helpers.run import NOTEBOOKS, main, run_notebooks
-from helpers.spark.cds import driver_java_options
+from helpers.spark.cds import driver_java_options, java_feature
 from helpers.spark.jvm import jvm_pid
 from helpers.spark.session import cluster_properties, headless, java_options, master_conf
-from helpers.spark.settings import JIT_OPTION, LISTING_CONF, PYTHON_WORKER_CONF, executor_conf
+from helpers.spark.settings import (
+    JIT_OPTION,
+    LISTING_CONF,
+    PYTHON_WORKER_CONF,
+    VECTOR_JAVA,
+    VECTOR_OPTION,
+    executor_conf,
+)
 
 #: Starts notebooks, a cluster, a server or a Spark driver of its own: `make test` only.
 pytestmark = pytest.mark.slow
@@ -171,6 +178,33 @@ def test_sessions_on_a_master_list_on_the_driver(monkeypatch):
     assert JIT_OPTION in java_options()  # C1 only, unless FRUITS_JIT=full
     monkeypatch.setenv(JIT_ENV, "full")
     assert JIT_OPTION not in master_conf("local[2]")["spark.driver.extraJavaOptions"]
+    monkeypatch.delenv(JIT_ENV)
+    ml = master_conf("spark://127.0.0.1:7077", ml=True)
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        assert JIT_OPTION not in ml[key]
+        assert (VECTOR_OPTION in ml[key]) == ((java_feature() or 0) >= VECTOR_JAVA)
+
+
+#: A session with ``ml=True`` in its own process (a JVM's options are set at its start):
+#: the BLAS class Spark ML's math runs on.
+_ML_SESSION = """
+from helpers.spark.session import get_spark
+spark = get_spark("fruits-ml-test", master="local[1]", ml=True)
+print(spark.sparkContext._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName())
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+def test_ml_session_runs_spark_ml_on_the_vector_api() -> None:
+    """``get_spark(ml=True)`` on Java 16+: Spark ML's BLAS is the Vector API's, not F2J's."""
+    if (java_feature() or 0) < VECTOR_JAVA:
+        pytest.skip(f"Java {java_feature()} has no jdk.incubator.vector")
+    done = subprocess.run(
+        [sys.executable, "-c", _ML_SESSION], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "VectorBLAS" in done.stdout.strip().splitlines()[-1], done.stdout
 
 
 def test_bad_spark_master_fails_before_any_notebook(tmp_path):

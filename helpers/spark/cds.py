@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,17 @@ def java_home() -> Path | None:
         return env.java_home()
     java = shutil.which("java")
     return Path(java).resolve().parents[1] if java else None
+
+
+def java_feature() -> int | None:
+    """The feature release (8, 11, 17...) of :func:`java_home`'s Java, from its ``release``
+    file; ``None`` when there is no Java or the file does not say."""
+    home = java_home()
+    release = home / "release" if home else None
+    if release is None or not release.is_file():
+        return None
+    found = re.search(r'^JAVA_VERSION="(?:1\.)?(\d+)', release.read_text(), re.MULTILINE)
+    return int(found.group(1)) if found else None
 
 
 def _jars_digest(jars: Path) -> str:

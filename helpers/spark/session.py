@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 import helpers
 from helpers import env
 from helpers.config import check_master, check_remote
-from helpers.spark.cds import driver_java_options
+from helpers.spark.cds import driver_java_options, java_feature
 from helpers.spark.jars import cached_jars
 from helpers.spark.jvm import filesystem_class_error, hadoop_conf_set, jvm_hadoop_version
 from helpers.spark.kind import is_connect
@@ -43,6 +43,8 @@ from helpers.spark.settings import (
     LISTING_CONF,
     LOCAL_CONF,
     SESSION_CONF,
+    VECTOR_JAVA,
+    VECTOR_OPTION,
     aws_region,
     executor_conf,
     on_cluster,
@@ -113,14 +115,17 @@ def cluster_properties(master: str) -> Path | None:
     return None
 
 
-def java_options() -> str:
+def java_options(ml: bool = False) -> str:
     """JVM options of the drivers (and a local cluster's executors) started here: the class
-    archive of :mod:`helpers.spark.cds` when made, and C1-only JIT unless ``$FRUITS_JIT=full``."""
-    jit = "" if env.get(env.JIT_ENV).lower() == "full" else JIT_OPTION
-    return " ".join(option for option in (driver_java_options(), jit) if option)
+    archive of :mod:`helpers.spark.cds` when made, and C1-only JIT unless ``$FRUITS_JIT=full``
+    or ``ml``; ``ml`` also adds the Vector API on Java 16+ (Spark ML's BLAS in SIMD)."""
+    full = ml or env.get(env.JIT_ENV).lower() == "full"
+    vector = VECTOR_OPTION if ml and (java_feature() or 0) >= VECTOR_JAVA else ""
+    options = (driver_java_options(), "" if full else JIT_OPTION, vector)
+    return " ".join(option for option in options if option)
 
 
-def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
+def master_conf(master: str, driver_memory: str = "4g", ml: bool = False) -> dict[str, str]:
     """The settings :func:`get_spark` gives a session it starts on ``master``.
 
     Off EMR and Databricks: the driver's memory and :func:`java_options`.
@@ -131,7 +136,7 @@ def master_conf(master: str, driver_memory: str = "4g") -> dict[str, str]:
     same class archive).
     """
     conf: dict[str, str] = {}
-    options = "" if on_cluster() else java_options()
+    options = "" if on_cluster() else java_options(ml)
     if not on_cluster():  # a cluster's spark-defaults size its own driver
         conf["spark.driver.memory"] = driver_memory
         conf["spark.driver.extraJavaOptions"] = options
@@ -249,6 +254,7 @@ def get_spark(
     hadoop_aws_jars: str | None = None,
     s3_endpoint: str | None = None,
     remote: str | None = None,
+    ml: bool = False,
 ) -> SparkSession:
     """Return the active SparkSession if there is one (EMR, Databricks, Livy), else a new one.
 
@@ -264,6 +270,9 @@ def get_spark(
     too, with the runtime-preloading daemon. A driver started here maps the class
     archive of :mod:`helpers.spark.cds` when ``make setup`` made it (a faster JVM start and
     first jobs), and so do the executors of a cluster on this machine (``spark://127.0.0.1``).
+    Those JVMs compile with C1 only, leaving the cores to the Python workers; ``ml`` (the
+    notebooks whose work is Spark ML's math in the JVM) gives them the full JIT and Java's
+    Vector API instead (:func:`java_options`).
 
     ``data_root`` and ``output_root`` are the notebook's parameters: when one is ``s3://`` or
     ``s3a://`` and this is not EMR or Databricks, the session is configured for S3A
@@ -314,7 +323,7 @@ def get_spark(
     properties = None
     if master is not None:
         builder = builder.master(master)
-        for key, value in master_conf(master, driver_memory).items():
+        for key, value in master_conf(master, driver_memory, ml).items():
             builder = builder.config(key, value)
         if local_driver(master):
             os.environ.update(SPARK_LOCAL_IP=LOOPBACK)  # the UI binds there (else to 0.0.0.0)

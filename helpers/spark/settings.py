@@ -106,6 +106,12 @@ def executor_conf(python: str | None = None) -> dict[str, str]:
 #: (docs/decisions.md); the code cache keeps C2's default size, which long sessions need.
 JIT_OPTION = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
+#: Java 16+'s Vector API, which Spark ML's BLAS (dev.ludovic.netlib) uses when the module is
+#: there: its SIMD kernels need C2, so it goes with the full JIT (``get_spark(ml=True)``).
+VECTOR_OPTION = "--add-modules=jdk.incubator.vector"
+#: The first Java feature release with ``jdk.incubator.vector``.
+VECTOR_JAVA = 16
+
 
 def s3_roots(roots: Iterable[str | None]) -> list[str]:
     """The roots among ``roots`` that are ``s3://`` or ``s3a://`` URIs (blanks ignored); a
