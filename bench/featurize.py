@@ -3,7 +3,8 @@
     python bench/featurize.py --images ../shared/data/fruits360 \\
         [--weights FILE.h5] [--image-size 224] [--batch-size 4] [--limit N] \\
         [--master spark://127.0.0.1:7077 | --remote sc://localhost:15002] \\
-        [--runtime auto|keras|litert|onnxruntime|openvino|openvino-bf16] [--warm-runs N]
+        [--runtime auto|keras|litert|litert-int8|onnxruntime|openvino|openvino-bf16] \\
+        [--warm-runs N] [--skip-keras]
 
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
@@ -14,9 +15,12 @@ builds (with a converted runtime, the conversion too unless it is cached: the
 output says which); only the JVM start (and on a cluster, ``--master``, the executors'
 registration) is left out. Bare Keras with stock TensorFlow stays the reference whatever
 ``--runtime`` the pipeline uses, at 64 images per model call as issue 14 defines it
-(``--keras-batch-size``; ``--batch-size`` is the pipeline's). (c) The pipeline's runtime
-alone, the hardware's limit: one process per core, one thread each, the UDF's decode,
-resize and model calls on the same files, no Spark.
+(``--keras-batch-size``; ``--batch-size`` is the pipeline's; ``--skip-keras``: no bare
+Keras run, ``nan`` there). (c) The pipeline's runtime alone, the hardware's limit: one
+process per core, one thread each, the UDF's decode, resize and model calls on the same
+files, no Spark. A calibrated runtime (``litert-int8``) gets the pipeline's own calibration
+images for the limit, whose run converts and caches the model: the pipeline's time then
+holds the calibration sample's read, not the quantization.
 
 Where the pipeline's time goes: its CPU milliseconds per image by process kind (the
 driver's Python, the JVMs, the Python workers) against the runtime alone's. The last lines
@@ -49,7 +53,7 @@ import pandas as pd
 import psutil
 from pyspark.sql import SparkSession
 
-from helpers.features.extract import Extraction, extract_features
+from helpers.features.extract import Extraction, calibration_paths, extract_features
 from helpers.features.models import (
     MODELS,
     build_model,
@@ -57,7 +61,13 @@ from helpers.features.models import (
     preprocess,
     resolve_weights,
 )
-from helpers.features.runtimes import RUNTIME_CHOICES, RUNTIMES, resolve_runtime
+from helpers.features.runtimes import (
+    CALIBRATION_SEED,
+    RUNTIME_CHOICES,
+    RUNTIMES,
+    Calibration,
+    resolve_runtime,
+)
 from helpers.features.spec import BATCH_SIZE, FeatureSpec
 from helpers.features.store import read_features
 from helpers.features.udf import featurize_batch
@@ -142,13 +152,24 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
+def calibration(files: list[Path], spec: FeatureSpec) -> Calibration | None:
+    """The pipeline's calibration images among ``files``, for a calibrated runtime."""
+    if not RUNTIMES[spec.runtime].calibrated:
+        return None
+    chosen = [Path(p) for p in calibration_paths([p.as_posix() for p in files])]
+    images = [(p.read_bytes(), decode_image(p.read_bytes(), spec.image_size)) for p in chosen]
+    return Calibration.of(images, CALIBRATION_SEED)
+
+
 def runtime_limit(files: list[Path], spec: FeatureSpec, cores: int) -> tuple[float, float]:
     """Images per second of the runtime alone, the hardware's limit for the pipeline: one
     process per core, one thread each, the UDF's own decode, resize and model calls on the
     same files, no Spark. The models are built before the clock starts. Also its CPU
     milliseconds per image."""
     loaded = driver_weights(spec.model_name, spec.weights, spec.image_size)
-    payload, _ = RUNTIMES[spec.runtime].payload(spec.model_name, spec.image_size, loaded)
+    payload, _ = RUNTIMES[spec.runtime].payload(
+        spec.model_name, spec.image_size, loaded, calibration(files, spec)
+    )
     context = multiprocessing.get_context("spawn")  # this process has TensorFlow's threads
     ready = context.Barrier(cores + 1)
     chunk = 64
@@ -296,11 +317,14 @@ def _cluster_roots(master: str, remote: str) -> list[int]:
     return [os.getpid()]
 
 
-def payload_bytes(args: argparse.Namespace, weights: str, runtime: str) -> int:
+def payload_bytes(args: argparse.Namespace, weights: str, runtime: str, files: list[Path]) -> int:
     """Bytes of what the workers get: the broadcast (classic), or what each features query
     carries in its UDF (Spark Connect, which has no broadcasts)."""
     loaded = driver_weights(args.model_name, weights, args.image_size)
-    payload, _ = RUNTIMES[runtime].payload(args.model_name, args.image_size, loaded)
+    spec = FeatureSpec(args.model_name, weights, args.image_size, args.batch_size, runtime)
+    payload, _ = RUNTIMES[runtime].payload(
+        args.model_name, args.image_size, loaded, calibration(files, spec)
+    )
     return len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -324,6 +348,7 @@ def main() -> None:
         "--warm-runs", type=int, default=0, help="featurize N more times in the same session"
     )
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for both sides")
+    parser.add_argument("--skip-keras", action="store_true", help="no bare Keras run")
     parser.add_argument(
         "--master",
         default="",
@@ -361,9 +386,11 @@ def main() -> None:
         f" (bare Keras {args.keras_batch_size}), {args.cores} cores, pipeline runtime {runtime}"
     )
 
-    keras_img_s = bare_keras(
-        files, weights, args.model_name, args.image_size, args.keras_batch_size, args.cores
-    )
+    keras_img_s = float("nan")
+    if not args.skip_keras:
+        keras_img_s = bare_keras(
+            files, weights, args.model_name, args.image_size, args.keras_batch_size, args.cores
+        )
     print(f"bare Keras:     {keras_img_s:7.1f} images/s")
     limit_spec = FeatureSpec(args.model_name, weights, args.image_size, args.batch_size, runtime)
     limit_img_s, limit_cpu_ms = runtime_limit(files, limit_spec, args.cores)
@@ -394,7 +421,9 @@ def main() -> None:
         ]
         spark.stop()
     carried = "in each features query" if args.remote else "broadcast once"
-    print(f"model payload: {payload_bytes(args, weights, runtime) / 2**20:.1f} MiB {carried}")
+    print(
+        f"model payload: {payload_bytes(args, weights, runtime, files) / 2**20:.1f} MiB {carried}"
+    )
     decoded = summary.images_decoded
     assert summary.info is not None, "a fresh output folder: every image is featurized"
     pipeline_img_s = len(files) / elapsed

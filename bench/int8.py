@@ -4,12 +4,12 @@ the linear probe on real images.
     python bench/int8.py --images ../shared/data/fruits360 --weights FILE.h5 \\
         [--image-size 224] [--train-per-class 20] [--calibration 200] [--speed-images 600]
 
-The float32 model is the pipeline's own conversion (``helpers.features.runtimes.LiteRT``).
-The int8 one is TensorFlow's post-training full-integer quantization of the same model
-(weights and activations int8, float32 in and out), calibrated on ``--calibration`` Training
-images of the run (one class after another, seeded), none of which is in the probe's
-Test split. Both run on LiteRT's XNNPACK, one image per call, one thread per process, one
-process per core, as the UDF runs them.
+The float32 model is the pipeline's own conversion (``helpers.features.runtimes.LiteRT``),
+the int8 one the pipeline's ``litert-int8`` (``LiteRTInt8``): TensorFlow's post-training
+full-integer quantization of the same model (weights and activations int8, float32 in and
+out), calibrated here on ``--calibration`` seeded Training images outside the probe's
+Training rows (never a Test image). Both run on LiteRT's XNNPACK, one image per call, one
+thread per process, one process per core, as the UDF runs them.
 
 Speed: images per second of decode + resize + model over ``--speed-images`` images, for
 each model in turn (models built and warmed up before the clock). Probe: the features of
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.features.models import driver_weights, preprocess, resolve_weights
-from helpers.features.runtimes import LiteRT, _inference_function
+from helpers.features.runtimes import RUNTIMES, Calibration, LiteRT
 from helpers.images import decode_image, is_image_name
 
 MODEL = "mobilenet_v2"
@@ -56,24 +56,12 @@ def pick(by_class: dict[str, list[Path]], per_class: int, rng: np.random.Generat
     return chosen
 
 
-def int8_model(weights: Any, size: int, calibration: list[Path]) -> bytes:
-    """Full-integer post-training quantization, calibrated on ``calibration``."""
-    import tensorflow as tf
-
-    function = _inference_function(MODEL, size, weights.arrays(MODEL, size))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], function
-    )
-    prepare = preprocess(MODEL)
-
-    def representative() -> Any:
-        for path in calibration:
-            yield [prepare(np.array(decode_image(path.read_bytes(), size)[np.newaxis], np.float32))]
-
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+def int8_model(weights: Any, size: int, calibration: list[Path], seed: int) -> bytes:
+    """The pipeline's ``litert-int8`` model (:class:`helpers.features.runtimes.LiteRTInt8`),
+    calibrated on ``calibration`` (cached by their digest, as the pipeline caches it)."""
+    images = [(p.read_bytes(), decode_image(p.read_bytes(), size)) for p in calibration]
+    found = Calibration.of(images, seed)
+    return RUNTIMES["litert-int8"].converted(MODEL, size, weights, found).data
 
 
 _WORKER: dict[str, Any] = {}
@@ -156,7 +144,7 @@ def main() -> None:
     started = time.perf_counter()
     models = {
         "float32": LiteRT().converted(MODEL, size, weights).data,
-        "int8": int8_model(weights, size, calibration),
+        "int8": int8_model(weights, size, calibration, args.seed),
     }
     print(
         f"int8 conversion: {time.perf_counter() - started:.0f} s, calibrated on "

@@ -88,8 +88,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "inference runtime: auto (litert where installed, else onnxruntime, else keras), "
         "keras (TensorFlow), litert (the model converted to TFLite once per weights), "
         "onnxruntime or openvino (converted to ONNX): same features within 1e-4, workers "
-        "without TensorFlow; or openvino-bf16 (opt-in reduced precision: faster, features "
-        "moved)",
+        "without TensorFlow; or opt-in reduced precision, faster with features moved: "
+        "litert-int8 (full-integer TFLite calibrated on 200 of the run's Training images; "
+        "notebook 03 reports its probe change) or openvino-bf16",
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
     Parameter("batch_size", BATCH_SIZE, int, "images per model call inside the pandas UDF"),

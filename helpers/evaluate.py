@@ -1,4 +1,5 @@
-"""Judging features: a t-SNE of a stratified sample and a linear probe (Training -> Test)."""
+"""Judging features: a t-SNE of a stratified sample, a linear probe (Training -> Test), and
+what a quantized runtime costs that probe on the run's own images."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 import pandas as pd
@@ -205,4 +206,89 @@ def probe_summary(probes: Mapping[str, ScoreLike]) -> str:
     return "; ".join(
         f"{name} skipped ({s.skipped})" if s.skipped is not None else f"{name} {s.accuracy:.3f}"
         for name, s in scores.items()
+    )
+
+
+class Comparison(Protocol):
+    """The same images' features from two runtimes (``helpers.features.transformer``'s
+    ``RuntimeComparison``): ``frame`` with ``split, label, int8, float32``, or ``skipped``."""
+
+    frame: DataFrame | None
+    per_class: int
+    seed: int
+    skipped: str | None
+
+
+@dataclass(frozen=True)
+class ProbeChange:
+    """The linear probe on int8 features and on float32 features of the same sampled
+    images: both scores, the change in points (int8 minus float32), the sample's images and
+    its bound per class and split; or why there is none (``skipped``)."""
+
+    float32: Score | None = None
+    int8: Score | None = None
+    images: int = 0
+    per_class: int = 0
+    seed: int = 42
+    skipped: str | None = None
+
+    @property
+    def change_points(self) -> float | None:
+        """int8's accuracy minus float32's, in points (``None`` without both)."""
+        if self.float32 is None or self.int8 is None:
+            return None
+        if self.float32.accuracy is None or self.int8.accuracy is None:
+            return None
+        return 100 * (self.int8.accuracy - self.float32.accuracy)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's keys: ``{"skipped": reason}``, or both accuracies, the change in
+        points and the sample."""
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        assert self.float32 is not None and self.int8 is not None
+        return {
+            "float32": self.float32.to_manifest(),
+            "int8": self.int8.to_manifest(),
+            "change_points": self.change_points,
+            "sample_images": self.images,
+            "per_class": self.per_class,
+            "seed": self.seed,
+        }
+
+    def table(self) -> pd.DataFrame:
+        """Both probes, one row each (:func:`probe_table`), or the reason there are none."""
+        if self.skipped is not None:
+            return pd.DataFrame({"note": [f"skipped: {self.skipped}"]}, index=["int8"])
+        assert self.float32 is not None and self.int8 is not None
+        return probe_table({"float32 (litert)": self.float32, "int8 (litert-int8)": self.int8})
+
+    def summary(self) -> str:
+        """One line: what int8 costs the probe on this sample."""
+        if self.skipped is not None:
+            return f"int8 against float32: skipped ({self.skipped})"
+        change = self.change_points
+        if change is None:
+            assert self.int8 is not None
+            return f"int8 against float32: probe skipped ({self.int8.skipped})"
+        assert self.float32 is not None and self.int8 is not None
+        return (
+            f"int8 against float32 on {self.images} of this run's images (at most "
+            f"{self.per_class} per class and split): probe {self.int8.accuracy:.4f} against "
+            f"{self.float32.accuracy:.4f}, {change:+.2f} points"
+        )
+
+
+def probe_change(comparison: Comparison) -> ProbeChange:
+    """The linear probe (:func:`linear_probe`, standardized) on the int8 and on the float32
+    features of ``comparison``'s images, with the same seed."""
+    base = {"per_class": comparison.per_class, "seed": comparison.seed}
+    if comparison.skipped is not None or comparison.frame is None:
+        return ProbeChange(skipped=comparison.skipped or "no comparison", **base)
+    frame = comparison.frame
+    return ProbeChange(
+        float32=linear_probe(frame, "float32", seed=comparison.seed),
+        int8=linear_probe(frame, "int8", seed=comparison.seed),
+        images=int(frame.count()),
+        **base,
     )

@@ -8,7 +8,9 @@ Adding a runtime is adding a class to :data:`RUNTIMES`.
 
 The converted runtimes need no TensorFlow on the workers: ``litert`` runs a TFLite file
 (TensorFlow's converter), ``onnxruntime``, ``openvino`` and ``openvino-bf16`` one ONNX file
-(tf2onnx). All but ``openvino-bf16`` give Keras' features within 1e-4.
+(tf2onnx). All but ``openvino-bf16`` give Keras' features within 1e-4. ``litert-int8`` (opt-in)
+runs a full-integer quantization of the TFLite model, calibrated on the run's own Training
+images (:class:`Calibration`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from helpers import caches, env
-from helpers.features.models import Weights, build_model
+from helpers.features.models import Weights, build_model, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,44 @@ Infer = Callable[[np.ndarray], np.ndarray]
 
 #: ONNX opset of the converted models (ONNX Runtime 1.31 runs it; tf2onnx 1.17 writes it).
 OPSET = 17
+
+
+#: Training images a quantized model is calibrated on, at most, and the seed that picks them.
+CALIBRATION_IMAGES = 200
+CALIBRATION_SEED = 42
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The images a quantized model is calibrated on: a digest of their bytes (which names
+    the model), how many, the seed that picked them, and their pixels (uint8, ``size`` x
+    ``size`` x 3; empty when only the record is known, e.g. a saved featurizer's: the cached
+    model is then the only source)."""
+
+    digest: str
+    count: int
+    seed: int
+    pixels: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def of(cls, images: Iterable[tuple[bytes, np.ndarray]], seed: int) -> Calibration:
+        """The calibration of ``images`` (each its file's bytes and decoded pixels)."""
+        # ordered by content: the digest and the model depend on the bytes, not on paths
+        hashed = sorted(
+            ((hashlib.sha256(data).digest(), pixels) for data, pixels in images),
+            key=lambda pair: pair[0],  # duplicate files: never compare their pixels
+        )
+        digest = hashlib.sha256(b"".join(h for h, _ in hashed)).hexdigest()
+        return cls(digest, len(hashed), seed, tuple(p for _, p in hashed))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """What the manifest and the commit records keep: count, digest, seed."""
+        return {"count": self.count, "digest": self.digest, "seed": self.seed}
+
+    @classmethod
+    def from_manifest(cls, values: Mapping[str, Any]) -> Calibration:
+        """A calibration as recorded (no pixels)."""
+        return cls(str(values["digest"]), int(values["count"]), int(values["seed"]))
 
 
 @dataclass(frozen=True)
@@ -54,6 +94,14 @@ class Runtime:
     name = ""
     #: Modules it needs besides TensorFlow (every set has TensorFlow: Keras, converters).
     packages: tuple[str, ...] = ()
+    #: Whether its model is calibrated on the run's images (:class:`Calibration`).
+    calibrated = False
+
+    def has_model(
+        self, model_name: str, image_size: int, checksum: str, calibration: Calibration
+    ) -> bool:
+        """A calibrated runtime's: whether the cache holds the model of ``calibration``."""
+        return False
 
     def missing(self) -> list[str]:
         """The modules it needs that are not installed (looked up, not imported)."""
@@ -68,10 +116,15 @@ class Runtime:
     # --- the driver -----------------------------------------------------------------------
 
     def payload(
-        self, model_name: str, image_size: int, weights: Weights
+        self,
+        model_name: str,
+        image_size: int,
+        weights: Weights,
+        calibration: Calibration | None = None,
     ) -> tuple[Any, ConvertedModel | None]:
-        """What the driver broadcasts to the workers, and the conversion it came from."""
-        model = self.converted(model_name, image_size, weights)
+        """What the driver broadcasts to the workers, and the conversion it came from
+        (``calibration``: a calibrated runtime's images; the others take none)."""
+        model = self.converted(model_name, image_size, weights, calibration)
         return model.data, model
 
     def cache_path(self, model_name: str, image_size: int, checksum: str) -> Path:
@@ -82,7 +135,13 @@ class Runtime:
         """The Keras model holding ``arrays``, converted for this runtime."""
         raise NotImplementedError
 
-    def converted(self, model_name: str, image_size: int, weights: Weights) -> ConvertedModel:
+    def converted(
+        self,
+        model_name: str,
+        image_size: int,
+        weights: Weights,
+        calibration: Calibration | None = None,
+    ) -> ConvertedModel:
         """The converted model: from the cache, else converted once and cached.
 
         A cached model needs neither the weight arrays nor TensorFlow on the driver. The file
@@ -91,6 +150,15 @@ class Runtime:
         SHA-256 matches the record written after it (:mod:`helpers.caches`); a damaged file
         or one without a record is converted again.
         """
+        self.check_installed()
+        path = self.cache_path(model_name, image_size, weights.checksum)
+        return self._cached(
+            path,
+            lambda: self.convert(model_name, image_size, weights.arrays(model_name, image_size)),
+        )
+
+    def check_installed(self) -> None:
+        """Fail, naming the packages, when one it needs is not installed."""
         missing = self.missing()
         if missing:
             raise ValueError(
@@ -98,14 +166,24 @@ class Runtime:
                 "Python 3.10+ sets install every runtime; the Python 3.9 set LiteRT only): use "
                 "runtime 'keras' or 'auto'"
             )
-        path = self.cache_path(model_name, image_size, weights.checksum)
+
+    @staticmethod
+    def cached(path: Path) -> ConvertedModel | None:
+        """The model in the cache file ``path``, when there and matching its record."""
         if path.is_file():
             data = path.read_bytes()
             if caches.verified(path, hashlib.sha256(data).hexdigest(), action="converted again"):
                 log.info("converted model from the cache: %s", path)
                 return ConvertedModel(data, path, cached=True)
-        log.info("converting %s at %d px (once per weights): %s", model_name, image_size, path)
-        data = self.convert(model_name, image_size, weights.arrays(model_name, image_size))
+        return None
+
+    def _cached(self, path: Path, convert: Callable[[], bytes]) -> ConvertedModel:
+        """The model in ``path``, else ``convert()``'s, written there first."""
+        found = self.cached(path)
+        if found is not None:
+            return found
+        log.info("converting for %s (once per weights): %s", self.name, path)
+        data = convert()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
@@ -158,7 +236,11 @@ class Keras(Runtime):
         import tensorflow  # noqa: F401
 
     def payload(
-        self, model_name: str, image_size: int, weights: Weights
+        self,
+        model_name: str,
+        image_size: int,
+        weights: Weights,
+        calibration: Calibration | None = None,
     ) -> tuple[Any, ConvertedModel | None]:
         return weights, None
 
@@ -230,6 +312,83 @@ class LiteRT(Runtime):
             return features
 
         return infer
+
+
+class LiteRTInt8(LiteRT):
+    """TensorFlow's post-training full-integer quantization of the TFLite model (weights and
+    activations int8, float32 in and out), calibrated on the run's own Training images, run
+    by LiteRT like ``litert``. Opt-in: faster, features moved (bench/README.md)."""
+
+    name = "litert-int8"
+    calibrated = True
+
+    def int8_cache_path(
+        self, model_name: str, image_size: int, checksum: str, calibration: Calibration
+    ) -> Path:
+        """The cache file: ``litert``'s name and the calibration images' digest (another
+        data set gets another model)."""
+        base = self.cache_path(model_name, image_size, checksum)
+        return base.with_name(f"{base.stem}-int8-calibration{calibration.digest[:32]}.tflite")
+
+    def has_model(
+        self, model_name: str, image_size: int, checksum: str, calibration: Calibration
+    ) -> bool:
+        """Whether the cache holds the model of ``calibration`` (checked when read)."""
+        return self.int8_cache_path(model_name, image_size, checksum, calibration).is_file()
+
+    def converted(
+        self,
+        model_name: str,
+        image_size: int,
+        weights: Weights,
+        calibration: Calibration | None = None,
+    ) -> ConvertedModel:
+        """The int8 model for ``calibration``: from the cache, else quantized once (about
+        a minute for 200 images at 224 px). A calibration known by its record only (no
+        pixels) must be in the cache."""
+        self.check_installed()
+        if calibration is None:
+            raise ValueError(
+                f"runtime '{self.name}' is calibrated on the run's Training images, and none "
+                "were given: featurize with notebook 02 (or pass the calibration), or use "
+                "runtime 'litert' (parameter 'runtime')"
+            )
+        path = self.int8_cache_path(model_name, image_size, weights.checksum, calibration)
+        if not calibration.pixels:
+            found = self.cached(path)
+            if found is None:
+                raise ValueError(
+                    f"runtime '{self.name}': the int8 model calibrated on {calibration.count} "
+                    f"images (digest {calibration.digest[:12]}...) is not in the cache ({path}); "
+                    "run notebook 02 on the data again to rebuild it"
+                )
+            return found
+        arrays = weights.arrays(model_name, image_size)
+        return self._cached(
+            path, lambda: self.quantize(model_name, image_size, arrays, calibration)
+        )
+
+    def quantize(
+        self, model_name: str, image_size: int, arrays: list[np.ndarray], calibration: Calibration
+    ) -> bytes:
+        """Full-integer quantization of the Keras model holding ``arrays``, its activation
+        ranges taken from ``calibration``'s images."""
+        import tensorflow as tf
+
+        function = _inference_function(model_name, image_size, arrays)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [function.get_concrete_function()], function
+        )
+        prepare = preprocess(model_name)
+
+        def representative() -> Any:
+            for pixels in calibration.pixels:
+                yield [prepare(np.array(pixels[np.newaxis], np.float32))]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return converter.convert()
 
 
 class _Onnx(Runtime):
@@ -317,6 +476,7 @@ RUNTIMES: dict[str, Runtime] = {
     for r in (
         Keras(),
         LiteRT(),
+        LiteRTInt8(),
         OnnxRuntime(),
         OpenVINO("openvino", "f32"),
         OpenVINO("openvino-bf16", "bf16"),

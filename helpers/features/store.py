@@ -18,12 +18,13 @@ holds on S3A (where a rename is a copy plus a delete per file) as on local disk.
 ``overwrite`` featurizes everything again; its record says so, and readers ignore every
 run committed before it (the older folders are then removed, which is only tidying up).
 
-Each record carries the feature settings (model, weights SHA-256, image size; the runtimes
-give the same features and count as one). A run whose settings differ from the committed
-ones is refused unless ``overwrite``, and readers refuse runs of mixed settings: features of
-two CNNs or two sizes never meet in one dataset. A record that is not valid (not JSON, a run
-id or file name not of this pipeline's form) is named in a warning and ignored: no path is
-ever built from it. The writer holds ``output_root``'s lease (:mod:`helpers.lease`).
+Each record carries the feature settings (model, weights SHA-256, image size; the exact
+runtimes give the same features and count as one; an int8 run adds its calibration). A run
+whose settings differ from the committed ones is refused unless ``overwrite``, and readers
+refuse runs of mixed settings: features of two CNNs or two sizes never meet in one dataset.
+A record that is not valid (not JSON, a run id or file name not of this pipeline's form) is
+named in a warning and ignored: no path is ever built from it. The writer holds
+``output_root``'s lease (:mod:`helpers.lease`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 PART_FILE = re.compile(r"^part-[\w.=-]+\.parquet$")
 #: The settings that decide the features, recorded per run.
 SETTINGS = ("model_name", "weights_sha256", "image_size")
+#: Settings recorded only when a run has them: a quantized runtime's calibration images.
+OPTIONAL_SETTINGS = ("int8_calibration",)
 #: Parquet writer option: no dictionary attempt on the feature values. CNN floats almost
 #: never repeat, so the writer hashed every value of each row group's first page and then
 #: fell back to plain encoding anyway: same files, less CPU beside the inference.
@@ -156,10 +159,24 @@ def _settings_text(settings: dict[str, Any] | None) -> str:
     if not settings:
         return "unknown settings (committed before settings were recorded)"
     sha = str(settings.get("weights_sha256", ""))[:12]
+    calibration = settings.get("int8_calibration")
+    quantized = (
+        f", int8 calibrated on {calibration.get('count')} images (digest "
+        f"{str(calibration.get('digest'))[:12]}...)"
+        if isinstance(calibration, dict)
+        else ""
+    )
     return (
         f"model_name {settings.get('model_name')}, image_size {settings.get('image_size')}, "
-        f"weights sha256 {sha}..."
+        f"weights sha256 {sha}...{quantized}"
     )
+
+
+def _recorded(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a record keeps: :data:`SETTINGS`, and those of :data:`OPTIONAL_SETTINGS`
+    the run has."""
+    optional = {k: settings[k] for k in OPTIONAL_SETTINGS if k in settings}
+    return {**{k: settings[k] for k in SETTINGS}, **optional}
 
 
 def committed_settings(spark: SparkSession, output_root: str) -> dict[str, Any] | None:
@@ -193,7 +210,7 @@ def check_settings(
         committed = committed_settings(spark, output_root)
     except ValueError as exc:
         raise ValueError(f"{exc}; this run asks for {_settings_text(settings)}") from exc
-    wanted = {k: settings[k] for k in SETTINGS}
+    wanted = _recorded(settings)
     if committed is not None and committed != wanted:
         raise ValueError(
             f"features under {join(output_root, FEATURES)} were made with "
@@ -253,7 +270,7 @@ def _record(
             "files": files,
             "rows": rows,
             "overwrite": overwrite,
-            "settings": {k: settings[k] for k in SETTINGS},
+            "settings": _recorded(settings),
             "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "layout": LAYOUT_VERSION,
         },

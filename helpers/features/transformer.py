@@ -17,7 +17,9 @@ a damaged copy is refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,20 +35,23 @@ from pyspark.ml.util import (
     MLWritable,
     MLWriter,
 )
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 
 from helpers.features.models import MODELS, Weights, driver_weights, weights_checksum
-from helpers.features.runtimes import RUNTIME_CHOICES
+from helpers.features.runtimes import RUNTIME_CHOICES, RUNTIMES, Calibration
 from helpers.features.spec import BATCH_SIZE, MAX_IMAGE_PIXELS, FeatureSpec
+from helpers.features.store import committed_settings
 from helpers.features.udf import (
     broadcast_model,
     feature_udf,
     runtime_environment,
     set_arrow_batch,
 )
-from helpers.spark.kind import metadata_context, session_key
+from helpers.images import list_images
+from helpers.manifest import read_manifest
+from helpers.spark.kind import default_parallelism, metadata_context, session_key
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,14 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
         typeConverter=TypeConverters.toString,
     )
 
+    calibration: Param[str] = Param(
+        Params._dummy(),
+        "calibration",
+        "runtime litert-int8 only: the calibration images as notebook 02 recorded them, JSON "
+        "{count, digest, seed} (the int8 model is read from the cache by its digest)",
+        typeConverter=TypeConverters.toString,
+    )
+
     maxImagePixels: Param[int] = Param(
         Params._dummy(),
         "maxImagePixels",
@@ -128,6 +141,7 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
             runtime="auto",
             weights="imagenet",
             maxImagePixels=MAX_IMAGE_PIXELS,  # also a model saved before this Param existed
+            calibration="",
         )
 
     def getErrorCol(self) -> str:
@@ -158,6 +172,20 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
         """Largest image decoded, in pixels."""
         return self.getOrDefault(self.maxImagePixels)
 
+    def getCalibration(self) -> Calibration | None:
+        """The calibration a quantized runtime's model was made with (``None``: not set)."""
+        text = self.getOrDefault(self.calibration)
+        if not text:
+            return None
+        try:
+            return Calibration.from_manifest(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"ImageFeaturizer: calibration {text[:80]!r} is not the JSON "
+                '{"count": ..., "digest": ..., "seed": ...} notebook 02 records (parameter '
+                "'calibration')"
+            ) from exc
+
 
 class ImageFeaturizer(
     Transformer, _ImageFeaturizerParams, MLReadable["ImageFeaturizer"], MLWritable
@@ -187,6 +215,7 @@ class ImageFeaturizer(
         runtime: str = "auto",
         weights: str = "imagenet",
         maxImagePixels: int = MAX_IMAGE_PIXELS,
+        calibration: str = "",
     ) -> None:
         super().__init__()
         self._loaded: Weights | None = None
@@ -207,11 +236,13 @@ class ImageFeaturizer(
         runtime: str = "auto",
         weights: str = "imagenet",
         maxImagePixels: int = MAX_IMAGE_PIXELS,
+        calibration: str = "",
     ) -> ImageFeaturizer:
         """Set any of the parameters by name; checked here, before any weights are read."""
         kwargs = self._input_kwargs
         self._set(**kwargs)
         self.spec()
+        self.getCalibration()
         return self
 
     def spec(self) -> FeatureSpec:
@@ -260,6 +291,14 @@ class ImageFeaturizer(
         self.spec()
         return self
 
+    def setCalibration(self, value: str | dict[str, Any] | None) -> ImageFeaturizer:
+        """Set the calibration of ``litert-int8`` as recorded: JSON, or the dict (count,
+        digest, seed) of the committed features' ``int8_calibration``; ``None`` clears it."""
+        text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value or ""
+        self._set(calibration=text)
+        self.getCalibration()
+        return self
+
     @property
     def featureDim(self) -> int:
         """Width of the features: 1280 for MobileNetV2, 2048 for ResNet50."""
@@ -282,13 +321,33 @@ class ImageFeaturizer(
         self._loaded, self._loaded_key = loaded, key
         self._broadcasts = {}
 
+    def _calibration(self, spec: FeatureSpec) -> Calibration | None:
+        """The calibration ``spec``'s runtime needs (``None`` for the others)."""
+        if not RUNTIMES[spec.runtime].calibrated:
+            return None
+        calibration = self.getCalibration()
+        if calibration is None:
+            raise ValueError(
+                f"ImageFeaturizer: runtime '{spec.runtime}' needs the calibration notebook 02 "
+                "recorded (the manifest's features.calibration, or the committed features' "
+                "int8_calibration) as JSON (parameter 'calibration'), or use runtime 'litert'"
+            )
+        return calibration
+
+    def _model_key(self, spec: FeatureSpec) -> str:
+        """What names the workers' model: the weights, and a calibration's digest."""
+        calibration = self._calibration(spec)
+        checksum = self.weightsChecksum()
+        return checksum if calibration is None else f"{checksum}-{calibration.digest}"
+
     def _broadcast(self, spark: SparkSession, spec: FeatureSpec) -> Any:
         """This session's broadcast of what ``spec``'s runtime runs, made once per session
         (a converted model comes from the same cache as notebook 02's)."""
+        calibration = self._calibration(spec)  # before the weights: a missing one fails fast
         loaded = self.loadedWeights()
-        key = (session_key(spark), loaded.checksum, spec.runtime)
+        key = (session_key(spark), self._model_key(spec), spec.runtime)
         if key not in self._broadcasts:
-            self._broadcasts[key], _ = broadcast_model(spark, spec, loaded)
+            self._broadcasts[key], _ = broadcast_model(spark, spec, loaded, calibration)
         return self._broadcasts[key]
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -309,7 +368,7 @@ class ImageFeaturizer(
         spark = dataset.sparkSession
         spec = self.spec().resolved()
         broadcast = self._broadcast(spark, spec)
-        extract, _, _ = feature_udf(spark, spec, broadcast, self.weightsChecksum())
+        extract, _, _ = feature_udf(spark, spec, broadcast, self._model_key(spec))
         set_arrow_batch(spark, spec.batch_size)
         result = f"_{self.uid}_result"
         with runtime_environment(spark, spec.runtime):
@@ -412,3 +471,80 @@ class _ImageFeaturizerReader(MLReader["ImageFeaturizer"]):
             )
         instance._set_loaded(loaded, (instance.getModelName(), instance.getWeights()))
         return instance
+
+
+#: Images of each class in each split the int8 report featurizes again in float32.
+COMPARISON_PER_CLASS = 10
+
+
+@dataclass(frozen=True)
+class RuntimeComparison:
+    """The same images' features from an int8 run and from float32 (``litert``): ``frame``
+    has ``path, split, label, int8, float32`` (cached), ``per_class`` images of each class
+    in each split at most, picked with ``seed``; or why there is none (``skipped``)."""
+
+    frame: DataFrame | None
+    per_class: int
+    seed: int
+    skipped: str | None = None
+
+
+def int8_comparison(
+    spark: SparkSession,
+    output_root: str,
+    features: DataFrame,
+    *,
+    per_class: int = COMPARISON_PER_CLASS,
+    seed: int = 42,
+) -> RuntimeComparison:
+    """For features made by ``litert-int8`` (the committed records' ``int8_calibration``):
+    a stratified, seeded sample of their Training and Test rows and the float32 features of
+    the same images, made with the same model, size and weights (the manifest's
+    ``features.weights``); the images are read through the listing of notebook 02's
+    ``data_root``. For other features, ``skipped`` says there is nothing to compare."""
+    settings = committed_settings(spark, output_root) or {}
+    if "int8_calibration" not in settings:
+        return RuntimeComparison(
+            None, per_class, seed, "the features were not made by litert-int8: nothing to compare"
+        )
+    recorded = read_manifest(output_root).get("features", {})
+    data_root = recorded.get("data_root")
+    if not data_root:
+        return RuntimeComparison(
+            None, per_class, seed, "the manifest names no data_root: run notebook 02 again"
+        )
+    featurizer = ImageFeaturizer(
+        inputCol="content",
+        outputCol="float32",
+        modelName=settings["model_name"],
+        imageSize=int(settings["image_size"]),
+        runtime="litert",
+        weights=recorded.get("weights") or "imagenet",
+    )
+    if featurizer.weightsChecksum() != settings["weights_sha256"]:
+        return RuntimeComparison(
+            None,
+            per_class,
+            seed,
+            f"the weights '{featurizer.getWeights()}' are not those of the features "
+            f"(sha256 {str(settings['weights_sha256'])[:12]}...): pass them to notebook 02",
+        )
+    split = F.lower("split")
+    order = Window.partitionBy(split, "label").orderBy(F.xxhash64("path", F.lit(seed)))
+    sample = (
+        features.where(F.col("error").isNull() & split.isin("training", "test"))
+        .withColumn("_rank", F.row_number().over(order))
+        .where(F.col("_rank") <= per_class)
+        .select("path", "split", "label", F.col("features").alias("int8"))
+    )
+    paths = [row["path"] for row in sample.select("path").collect()]
+    images = list_images(spark, data_root).images.where(F.col("path").isin(paths))
+    parts = max(1, min(len(paths), default_parallelism(spark)))
+    float32 = featurizer.transform(images.select("path", "content").repartition(parts))
+    frame = sample.join(
+        float32.where(F.col("error").isNull()).select("path", "float32"), "path"
+    ).cache()
+    log.info(
+        "int8 comparison: %d of %d sampled images featurized in float32", frame.count(), len(paths)
+    )
+    return RuntimeComparison(frame, per_class, seed)

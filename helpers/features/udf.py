@@ -26,7 +26,7 @@ from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, Struct
 
 from helpers.env import RUNTIME_ENV
 from helpers.features.models import Weights, preprocess
-from helpers.features.runtimes import RUNTIMES, ConvertedModel, Infer
+from helpers.features.runtimes import RUNTIMES, Calibration, ConvertedModel, Infer
 from helpers.features.spec import MAX_IMAGE_PIXELS, FeatureSpec
 from helpers.images import decode_image
 from helpers.spark.kind import default_parallelism, is_connect
@@ -133,14 +133,20 @@ class Inline:
 
 
 def broadcast_model(
-    spark: SparkSession, spec: FeatureSpec, weights: Weights
+    spark: SparkSession,
+    spec: FeatureSpec,
+    weights: Weights,
+    calibration: Calibration | None = None,
 ) -> tuple[Broadcast | Inline, ConvertedModel | None]:
-    """Broadcast what ``spec``'s (resolved) runtime runs, and the conversion it came from.
+    """Broadcast what ``spec``'s (resolved) runtime runs, and the conversion it came from
+    (``calibration``: a calibrated runtime's images).
 
     On Spark Connect the payload is :class:`Inline`: it reaches the server once per query in
     the UDF, and each Python worker unpickles it once with the UDF.
     """
-    payload, converted = RUNTIMES[spec.runtime].payload(spec.model_name, spec.image_size, weights)
+    payload, converted = RUNTIMES[spec.runtime].payload(
+        spec.model_name, spec.image_size, weights, calibration
+    )
     if is_connect(spark):
         return Inline(payload), converted
     return spark.sparkContext.broadcast(payload), converted
