@@ -13,7 +13,7 @@ bytes do not decode keep their ``error`` and get nulls, never a failed job.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from helpers.evaluate import Score
+from helpers.features.runtimes import RUNTIMES, LiteRTInt8
+from helpers.features.spec import FeatureSpec
 from helpers.features.transformer import ImageFeaturizer
 from helpers.outputs import publish, published
 
@@ -236,6 +238,25 @@ def train_classifier(reduced: DataFrame, *, max_iter: int = 300) -> Classificati
     )
     log.info("Spark ML logistic regression: Test accuracy %.4f", result.accuracy)
     return Classification(model, labels, result, params)
+
+
+def committed_featurizer(spec: FeatureSpec, settings: dict[str, Any] | None) -> ImageFeaturizer:
+    """The featurizer of ``spec`` that makes features like the committed ones (``settings``:
+    :func:`helpers.features.store.committed_settings`): quantized with their calibration
+    when they are ``litert-int8``'s, float32 when they are not. A pipeline whose featurizer
+    differs in this from notebook 02's would feed its classifier features it was not
+    trained on; ``spec.runtime`` is followed otherwise.
+    """
+    calibration = (settings or {}).get("int8_calibration")
+    runtime = RUNTIMES[spec.resolved().runtime]
+    if calibration and not runtime.calibrated:
+        log.warning("features/ were made by litert-int8: the pipeline's featurizer is too")
+        spec = replace(spec, runtime=LiteRTInt8.name)
+    elif runtime.calibrated and settings and not calibration:
+        log.warning("features/ were made in float32: the pipeline's featurizer is too")
+        spec = replace(spec, runtime="auto")
+    featurizer = ImageFeaturizer.from_spec(spec)
+    return featurizer.setCalibration(calibration) if calibration else featurizer
 
 
 def check_weights(featurizer: ImageFeaturizer, settings: dict[str, Any] | None) -> str:

@@ -236,8 +236,9 @@ def test_comparison_is_skipped_for_float32_features(spark, int8_runs):
 
 @pytest.mark.slow
 def test_notebook_03_reports_what_int8_costs(weights, fruits360, tmp_path):
-    """Notebooks 02-03 with runtime litert-int8 on real images: notebook 03 shows and
-    records both probes, their change in points and the sample, from the run's images."""
+    """Notebooks 02-04 with runtime litert-int8 on real images: notebook 03 shows and
+    records both probes, their change in points and the sample, from the run's images;
+    notebook 04's pipeline featurizes in int8 like notebook 02, whatever its runtime."""
     root = _copy_subset(fruits360, tmp_path / "data", CLASSES, TRAINING, TEST)
     out = tmp_path / "out"
     params = {
@@ -247,8 +248,11 @@ def test_notebook_03_reports_what_int8_costs(weights, fruits360, tmp_path):
         "runtime": "litert-int8",
         "tsne_sample": 40,
     }
-    run_notebooks(params, NOTEBOOKS[1:3])
+    run_notebooks(params, NOTEBOOKS[1:])
     manifest = json.loads((out / "manifest.json").read_text())
+    # the saved pipeline featurizes new images in int8 too: the PCA rows it gives are those
+    # of features/ (float32 features would differ by a few percent)
+    assert manifest["classifier"]["check"]["max_relative_pca_difference"] < 1e-3
     assert manifest["features"]["calibration"]["count"] == CLASSES * TRAINING
     int8 = manifest["pca"]["int8"]
     assert int8["sample_images"] == CLASSES * (TRAINING + TEST)  # at most 10 per class, split
@@ -260,3 +264,6 @@ def test_notebook_03_reports_what_int8_costs(weights, fruits360, tmp_path):
     executed = (out / "notebooks" / NOTEBOOKS[2]).read_text()
     assert "int8 against float32 on 48 of this run's images" in executed
     assert "int8 (litert-int8)" in executed
+    run_notebooks({**params, "runtime": "auto"}, NOTEBOOKS[3:])  # follows features/ anyway
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classifier"]["check"]["max_relative_pca_difference"] < 1e-3
