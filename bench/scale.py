@@ -12,9 +12,11 @@ repeats them (``<stem>_copy<k><ext>``, same split: the same pixels, as a dataset
 near-duplicates are). Each notebook then runs in its own process,
 ``python -m helpers.run --only <notebook>``, as users run them, timed from that process's
 start to its end (kernel and Spark session start included). Its peak memory is the largest
-sum of resident memory over that process's descendants (kernel, JVM, Python workers), plus,
-on a ``helpers.cluster`` cluster of this machine, its workers' trees; the JVMs' part of it
-is shown apart. Each run ends by checking that the manifest accounts for every image.
+sum of resident memory over that process and its descendants, plus, on a ``helpers.cluster``
+cluster of this machine, its workers' trees; and apart, the peak of each kind: the kernel
+(the driver's Python, with ``helpers.run``), the JVMs, the Python workers under them. Each
+run ends by checking that the manifest accounts for every image. ``--notebooks`` runs some
+of them again on the outputs already there.
 
 The table gives, per master, size and notebook: seconds, milliseconds per image, and the
 marginal milliseconds per image between consecutive sizes ((t2 - t1) / (n2 - n1): the cost
@@ -31,11 +33,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from featurize import WorkerMemory  # bench/ is this script's folder
+import psutil
 
 from helpers.features.models import resolve_weights
 from helpers.images import is_image_name
@@ -99,28 +102,61 @@ def cluster_workers(master: str) -> list[int]:
     return []
 
 
+#: What a notebook run's processes are: its JVMs, the Python workers under them, and the
+#: rest (``helpers.run``, papermill's kernel: the driver's Python).
+KINDS = ("kernel", "jvm", "workers")
+
+
+class TreeMemory(threading.Thread):
+    """Polls the resident memory of the process trees of ``roots`` (them included); keeps
+    the peak of their sum and, apart, of each kind's (:data:`KINDS`)."""
+
+    def __init__(self, roots: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.stopped = threading.Event()
+        self.peak = dict.fromkeys(("total", *KINDS), 0)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            now = dict.fromkeys(KINDS, 0)
+            for pid in self.roots:
+                try:
+                    root = psutil.Process(pid)
+                    tree = [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    continue
+                for process in tree:
+                    try:
+                        name, rss = process.name(), process.memory_info().rss
+                        under_jvm = any("java" in p.name() for p in process.parents())
+                    except psutil.NoSuchProcess:
+                        continue
+                    kind = "jvm" if "java" in name else "workers" if under_jvm else "kernel"
+                    now[kind] += rss
+            for kind, rss in (("total", sum(now.values())), *now.items()):
+                self.peak[kind] = max(self.peak[kind], rss)
+
+
 def run_notebook(
     notebook: str, data: Path, out: Path, master: str, weights: str
-) -> tuple[float, int, int]:
-    """Seconds, peak bytes and the JVMs' peak bytes of one notebook run in its own process."""
+) -> tuple[float, dict[str, int]]:
+    """Seconds and peak bytes (total, and by kind) of one notebook run in its own process."""
     command = [
         sys.executable, "-m", "helpers.run", "--only", notebook, "--data-root", str(data),
         "--output-root", str(out), "--spark-master", master, "--weights", weights,
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    roots = [process.pid, *cluster_workers(master)]
-    memory, jvms = WorkerMemory(roots, name=""), WorkerMemory(roots, name="java")
+    memory = TreeMemory([process.pid, *cluster_workers(master)])
     memory.start()
-    jvms.start()
     output, _ = process.communicate()
     elapsed = time.perf_counter() - started
     memory.stopped.set()
-    jvms.stopped.set()
     if process.returncode:
         sys.stdout.write(output.decode(errors="replace")[-4000:])
         raise SystemExit(f"{notebook} failed on {data} ({master}): exit {process.returncode}")
-    return elapsed, memory.peak, jvms.peak
+    return elapsed, memory.peak
 
 
 def check_accounted(out: Path, size: int) -> None:
@@ -139,12 +175,21 @@ def main() -> None:
     parser.add_argument(
         "--master", action="append", help="Spark master, repeatable (default: local[2])"
     )
+    parser.add_argument(
+        "--notebooks",
+        default=",".join(NOTEBOOKS),
+        help="comma-separated; without 02 the outputs of an earlier run are used again",
+    )
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fruits-scale"))
     args = parser.parse_args()
     weights = resolve_weights(args.weights)
     sizes = [int(s) for s in args.sizes.split(",")]
     masters = args.master or ["local[2]"]
+    notebooks = [n.strip() for n in args.notebooks.split(",")]
+    unknown = sorted(set(notebooks) - set(NOTEBOOKS))
+    if unknown:
+        raise SystemExit(f"--notebooks: unknown {unknown}; choose among {list(NOTEBOOKS)}")
     rows = []
     for size in sizes:
         data = args.work / f"images-{size}-{args.classes}"
@@ -153,29 +198,33 @@ def main() -> None:
             print(f"{made} images linked under {data}", flush=True)
         for master in masters:
             out = args.work / f"out-{size}-{re.sub(r'[^A-Za-z0-9]+', '_', master)}"
-            shutil.rmtree(out, ignore_errors=True)  # a features run from scratch
-            for notebook in NOTEBOOKS:
-                seconds, peak, jvm = run_notebook(notebook, data, out, master, weights)
-                rows.append((master, size, notebook, seconds, peak, jvm))
+            if "02_feature_extraction.ipynb" in notebooks:
+                shutil.rmtree(out, ignore_errors=True)  # a features run from scratch
+            for notebook in notebooks:
+                seconds, peak = run_notebook(notebook, data, out, master, weights)
+                rows.append((master, size, notebook, seconds, peak))
+                shares = ", ".join(f"{k} {peak[k] / 2**30:.2f}" for k in KINDS)
                 print(
-                    f"{master} {size} {notebook}: {seconds:.1f} s, {peak / 2**30:.2f} GiB "
-                    f"(JVMs {jvm / 2**30:.2f})",
+                    f"{master} {size} {notebook}: {seconds:.1f} s, {peak['total'] / 2**30:.2f}"
+                    f" GiB ({shares})",
                     flush=True,
                 )
             check_accounted(out, size)
     print(
         "\n| master | images | notebook | seconds | ms/image | marginal ms/image | peak GiB "
-        "| JVMs GiB |"
+        "| kernel | JVMs | workers |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     previous: dict[tuple[str, str], tuple[int, float]] = {}
-    for master, size, notebook, seconds, peak, jvm in rows:
+    for master, size, notebook, seconds, peak in rows:
         before = previous.get((master, notebook))
         marginal = f"{1000 * (seconds - before[1]) / (size - before[0]):.2f}" if before else ""
         previous[(master, notebook)] = (size, seconds)
         print(
             f"| {master} | {size} | {notebook} | {seconds:.1f} | {1000 * seconds / size:.2f} "
-            f"| {marginal} | {peak / 2**30:.2f} | {jvm / 2**30:.2f} |"
+            f"| {marginal} | "
+            + " | ".join(f"{peak[k] / 2**30:.2f}" for k in ("total", *KINDS))
+            + " |"
         )
 
 
