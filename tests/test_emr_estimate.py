@@ -65,7 +65,8 @@ def test_doubling_images_doubles_the_per_image_part() -> None:
 
 
 def test_more_core_nodes_cut_the_wall_where_executors_work() -> None:
-    """02 (executors) gets faster with more core nodes; 03's per-image part is the driver's."""
+    """Per-image parts run on the executors and get faster with more core nodes; a
+    driver's per-image part (``driver_ms``) does not."""
     small = estimate(_groups(core_count=2, task_count=0), 100_000)
     large = estimate(_groups(core_count=8, task_count=0), 100_000)
     assert (small["executor_vcpus"], large["executor_vcpus"]) == (8, 32)
@@ -74,8 +75,15 @@ def test_more_core_nodes_cut_the_wall_where_executors_work() -> None:
     }
     features_small, features_large = walls["02_feature_extraction"]
     assert features_large["per_image_s"] == pytest.approx(features_small["per_image_s"] / 4)
-    pca_small, pca_large = walls["03_pca_tsne"]
-    assert pca_large["wall_s"] == pytest.approx(pca_small["wall_s"])
+    for notebook in ("01_eda", "03_pca_tsne", "04_classifier"):
+        before, after = walls[notebook]
+        assert after["per_image_s"] == pytest.approx(before["per_image_s"] / 4)
+        assert after["fixed_s"] == before["fixed_s"]
+    driver = [CostTerm("05_report", "driver_ms", 2.0, "a report on the driver", "by hand")]
+    small_driver, large_driver = (
+        notebook_walls(100_000, vcpus, costs=driver)[0] for vcpus in (8, 32)
+    )
+    assert small_driver["wall_s"] == large_driver["wall_s"] == pytest.approx(200.0)
     assert large["time"]["notebooks_s"] < small["time"]["notebooks_s"]
     # task nodes add executors as core nodes do
     with_tasks = estimate(_groups(core_count=2, task_count=6), 100_000)

@@ -58,25 +58,25 @@ NOTEBOOK_COSTS: tuple[CostTerm, ...] = (
     CostTerm(
         "01_eda",
         "fixed_s",
-        43.35,
+        41.9,
         "start-up, and the seeded samples of 30 images per class (fixed once a class has 30)",
-        "bench/README.md, Scale curve, local[2], 01_eda: 46.7 s at 7,725, 53.4 s at 23,175 "
-        "images (intercept)",
+        "bench/README.md, Scale table (155 classes), 01_eda: 61.9 s at 23,175, 128.1 s at "
+        "100,000 images (intercept)",
     ),
     CostTerm(
         "01_eda",
         "executor_core_ms",
-        0.867,
-        "listing, counts and checks of every file",
-        "same line's slope: 0.434 ms per image on 2 cores",
+        1.723,
+        "listing, counts, hashes and header checks of every file; the samples' scans",
+        "same line's slope: 0.862 ms per image on 2 cores",
     ),
     CostTerm(
         "02_feature_extraction",
         "fixed_s",
         18.90,
         "start-up: kernel, session, model build and broadcast",
-        "bench/README.md, Scale curve, local[2], 02_feature_extraction: 58.6 s at 7,725, "
-        "138.0 s at 23,175 images (intercept)",
+        "bench/README.md, Scale curve of 2026-12-04, local[2], 02_feature_extraction: 58.6 s "
+        "at 7,725, 138.0 s at 23,175 images (intercept)",
     ),
     CostTerm(
         "02_feature_extraction",
@@ -89,33 +89,34 @@ NOTEBOOK_COSTS: tuple[CostTerm, ...] = (
     CostTerm(
         "03_pca_tsne",
         "fixed_s",
-        37.65,
-        "start-up, and t-SNE of the fixed sample (tsne_sample = 2,000 points, on the driver)",
-        "bench/README.md, Scale curve, local[2], 03_pca_tsne: 41.4 s at 7,725, 48.9 s at "
-        "23,175 images (intercept)",
+        105.6,
+        "start-up, t-SNE of the fixed sample (2,000 points) and the linear probes (at most "
+        "100 images per class and split), on the driver",
+        "bench/README.md, Scale table (155 classes), 03_pca_tsne: 143.8 s at 23,175, 270.4 s "
+        "at 100,000 images (intercept; a machine shared with other runs)",
     ),
     CostTerm(
         "03_pca_tsne",
-        "driver_ms",
-        0.485,
-        "PCA, and the linear probes: features collected to the driver, scikit-learn fits there",
-        "same line's slope: 0.485 ms per image on 2 cores (the PCA fit is about 0.05 of it: "
-        "bench/README.md, PCA, 0.58 -> 0.94 s)",
+        "executor_core_ms",
+        3.296,
+        "the PCA fit's pass over the features, then the reduced rows' transform and write",
+        "same line's slope: 1.648 ms per image on 2 cores",
     ),
     CostTerm(
         "04_classifier",
         "fixed_s",
-        19.0,
+        35.8,
         "start-up, saving the PipelineModel, its check on a few images",
-        "measured 2026-12-07 on data_sample (322 images): 19 s, the notebook's whole run",
+        "bench/README.md, Scale table (155 classes), 04_classifier: 86.9 s at 23,175, "
+        "256.3 s at 100,000 images (intercept)",
     ),
     CostTerm(
         "04_classifier",
         "executor_core_ms",
-        13.46,
-        "Spark ML multinomial logistic regression on the PCA features (103 classes, k = 584)",
-        "bench/README.md, Runtimes (exactness): notebook 04 took 71 s on 7,725 images; "
-        "(71 - 19) s / 7,725 = 6.73 ms per image on 2 cores",
+        4.41,
+        "Spark ML multinomial logistic regression on the PCA features (155 classes, k = 631, "
+        "170-190 iterations), full JIT and Java's Vector API",
+        "same line's slope: 2.205 ms per image on 2 cores",
     ),
 )
 
@@ -425,8 +426,8 @@ def assumptions(
         "drivers (t-SNE and the linear probes: they do not get faster with more nodes)",
         "the notebooks run one after the other in one step, images read from S3 as fast as "
         "from the benchmark's disk; nothing is cached from an earlier run",
-        "figures measured on 103 classes (the Fruits-360 copy here): notebook 04's per-image "
-        "part grows with the classes (155 in today's Fruits-360: about 1.5 times)",
+        "figures measured on 155 classes (as today's Fruits-360) up to 100,000 images; "
+        "notebook 04's per-image part grows with the classes and the PCA's k",
         f"cluster start-up (provisioning, bootstrap): {startup_minutes:g} min "
         "(--startup-minutes; not measured here)",
         f"after the notebooks the cluster stays up {idle_minutes:g} min "
