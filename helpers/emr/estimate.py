@@ -58,65 +58,64 @@ NOTEBOOK_COSTS: tuple[CostTerm, ...] = (
     CostTerm(
         "01_eda",
         "fixed_s",
-        41.9,
+        34.3,
         "start-up, and the seeded samples of 30 images per class (fixed once a class has 30)",
-        "bench/README.md, Scale table (155 classes), 01_eda: 61.9 s at 23,175, 128.1 s at "
+        "bench/README.md, Scale table (155 classes), 01_eda: 48.0 s at 23,175, 93.5 s at "
         "100,000 images (intercept)",
     ),
     CostTerm(
         "01_eda",
         "executor_core_ms",
-        1.723,
+        1.185,
         "listing, counts, hashes and header checks of every file; the samples' scans",
-        "same line's slope: 0.862 ms per image on 2 cores",
+        "same line's slope: 0.592 ms per image on 2 cores",
     ),
     CostTerm(
         "02_feature_extraction",
         "fixed_s",
-        18.90,
+        15.2,
         "start-up: kernel, session, model build and broadcast",
-        "bench/README.md, Scale curve of 2026-12-04, local[2], 02_feature_extraction: 58.6 s "
-        "at 7,725, 138.0 s at 23,175 images (intercept)",
+        "bench/README.md, Scale table (155 classes), 02_feature_extraction: 114.4 s at "
+        "23,175, 443.3 s at 100,000 images (intercept)",
     ),
     CostTerm(
         "02_feature_extraction",
         "executor_core_ms",
-        4.324,
-        "decode, resize, MobileNetV2 at 224 px (litert), Arrow, Parquet: 231 img/s per core",
-        "bench/README.md, Runtimes, litert: 19.3-21.1 s for 7,725 and 50.1-57.1 s for "
-        "23,175 images (midpoints 20.2 -> 53.6 s: 2.162 ms per image on 2 cores)",
+        8.562,
+        "decode, resize, MobileNetV2 at 224 px (litert), Arrow, Parquet: 234 img/s on 2 cores",
+        "same line's slope: 4.281 ms per image on 2 cores",
     ),
     CostTerm(
         "03_pca_tsne",
         "fixed_s",
-        105.6,
+        41.7,
         "start-up, t-SNE of the fixed sample (2,000 points) and the linear probes (at most "
         "100 images per class and split), on the driver",
-        "bench/README.md, Scale table (155 classes), 03_pca_tsne: 143.8 s at 23,175, 270.4 s "
-        "at 100,000 images (intercept; a machine shared with other runs)",
+        "bench/README.md, Scale table (155 classes), 03_pca_tsne: 52.3 s at 23,175, 87.6 s "
+        "at 100,000 images (intercept)",
     ),
     CostTerm(
         "03_pca_tsne",
         "executor_core_ms",
-        3.296,
+        0.919,
         "the PCA fit's pass over the features, then the reduced rows' transform and write",
-        "same line's slope: 1.648 ms per image on 2 cores",
+        "same line's slope: 0.459 ms per image on 2 cores",
     ),
     CostTerm(
         "04_classifier",
         "fixed_s",
-        35.8,
+        36.1,
         "start-up, saving the PipelineModel, its check on a few images",
-        "bench/README.md, Scale table (155 classes), 04_classifier: 86.9 s at 23,175, "
-        "256.3 s at 100,000 images (intercept)",
+        "bench/README.md, Scale table (155 classes), 04_classifier: 71.4 s at 23,175, "
+        "188.3 s at 100,000 images (intercept)",
     ),
     CostTerm(
         "04_classifier",
         "executor_core_ms",
-        4.41,
+        3.043,
         "Spark ML multinomial logistic regression on the PCA features (155 classes, k = 631, "
-        "170-190 iterations), full JIT and Java's Vector API",
-        "same line's slope: 2.205 ms per image on 2 cores",
+        "170-200 iterations), full JIT and Java's Vector API",
+        "same line's slope: 1.522 ms per image on 2 cores",
     ),
 )
 
