@@ -253,7 +253,10 @@ def test_same_process_after_exec_and_not_after_pid_reuse(tmp_path):
     pid = spawn(tmp_path, "sleeper", command, os.environ)
     record = {"processes": {str(pid): identity(pid, command)}}
     try:
-        wait_until(lambda: psutil.Process(pid).name() == "sleep", "exec", 10, {}, tmp_path)
+        # the kernel sets the name before the new command line: wait for both
+        wait_until(
+            lambda: psutil.Process(pid).cmdline() == ["sleep", "60"], "exec", 10, {}, tmp_path
+        )
         assert same_process(record, pid)
         earlier = {**record["processes"][str(pid)]}
         earlier["create_time"] -= 5

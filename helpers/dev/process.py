@@ -96,7 +96,8 @@ def _matching(pid: int, ident: dict[str, Any] | None) -> psutil.Process | None:
         if process.status() == psutil.STATUS_ZOMBIE:
             return None
         args, cmdline = ident["args"], process.cmdline()
-        started = abs(process.create_time() - ident["create_time"]) < 0.05
+        # psutil adds /proc/stat's boot time, whole seconds that a clock sync can move by one
+        started = abs(process.create_time() - ident["create_time"]) <= 1.0
         if started and (not args or cmdline[-len(args) :] == args):
             return process
     except (psutil.NoSuchProcess, psutil.AccessDenied):
