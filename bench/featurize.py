@@ -9,7 +9,7 @@
 Both sides featurize the same files on this machine in one run: (a) one Python process
 reading, decoding, resizing and predicting with Keras (TensorFlow using every core);
 (b) the notebooks' feature step, ``helpers.features.extract.extract_features``, end to end:
-binaryFile read, pandas UDF (decode, resize, model), Parquet write and publication,
+binaryFile read, ``mapInArrow`` (decode, resize, model), Parquet write and publication,
 including the driver's weight load and broadcast and the workers' start-up and model
 builds (with a converted runtime, the conversion too unless it is cached: the
 output says which); only the JVM start (and on a cluster, ``--master``, the executors'
@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import psutil
 from pyspark.sql import SparkSession
 
@@ -133,11 +132,11 @@ def _limit_worker(spec: FeatureSpec, payload: Any, ready: Any) -> None:
 def _limit_chunk(paths: list[str]) -> int:
     """Read, decode, resize and featurize ``paths`` as the UDF does; images with features."""
     spec = _LIMIT["spec"]
-    contents = pd.Series([Path(p).read_bytes() for p in paths])
+    contents = [Path(p).read_bytes() for p in paths]
     out = featurize_batch(
         _LIMIT["infer"], _LIMIT["prepare"], contents, spec.image_size, spec.batch_size
     )
-    return int(out["error"].isna().sum())
+    return out.column("error").null_count  # rows without an error
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:

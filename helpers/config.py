@@ -93,7 +93,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "notebook 03 reports its probe change) or openvino-bf16",
     ),
     Parameter("image_size", 224, int, "side in pixels the images are resized to for the CNN"),
-    Parameter("batch_size", BATCH_SIZE, int, "images per model call inside the pandas UDF"),
+    Parameter("batch_size", BATCH_SIZE, int, "images per model call in the Python workers"),
     Parameter(
         "max_image_pixels",
         MAX_IMAGE_PIXELS,

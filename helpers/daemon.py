@@ -3,9 +3,10 @@
 Spark starts one daemon per executor and Python environment and forks a worker from it per
 task slot. The features UDFs carry ``$FRUITS_RUNTIME`` in their environment
 (:func:`helpers.features.udf.runtime_environment`), so they get a daemon of their own that
-imports their runtime (:meth:`helpers.features.runtimes.Runtime.preload`): their workers
-find it imported. Every other UDF's daemon imports nothing more (TensorFlow there doubled
-notebook 01's first UDF job). Enabled by ``spark.python.daemon.module=helpers.daemon``.
+imports their runtime (:meth:`helpers.features.runtimes.Runtime.preload`) and the features
+function's modules: their workers find them imported. Every other UDF's daemon imports
+nothing more (TensorFlow there doubled notebook 01's first UDF job). Enabled by
+``spark.python.daemon.module=helpers.daemon``.
 """
 
 import gc
@@ -15,6 +16,7 @@ from pyspark import daemon
 from helpers import env
 
 if env.get(env.RUNTIME_ENV):
+    import helpers.features.udf  # noqa: F401  the features function's own modules (0.6 s)
     from helpers.features.runtimes import RUNTIMES
 
     RUNTIMES[env.get(env.RUNTIME_ENV)].preload()  # only imports: no thread or model yet

@@ -10,10 +10,17 @@ import pytest
 from conftest import SETTINGS, write_jpeg
 
 from helpers.features.extract import featurize
-from helpers.features.models import build_model, driver_weights
+from helpers.features.models import build_model, driver_weights, preprocess
 from helpers.features.spec import FeatureSpec
 from helpers.features.store import read_features, write_features
-from helpers.features.udf import ARROW_BYTES, ARROW_IMAGES, TASK_IMAGES, arrow_rows, task_count
+from helpers.features.udf import (
+    ARROW_BYTES,
+    ARROW_IMAGES,
+    TASK_IMAGES,
+    arrow_rows,
+    featurize_batch,
+    task_count,
+)
 from helpers.images import decode_image, list_images
 
 
@@ -63,6 +70,31 @@ def test_spark_features_equal_bare_keras(featurized, weights):
     expected = model.predict(keras.applications.mobilenet_v2.preprocess_input(pixels), verbose=0)
     got = rows.loc[f"file:{path}", "features"]
     np.testing.assert_allclose(got, expected[0], rtol=1e-3, atol=1e-3)
+
+
+def test_featurize_batch_gives_arrow_rows_in_order_across_model_batches(weights, tmp_path):
+    """One row per input, in order, over model batches that failures cut short: Arrow
+    ``list<float>`` of the model's output, null where an error (empty, not an image) is."""
+    import pyarrow as pa
+
+    model = build_model("mobilenet_v2", 96, weights)
+    good = [
+        write_jpeg(tmp_path / f"{i}.jpg", (40 * i, 90, 200), seed=i).read_bytes() for i in range(3)
+    ]
+    contents = [good[0], b"not an image", None, good[1], good[2]]
+    prepare = preprocess("mobilenet_v2")
+    out = featurize_batch(lambda x: model(x).numpy(), prepare, contents, 96, 2)
+    assert out.schema.field("features").type == pa.list_(pa.float32())
+    errors = out.column("error").to_pylist()
+    assert [e is None for e in errors] == [True, False, False, True, True]
+    assert errors[2] == "empty file" and "not a JPEG or PNG" in errors[1]
+    features = out.column("features").to_pylist()
+    assert features[1] is None and features[2] is None
+    pixels = np.stack([decode_image(b, 96) for b in good]).astype(np.float32)
+    expected = model(prepare(pixels)).numpy()
+    for row, index in zip([0, 3, 4], range(3)):
+        np.testing.assert_allclose(features[row], expected[index], rtol=1e-4, atol=1e-4)
+    assert featurize_batch(model, prepare, [b"x"], 96, 2).column("features").null_count == 1
 
 
 def test_weights_file_errors_name_the_file(tmp_path: Path):

@@ -1,7 +1,7 @@
 """Notebook 02's step: featurize the new or changed images under a root, commit them as a run.
 
 A pretrained CNN without its top, with global average pooling (MobileNetV2: 1280 floats
-per image; the 7x7 map is never flattened), inside the pandas UDF of
+per image; the 7x7 map is never flattened), in the ``mapInArrow`` function of
 :mod:`helpers.features.udf`.
 """
 
@@ -38,14 +38,15 @@ from helpers.features.store import (
     write_features,
 )
 from helpers.features.udf import (
+    FEATURE_ROWS,
     broadcast_model,
-    feature_udf,
+    feature_batches,
     runtime_environment,
     set_arrow_batch,
     start_python_workers,
     task_count,
 )
-from helpers.images import VANISHED, ImageListing, decode_image, list_images
+from helpers.images import ImageListing, decode_image, list_images
 from helpers.spark.jvm import input_files
 from helpers.spark.progress import Report, task_progress
 
@@ -135,23 +136,13 @@ def featurize(
         warm_up.wait_submitted(spark)
     # names the model the workers hold: another calibration is another model
     key = loaded.checksum if calibration is None else f"{loaded.checksum}-{calibration.digest}"
-    extract, decoded, with_tensorflow = feature_udf(spark, spec, broadcast, key)
+    extract, decoded, with_tensorflow = feature_batches(spark, spec, broadcast, key)
     count = len(input_files(images)) if count is None else count
     tasks = task_count(spark, count)
     set_arrow_batch(spark, spec.batch_size, largest)
+    columns = ["path", "split", "label", "content", "length", "modificationTime"]
     with runtime_environment(spark, spec.runtime):
-        result = images.coalesce(tasks).withColumn("result", extract("content"))
-    out = result.select(
-        "path",
-        "split",
-        "label",
-        F.col("result.features").alias("features"),
-        F.when(F.col("content").isNull() & (F.col("length") > 0), F.lit(VANISHED))
-        .otherwise(F.col("result.error"))
-        .alias("error"),
-        F.col("length").alias("size"),
-        F.col("modificationTime").alias("modified"),
-    )
+        out = images.select(*columns).coalesce(tasks).mapInArrow(extract, FEATURE_ROWS)
     info = FeatureInfo(
         model_name=spec.model_name,
         feature_dim=spec.dim,

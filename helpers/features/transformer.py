@@ -1,8 +1,8 @@
 """``ImageFeaturizer``: the feature step as a Spark ML ``Transformer`` for any binary column.
 
-It runs the same pandas UDF as :func:`helpers.features.extract.featurize` (one model per
-Python worker, weights broadcast from the driver, a null vector and an ``error`` for bytes
-that do not decode), on any DataFrame with image bytes, e.g.
+It runs the same model code as :func:`helpers.features.extract.featurize`, in a pandas UDF
+(one model per Python worker, weights broadcast from the driver, a null vector and an
+``error`` for bytes that do not decode), on any DataFrame with image bytes, e.g.
 ``spark.read.format("binaryFile").load(paths)``: no folder layout is assumed.
 
 Saved alone or inside a ``PipelineModel``, the stage's folder holds its parameters
@@ -95,7 +95,7 @@ class _ImageFeaturizerParams(HasInputCol, HasOutputCol):
     batchSize: Param[int] = Param(
         Params._dummy(),
         "batchSize",
-        "images per model call inside the pandas UDF",
+        "images per model call in the Python workers",
         typeConverter=TypeConverters.toInt,
     )
     runtime: Param[str] = Param(

@@ -1,8 +1,9 @@
-"""The pandas UDF from image bytes to features, and how Spark runs it.
+"""The Python that turns image bytes into features (the features job's ``mapInArrow``
+function, :class:`ImageFeaturizer`'s pandas UDF), and how Spark runs it.
 
 The driver broadcasts what the runtime needs (:meth:`Runtime.payload`); on Spark Connect,
 which has no broadcasts, it travels in the UDF itself. Each Python worker builds its model
-once and keeps it across tasks (:func:`worker_infer`). On a classic session the UDF's daemon
+once and keeps it across tasks (:func:`worker_infer`). On a classic session their daemon
 imports the runtime before forking the workers (:func:`runtime_environment`).
 """
 
@@ -11,24 +12,34 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.accumulators import Accumulator
 from pyspark.broadcast import Broadcast
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import (
+    ArrayType,
+    FloatType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from helpers.env import RUNTIME_ENV
 from helpers.features.models import Weights, preprocess
 from helpers.features.runtimes import RUNTIMES, Calibration, ConvertedModel, Infer
 from helpers.features.spec import MAX_IMAGE_PIXELS, FeatureSpec
-from helpers.images import decode_image
+from helpers.images import VANISHED, decode_image
 from helpers.spark.kind import default_parallelism, is_connect
 
 #: What the UDF returns per image: the vector, or null and the reason it could not be made.
@@ -59,33 +70,40 @@ UNKNOWN_IMAGE_BYTES = 4 * 2**20
 def featurize_batch(
     infer: Infer,
     preprocess: Callable[[np.ndarray], np.ndarray],
-    contents: pd.Series,
+    contents: Sequence[bytes | None],
     image_size: int,
     batch_size: int,
     max_pixels: int = MAX_IMAGE_PIXELS,
-) -> pd.DataFrame:
-    """Decode image bytes and run the model, ``batch_size`` images at a time.
+) -> pa.RecordBatch:
+    """Decode image bytes and run the model, ``batch_size`` images at a time: one row per
+    image in :data:`RESULT_SCHEMA`'s columns, as Arrow (no per-float Python conversion).
 
     Undecodable images, and those over ``max_pixels``, get an error and null features;
     memory stays at one batch of pixels (and one image being decoded).
     """
-    features: list[np.ndarray | None] = []
+    vectors: list[np.ndarray] = []
     errors: list[str | None] = []
     pixels = np.empty((batch_size, image_size, image_size, 3), dtype=np.float32)
     for start in range(0, len(contents), batch_size):
         good = 0
-        chunk_errors: list[str | None] = []
-        for data in contents.iloc[start : start + batch_size]:
+        for data in contents[start : start + batch_size]:
             try:
                 pixels[good] = decode_image(data, image_size, max_pixels)
                 good += 1
-                chunk_errors.append(None)
+                errors.append(None)
             except ValueError as exc:
-                chunk_errors.append(str(exc)[:500])
-        vectors = iter(infer(preprocess(pixels[:good])) if good else [])
-        features.extend(None if e else next(vectors) for e in chunk_errors)
-        errors.extend(chunk_errors)
-    return pd.DataFrame({"features": features, "error": errors})
+                errors.append(str(exc)[:500])
+        if good:
+            vectors.append(np.asarray(infer(preprocess(pixels[:good])), dtype=np.float32))
+    failed = np.array([e is not None for e in errors], dtype=bool)
+    values = np.concatenate(vectors).ravel() if vectors else np.empty(0, np.float32)
+    dim = vectors[0].shape[1] if vectors else 0
+    offsets = np.zeros(len(errors) + 1, dtype=np.int32)
+    np.cumsum(np.where(failed, 0, dim), out=offsets[1:])
+    features = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(failed))
+    return pa.RecordBatch.from_arrays(
+        [features, pa.array(errors, pa.string())], names=RESULT_SCHEMA.names
+    )
 
 
 @dataclass
@@ -156,37 +174,111 @@ def _task_threads(spark: SparkSession) -> int:
     return int(spark.conf.get("spark.task.cpus", "1"))
 
 
+def _counters(spark: SparkSession) -> tuple[Accumulator | None, Accumulator | None]:
+    """The images decoded, and the Arrow batches a converted runtime ran in a worker with
+    TensorFlow imported (it should have none); ``None`` on Spark Connect (no accumulators)."""
+    if is_connect(spark):
+        return None, None
+    return spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
+
+
+def _count(
+    spec: FeatureSpec, images: int, decoded: Accumulator | None, with_tf: Accumulator | None
+) -> None:
+    """Add one Arrow batch of ``images`` to the counters of :func:`_counters` (in a worker)."""
+    if with_tf is not None and spec.runtime != "keras" and "tensorflow" in sys.modules:
+        with_tf.add(1)
+    if decoded is not None:
+        decoded.add(images)
+
+
 def feature_udf(
     spark: SparkSession, spec: FeatureSpec, broadcast: Broadcast | Inline, checksum: str
 ) -> tuple[Callable[..., Any], Accumulator | None, Accumulator | None]:
-    """The pandas UDF from image bytes to :data:`RESULT_SCHEMA`, and its two counters.
+    """The pandas UDF from a column of image bytes to :data:`RESULT_SCHEMA`, and the two
+    counters of :func:`_counters`: what :class:`ImageFeaturizer` adds to any DataFrame.
 
     ``spec`` is resolved (no ``auto``); ``broadcast`` holds its runtime's payload and
-    ``checksum`` names the weights, so a reused worker takes new ones. The counters are the
-    images decoded and the Arrow batches a converted runtime ran in a worker with
-    TensorFlow imported (it should have none); ``None`` on Spark Connect, which has no
-    accumulators. Apply it inside :func:`runtime_environment`.
+    ``checksum`` names the weights, so a reused worker takes new ones. Apply it inside
+    :func:`runtime_environment`.
     """
-    connect = is_connect(spark)
-    decoded = None if connect else spark.sparkContext.accumulator(0)
-    with_tensorflow = None if connect else spark.sparkContext.accumulator(0)
+    decoded, with_tf = _counters(spark)
     threads = _task_threads(spark)
-    keras = spec.runtime == "keras"
 
     @F.pandas_udf(RESULT_SCHEMA)
     def extract(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         infer = worker_infer(spec, checksum, lambda: broadcast.value, threads)
         prepare = preprocess(spec.model_name)
         for contents in batches:
-            if with_tensorflow is not None and not keras and "tensorflow" in sys.modules:
-                with_tensorflow.add(1)
-            if decoded is not None:
-                decoded.add(len(contents))
+            _count(spec, len(contents), decoded, with_tf)
             yield featurize_batch(
-                infer, prepare, contents, spec.image_size, spec.batch_size, spec.max_image_pixels
+                infer,
+                prepare,
+                contents.tolist(),
+                spec.image_size,
+                spec.batch_size,
+                spec.max_image_pixels,
+            ).to_pandas()
+
+    return extract, decoded, with_tf
+
+
+#: The rows of :func:`feature_batches`: the listing's columns with the UDF's two.
+FEATURE_ROWS = StructType(
+    [
+        StructField("path", StringType(), True),
+        StructField("split", StringType(), True),
+        StructField("label", StringType(), True),
+        *RESULT_SCHEMA.fields,
+        StructField("size", LongType(), True),
+        StructField("modified", TimestampType(), True),
+    ]
+)
+
+
+def feature_batches(
+    spark: SparkSession, spec: FeatureSpec, broadcast: Broadcast | Inline, checksum: str
+) -> tuple[Callable[..., Any], Accumulator | None, Accumulator | None]:
+    """The features job's function for ``mapInArrow``, from the listing's rows (``path,
+    split, label, content, length, modificationTime``) to :data:`FEATURE_ROWS`, and the two
+    counters of :func:`_counters`. Arguments as :func:`feature_udf`'s.
+
+    Arrow in and out: the 1,280 floats of a row are not converted one by one in Python, as
+    a pandas UDF's array result is (pyspark 3.5 and 4.0). A row whose content is null though
+    its size is not (the file vanished after the listing) gets :data:`VANISHED`.
+    """
+    decoded, with_tf = _counters(spark)
+    threads = _task_threads(spark)
+
+    def extract(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        infer = worker_infer(spec, checksum, lambda: broadcast.value, threads)
+        prepare = preprocess(spec.model_name)
+        for batch in batches:
+            contents = batch.column("content")
+            _count(spec, len(contents), decoded, with_tf)
+            out = featurize_batch(
+                infer,
+                prepare,
+                contents.to_pylist(),
+                spec.image_size,
+                spec.batch_size,
+                spec.max_image_pixels,
+            )
+            vanished = pc.and_(pc.is_null(contents), pc.greater(batch.column("length"), 0))
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("path"),
+                    batch.column("split"),
+                    batch.column("label"),
+                    out.column("features"),
+                    pc.if_else(vanished, VANISHED, out.column("error")),
+                    batch.column("length"),
+                    batch.column("modificationTime"),
+                ],
+                names=FEATURE_ROWS.names,
             )
 
-    return extract, decoded, with_tensorflow
+    return extract, decoded, with_tf
 
 
 #: One :func:`runtime_environment` block at a time (the Keras warm-up runs in a thread).
@@ -233,35 +325,38 @@ class WarmUp:
             self.thread.join(0.01)
 
 
-_WARM_UPS: dict[tuple[str, str, int], WarmUp] = {}
+_WARM_UPS: dict[tuple[str, str, str, int], WarmUp] = {}
 
 
 def start_python_workers(spark: SparkSession, spec: FeatureSpec) -> WarmUp | None:
-    """For ``keras``: start the executors' Python workers in the background, each building
-    the model, while the driver lists the files and loads the weights.
+    """Start the executors' Python workers in the background while the driver lists the
+    files and loads the weights: their process start and imports (1-2 s a core) leave the
+    first tasks' path. ``keras`` workers build the model too; the other runtimes' need the
+    broadcast payload first.
 
-    One task per core, once per session and model, through a pandas UDF (Spark keeps other
-    workers for RDD functions). Other runtimes get none (``None``): their workers have
-    nothing to build before the broadcast, and the warm-up job held their tasks back; nor
-    does Spark Connect (no job groups to wait on).
+    One task per core, once per session and model, through a pandas UDF made in the
+    features function's environment (:func:`runtime_environment`): the features job reuses
+    these workers. Spark Connect gets none (``None``: no job groups to wait on).
     """
-    if spec.runtime != "keras" or is_connect(spark):
+    if is_connect(spark):
         return None
     context = spark.sparkContext
-    key = (context.applicationId, spec.model_name, spec.image_size)
+    key = (context.applicationId, spec.runtime, spec.model_name, spec.image_size)
     if key not in _WARM_UPS:
         cores = context.defaultParallelism
         threads = _task_threads(spark)
-        group = f"fruits-warm-up-{len(_WARM_UPS)}-{spec.model_name}-{spec.image_size}"
+        group = f"fruits-warm-up-{len(_WARM_UPS)}-{spec.runtime}-{spec.image_size}"
+        keras = spec.runtime == "keras"
 
         def warm_up() -> None:
             @F.pandas_udf(LongType())
             def build(ids: pd.Series) -> pd.Series:
-                worker_model(spec, threads)
+                if keras:
+                    worker_model(spec, threads)
                 return ids
 
-            context.setJobGroup(group, "start the Python workers and build the model")
-            with runtime_environment(spark, spec.runtime):  # the features UDF's daemon
+            context.setJobGroup(group, "start the Python workers")
+            with runtime_environment(spark, spec.runtime):  # the features function's daemon
                 job = spark.range(cores, numPartitions=cores).select(build("id"))
             job.write.format("noop").mode("overwrite").save()
 

@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 from py4j.protocol import Py4JError
 from pyspark import SparkContext
-from pyspark.ml.common import _py2java
-from pyspark.ml.linalg import DenseVector
 from pyspark.sql import DataFrame, SparkSession
 
 from helpers.paths import spark_uri
@@ -227,6 +225,15 @@ def _doubles(context: SparkContext, values: np.ndarray) -> Any:
     return doubles
 
 
+def _java_vector(context: SparkContext, values: np.ndarray) -> Any:
+    """A JVM ``DenseVector`` of ``values``."""
+    # pyspark.ml at first use only: it costs every Python worker importing this module 0.4 s
+    from pyspark.ml.common import _py2java
+    from pyspark.ml.linalg import DenseVector
+
+    return _py2java(context, DenseVector(values))
+
+
 def java_pca_model(uid: str, axes: np.ndarray, explained: np.ndarray) -> Any:
     """A JVM ``org.apache.spark.ml.feature.PCAModel`` with the columns of ``axes`` (d x k)
     as principal components and ``explained`` (k) as their explained variance."""
@@ -236,14 +243,12 @@ def java_pca_model(uid: str, axes: np.ndarray, explained: np.ndarray) -> Any:
     matrix = jvm.org.apache.spark.ml.linalg.DenseMatrix(
         rows, k, _doubles(context, axes.ravel(order="F"))
     )
-    return jvm.org.apache.spark.ml.feature.PCAModel(
-        uid, matrix, _py2java(context, DenseVector(explained))
-    )
+    return jvm.org.apache.spark.ml.feature.PCAModel(uid, matrix, _java_vector(context, explained))
 
 
 def java_standard_scaler_model(uid: str, mean: np.ndarray, std: np.ndarray) -> Any:
     """A JVM ``org.apache.spark.ml.feature.StandardScalerModel`` with ``mean`` and ``std``."""
     context = _context()
     return context._jvm.org.apache.spark.ml.feature.StandardScalerModel(
-        uid, _py2java(context, DenseVector(std)), _py2java(context, DenseVector(mean))
+        uid, _java_vector(context, std), _java_vector(context, mean)
     )
