@@ -281,7 +281,7 @@ def feature_batches(
     return extract, decoded, with_tf
 
 
-#: One :func:`runtime_environment` block at a time (the Keras warm-up runs in a thread).
+#: One :func:`runtime_environment` block at a time (the workers' warm-up runs in a thread).
 _ENVIRONMENT_LOCK = threading.RLock()
 
 
